@@ -1,0 +1,1 @@
+"""Shared test fixtures: the Kubernetes API emulator and process helpers."""
