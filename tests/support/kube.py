@@ -189,7 +189,7 @@ class Emulator(kmock.KubernetesEmulator):
         await self._buses[self.__resource(plural)].put({"type": kind, "object": obj})
 
     async def _create(self, request: rendering.Request, plural: str) -> aiohttp.web.StreamResponse:
-        group, version, kind, namespaced, subs = RESOURCES[plural]
+        _, _, kind, namespaced, subs = RESOURCES[plural]
         obj = copy.deepcopy(request.data) if isinstance(request.data, dict) else None
         if obj is None:
             return _status(400, "BadRequest", "the body must be a JSON object")
@@ -255,7 +255,8 @@ class Emulator(kmock.KubernetesEmulator):
             if {k: v for k, v in new.items() if k not in ("metadata", "status")} != {
                     k: v for k, v in old.items() if k not in ("metadata", "status")}:
                 meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
-            if new == {**old, "metadata": {**old["metadata"], "resourceVersion": meta.get("resourceVersion")}}:
+            unchanged_rv = {**old["metadata"], "resourceVersion": meta.get("resourceVersion")}
+            if new == {**old, "metadata": unchanged_rv}:
                 return aiohttp.web.json_response(old)  # a no-op patch changes nothing, not even the version
             meta["resourceVersion"] = str(next(self._versions))
             stored.history.append(new)
@@ -384,7 +385,8 @@ class KubeAPI:
     def list(self, plural: str, namespace: str | None = None, selector: str | None = None
              ) -> list[dict[str, Any]]:
         params = {"labelSelector": selector} if selector else {}
-        items: list[dict[str, Any]] = self._check(self.http.get(_path(plural, namespace), params=params))["items"]
+        response = self.http.get(_path(plural, namespace), params=params)
+        items: list[dict[str, Any]] = self._check(response)["items"]
         return items
 
     def patch(self, plural: str, namespace: str | None, name: str, patch: dict[str, Any] | list[Any],

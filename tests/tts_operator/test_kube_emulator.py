@@ -5,7 +5,6 @@ from __future__ import annotations
 from support.kube import KubeAPI, make_pod, selector_matches
 
 
-
 def _svc(name: str) -> dict[str, object]:
     return {"apiVersion": "tts.residency.dev/v1alpha1", "kind": "TTSService",
             "metadata": {"name": name}, "spec": {"model": {"name": "hibari"}}, "status": {"x": 1}}
@@ -29,7 +28,8 @@ def test_status_subresource_is_isolated_and_generation_follows_spec(kube_api: Ku
     rv = obj["metadata"]["resourceVersion"]
     obj = kube_api.patch("ttsservices", "default", "a", {"spec": {"replicas": 2}})
     assert obj["metadata"]["generation"] == 2 and obj["metadata"]["resourceVersion"] != rv
-    obj = kube_api.patch("ttsservices", "default", "a", [{"op": "replace", "path": "/spec/replicas", "value": 3}])
+    replace = [{"op": "replace", "path": "/spec/replicas", "value": 3}]
+    obj = kube_api.patch("ttsservices", "default", "a", replace)
     assert obj["spec"]["replicas"] == 3 and obj["metadata"]["generation"] == 3
 
 
@@ -41,7 +41,8 @@ def test_label_selector_and_owner_garbage_collection(kube_api: KubeAPI) -> None:
     pod["metadata"]["ownerReferences"] = [ref]
     kube_api.create("pods", pod)
     kube_api.create("pods", make_pod("b", "b-1"))
-    assert [p["metadata"]["name"] for p in kube_api.list("pods", selector="tts.residency.dev/service=a")] == ["a-1"]
+    pods = kube_api.list("pods", selector="tts.residency.dev/service=a")
+    assert [p["metadata"]["name"] for p in pods] == ["a-1"]
     kube_api.delete("ttsservices", "default", "a")
     assert kube_api.get("pods", "default", "a-1") is None
     assert kube_api.get("pods", "default", "b-1") is not None
