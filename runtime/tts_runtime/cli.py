@@ -1,0 +1,215 @@
+"""`tts-runtime`: the command line (serve over HTTP, or MCP over stdio); flags override `TTS_RUNTIME_*`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import uvicorn
+from pydantic import ValidationError
+
+from tts_runtime import __version__
+from tts_runtime.settings import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from tts_runtime.server.state import Drain
+
+log = logging.getLogger("tts_runtime")
+
+# Settings field -> the flag that sets it, so an error names what the user typed.
+_FLAGS = {
+    "host": "--host",
+    "port": "--port",
+    "model": "--model",
+    "models_file": "--models-file",
+    "models_json": "TTS_RUNTIME_MODELS_JSON",
+    "offload_after_use": "--offload-after-use",
+    "idle_offload_seconds": "--idle-offload-seconds",
+    "idle_release_seconds": "--idle-release-seconds",
+    "disable_gpu_management": "--disable-gpu-management",
+    "device": "--device",
+    "admin_token": "--admin-token",
+    "admin_token_file": "--admin-token-file",
+    "max_queue": "--max-queue",
+    "drain_timeout_seconds": "--drain-timeout",
+    "log_level": "--log-level",
+    "events_keepalive_seconds": "TTS_RUNTIME_EVENTS_KEEPALIVE_SECONDS",
+}
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("models and residency policy")
+    g.add_argument(
+        "--model",
+        action="append",
+        metavar="SPEC",
+        help="a model to serve (repeatable): 'hibari', NAME=hibari, or NAME=module:factory",
+    )
+    g.add_argument("--models-file", metavar="PATH", help='YAML/JSON file {"models": [ModelSpec, ...]}')
+    g.add_argument(
+        "--offload-after-use",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="move weights off the GPU as soon as the last request ends (default: on)",
+    )
+    g.add_argument(
+        "--idle-offload-seconds",
+        "--gpu-idle-timeout",
+        dest="idle_offload_seconds",
+        metavar="S",
+        help="with --no-offload-after-use: offload after S idle seconds (default 600)",
+    )
+    g.add_argument(
+        "--idle-release-seconds",
+        metavar="S",
+        help="release a model completely after S idle seconds; 0 = never (default 3600)",
+    )
+    g.add_argument(
+        "--disable-gpu-management",
+        action="store_true",
+        default=None,
+        help="traditional mode: preload every model and keep it on the GPU",
+    )
+    g.add_argument("--device", metavar="auto|cuda|cpu", help="where models execute (default auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tts-runtime",
+        description="Residency's TTS runtime: OpenAI-compatible speech that never lets an idle model squat "
+        "on GPU memory. Every flag has an environment variable TTS_RUNTIME_<FLAG> (flags win).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser(
+        "serve", help="serve speech, residency, admin, metrics, status page and MCP over HTTP"
+    )
+    serve.add_argument("--host", help="interface to bind (default 127.0.0.1; 0.0.0.0 in a container)")
+    serve.add_argument("--port", metavar="N", help="TCP port (default 8000)")
+    _add_model_flags(serve)
+    g = serve.add_argument_group("security and limits")
+    g.add_argument("--admin-token", metavar="TOKEN", help="bearer token required by admin routes")
+    g.add_argument(
+        "--admin-token-file",
+        metavar="PATH",
+        help="read the admin token from PATH; generate one there (mode 0600) if it does not exist",
+    )
+    g.add_argument(
+        "--max-queue", metavar="N", help="speech requests admitted at once; beyond: 503 (default 64)"
+    )
+    g.add_argument(
+        "--drain-timeout",
+        dest="drain_timeout_seconds",
+        metavar="S",
+        help="on SIGTERM wait up to S seconds for requests in flight (default 30)",
+    )
+    g.add_argument("--log-level", metavar="LEVEL", help="critical|error|warning|info|debug (default info)")
+
+    mcp = sub.add_parser("mcp", help="serve the MCP tools over stdio (for a local MCP client)")
+    _add_model_flags(mcp)
+    return parser
+
+
+def load_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Settings:
+    """Settings from the environment with the flags given on the command line on top; exit 2 if wrong."""
+    given = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as err:
+        problems = []
+        for error in err.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            flag = _FLAGS.get(field, field)
+            where = (
+                flag if field in given or flag.startswith("TTS_") else f"{flag} / TTS_RUNTIME_{field.upper()}"
+            )
+            problems.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
+        parser.error("; ".join(problems))
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def serve(parser: argparse.ArgumentParser, settings: Settings) -> int:
+    from tts_runtime.server.app import create_app
+
+    _configure_logging(settings.log_level)
+    try:
+        app = create_app(settings)
+    except ConfigError as err:
+        parser.error(str(err))
+    runtime = app.state.runtime
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_seconds)),
+        server_header=False,
+    )
+    server = DrainingServer(config, runtime.drain)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    log.info(
+        "tts-runtime %s serving http://%s:%d models=%s device=%s gpu-management=%s admin-token=%s",
+        __version__,
+        host,
+        settings.port,
+        ",".join(runtime.engine.names()),
+        settings.device,
+        "off" if settings.disable_gpu_management else "on",
+        "on" if runtime.admin_token else "off",
+    )
+    server.run()
+    return 0 if server.started else 1
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's graceful shutdown, plus: mark the app draining first, and exit 0 afterwards."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
+        super().__init__(config)
+        self._drain = drain
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._drain.begin()
+        # Not recorded in _captured_signals: uvicorn would re-raise it after shutdown and end us with
+        # -SIGTERM instead of 0. A second signal forces the exit, as uvicorn does for Ctrl-C.
+        if self.should_exit:
+            self.force_exit = True
+        self.should_exit = True
+
+
+def serve_mcp_stdio(parser: argparse.ArgumentParser, settings: Settings) -> int:
+    from tts_runtime.engine import Engine
+    from tts_runtime.server.mcp_tools import build_mcp
+
+    # stdout is the MCP channel: logs go to stderr only.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    try:
+        engine = Engine(settings.model_specs(), device=settings.device)
+    except ConfigError as err:
+        parser.error(str(err))
+    engine.start()
+    try:
+        build_mcp(engine, None, trust_local=True).run("stdio")
+    finally:
+        engine.shutdown(settings.drain_timeout_seconds)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = load_settings(parser, args)
+    if args.command == "mcp":
+        return serve_mcp_stdio(parser, settings)
+    return serve(parser, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

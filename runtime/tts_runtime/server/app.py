@@ -1,0 +1,100 @@
+"""The app factory: routes, error handling, MCP and a lifespan that builds cheap state only (no weights)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+from starlette.concurrency import run_in_threadpool
+
+from tts_runtime import __version__
+from tts_runtime.engine import Engine
+from tts_runtime.server import admin, errors, events, legacy, speech
+from tts_runtime.server.mcp_tools import build_mcp
+from tts_runtime.server.metrics import Metrics
+from tts_runtime.server.state import Admission, Runtime
+from tts_runtime.settings import Settings
+
+log = logging.getLogger("tts_runtime.server")
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    """A ready-to-serve app; the app starts the engine on start-up and shuts it down (draining) on exit."""
+    settings = settings or Settings()
+    if engine is None:
+        engine = Engine(settings.model_specs(), device=settings.device)
+    metrics = Metrics(engine.report)
+    runtime = Runtime(
+        settings=settings,
+        engine=engine,
+        metrics=metrics,
+        admission=Admission(settings.max_queue, metrics),
+        admin_token=settings.resolve_admin_token(),
+    )
+    mcp = build_mcp(engine, runtime.admin_token)
+    mcp_app = mcp.streamable_http_app(
+        streamable_http_path="/mcp", stateless_http=True, json_response=True, host=settings.host
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        runtime.drain.bind(asyncio.get_running_loop())
+        engine.start()
+        unsubscribe = engine.subscribe(metrics.on_transition)
+        try:
+            async with mcp.session_manager.run():
+                if settings.disable_gpu_management:
+                    _preload(engine)
+                runtime.ready = True
+                yield
+                runtime.drain.begin()
+                runtime.ready = False
+        finally:
+            log.info(
+                "draining: waiting up to %.0fs for requests, then releasing models",
+                settings.drain_timeout_seconds,
+            )
+            await run_in_threadpool(engine.shutdown, settings.drain_timeout_seconds)
+            unsubscribe()
+
+    app = FastAPI(
+        title="Residency TTS runtime",
+        version=__version__,
+        summary="OpenAI-compatible speech with GPU residency control",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    errors.install(app, lambda kind: metrics.errors.labels(kind).inc())
+    app.include_router(speech.router)
+    app.include_router(admin.router)
+    app.include_router(events.router)
+    app.include_router(legacy.router)
+    # The MCP endpoint's own route, added to this app so it shares the port, the lifespan and the 404s.
+    app.router.routes.extend(mcp_app.routes)
+
+    page = resources.files("tts_runtime.server").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def status_page() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+def _preload(engine: Engine) -> None:
+    """Traditional mode: load every model in the background; readiness does not wait for it."""
+
+    def load_all() -> None:
+        for name in engine.names():
+            try:
+                engine.load(name)
+            except Exception as err:  # the model shows `failed` in the report; the next request retries
+                log.warning("preloading %s failed: %s", name, err)
+
+    threading.Thread(target=load_all, name="preload", daemon=True).start()

@@ -1,0 +1,133 @@
+"""`POST /v1/audio/speech`: OpenAI's speech API on top of the residency engine."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.concurrency import run_in_threadpool
+
+from tts_runtime.residency import ResidencyError
+from tts_runtime.server import audio
+from tts_runtime.server.errors import ApiError
+from tts_runtime.server.state import EngineDep, RuntimeDep
+from tts_runtime.settings import MAX_INPUT_CHARS
+
+router = APIRouter()
+
+# OpenAI's voice names; a client written for OpenAI sends one of these and gets the model's default voice.
+OPENAI_VOICES = frozenset(
+    {
+        "alloy",
+        "ash",
+        "ballad",
+        "coral",
+        "echo",
+        "fable",
+        "onyx",
+        "nova",
+        "sage",
+        "shimmer",
+        "verse",
+        "marin",
+        "cedar",
+    }
+)
+
+
+class SpeechRequest(BaseModel):
+    """OpenAI's body; unknown fields are ignored so newer OpenAI clients keep working."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    input: str
+    voice: str | None = None
+    response_format: str = "mp3"
+    speed: float = 1.0
+    instructions: str | None = None
+    stream_format: Literal["audio", "sse"] = "audio"
+
+    @field_validator("input")
+    @classmethod
+    def _input_length(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("input is empty; send the text to speak")
+        if len(value) > MAX_INPUT_CHARS:
+            raise ValueError(
+                f"input is {len(value)} characters; the limit is {MAX_INPUT_CHARS}, split the text"
+            )
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in audio.SUPPORTED_FORMATS:
+            raise ValueError(
+                f"response_format {value!r} is not supported; use one of {', '.join(audio.SUPPORTED_FORMATS)}"
+            )
+        return value
+
+    @field_validator("speed")
+    @classmethod
+    def _speed_range(cls, value: float) -> float:
+        if not 0.25 <= value <= 4.0:
+            raise ValueError(f"speed {value} is out of range; use a value from 0.25 to 4.0")
+        return value
+
+    @field_validator("stream_format")
+    @classmethod
+    def _audio_only(cls, value: str) -> str:
+        if value != "audio":
+            raise ValueError("stream_format 'sse' is not supported; use 'audio' (the default)")
+        return value
+
+
+def choose_voice(requested: str | None, voices: list[str], default: str | None, model: str) -> str | None:
+    """The voice to synthesize with: the requested one, or the default for OpenAI's names or none."""
+    if requested is None or requested in OPENAI_VOICES or requested == "default":
+        return default
+    if voices and requested not in voices:
+        raise ApiError(
+            400,
+            f"voice {requested!r} is not a voice of model {model!r}; use one of {', '.join(voices)}",
+            code="unknown_voice",
+            param="voice",
+        )
+    return requested
+
+
+@router.post("/v1/audio/speech", response_class=Response, tags=["speech"])
+async def create_speech(body: SpeechRequest, engine: EngineDep, runtime: RuntimeDep) -> Response:
+    started = time.perf_counter()
+    # Unresolved names never become a label: a client must not grow the metric's cardinality.
+    name = "unknown"
+    status = "error"
+    try:
+        async with runtime.admission.slot():
+            try:
+                resolved = engine.resolve(body.model)
+            except ResidencyError as err:
+                raise ApiError(
+                    404,
+                    f"model {body.model!r} is not served here; use one of {', '.join(engine.names())}",
+                    code="model_not_found",
+                    param="model",
+                ) from err
+            name = resolved
+            spec = engine.spec(name)
+            voice = choose_voice(body.voice, list(spec.voices), spec.default_voice, name)
+            async with engine.alease(name) as lease:
+                out = await lease.asynthesize(body.input, voice=voice, speed=body.speed)
+            content = await run_in_threadpool(
+                audio.encode, out.samples, out.sample_rate, body.response_format
+            )
+        status = "ok"
+    finally:
+        runtime.metrics.request_seconds.labels(name, body.response_format, status).observe(
+            time.perf_counter() - started
+        )
+    headers: dict[str, Any] = {"X-Sample-Rate": str(out.sample_rate), "X-Model": name}
+    return Response(content, media_type=audio.MEDIA_TYPES[body.response_format], headers=headers)

@@ -1,0 +1,158 @@
+"""Runtime settings: `TTS_RUNTIME_*` environment variables, overridden by command-line flags."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tts_runtime.engine.spec import ModelsFileError, ModelSpec, load_model_specs, parse_model_specs
+from tts_runtime.residency import PolicyPatch
+
+DEFAULT_MODEL = "hibari"
+MAX_INPUT_CHARS = 4096
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message says which setting and how to fix it."""
+
+
+class Settings(BaseSettings):
+    """Everything `tts-runtime serve` can be told; each field is also `TTS_RUNTIME_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="TTS_RUNTIME_", extra="forbid", validate_default=True)
+
+    # Loopback by default: a container sets TTS_RUNTIME_HOST=0.0.0.0 explicitly.
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    # `--model` values: "hibari", "NAME=hibari" or "NAME=module:factory" (a plug-in).
+    model: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    models_file: Path | None = None
+    # What the operator sets: {"models": [ModelSpec, ...]}; used when no flag or file names models.
+    models_json: str | None = None
+    # Policy overrides for every model; None keeps each model's own policy (or the seed default).
+    offload_after_use: bool | None = None
+    idle_offload_seconds: float | None = Field(None, ge=0)
+    idle_release_seconds: float | None = Field(None, ge=0)
+    disable_gpu_management: bool = False
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    admin_token: SecretStr | None = None
+    admin_token_file: Path | None = None
+    # Speech requests admitted at once (running + waiting); beyond it 503 + Retry-After.
+    max_queue: int = Field(64, ge=1, le=100_000)
+    drain_timeout_seconds: float = Field(30.0, ge=0)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # Seconds between keep-alive comments on the /v1/residency/events stream.
+    events_keepalive_seconds: float = Field(15.0, gt=0)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        # From the environment a list arrives as one comma-separated string.
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("admin_token", mode="after")
+    @classmethod
+    def _blank_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value().strip() else None
+
+    def policy_patch(self) -> PolicyPatch:
+        """The policy fields the operator of this process set for every model."""
+        patch: dict[str, Any] = {}
+        if self.offload_after_use is not None:
+            patch["offload_after_use"] = self.offload_after_use
+        if self.idle_offload_seconds is not None:
+            patch["idle_offload_seconds"] = self.idle_offload_seconds
+        if self.idle_release_seconds is not None:
+            patch["idle_release_seconds"] = self.idle_release_seconds
+        if self.disable_gpu_management:
+            patch["pinned"] = True
+        return PolicyPatch(**patch)
+
+    def model_specs(self) -> list[ModelSpec]:
+        """Specs from flags and file; else MODELS_JSON; else the built-in voice; policy overrides applied."""
+        try:
+            specs: list[ModelSpec] = []
+            if self.models_file is not None:
+                if not self.models_file.is_file():
+                    raise ConfigError(f"--models-file {self.models_file}: no such file")
+                specs += load_model_specs(self.models_file)
+            specs += [parse_model_flag(value) for value in self.model]
+            if not specs and self.models_json:
+                specs = parse_model_specs(_load_json(self.models_json), source="TTS_RUNTIME_MODELS_JSON")
+            if not specs:
+                specs = [ModelSpec(name=DEFAULT_MODEL)]
+            # Re-checked together: a name may come from the file and from a flag.
+            parse_model_specs([spec.to_json() for spec in specs], source="models")
+        except ModelsFileError as err:
+            raise ConfigError(str(err)) from err
+        patch = self.policy_patch()
+        return [spec.model_copy(update={"policy": spec.policy.merged(patch)}) for spec in specs]
+
+    def resolve_admin_token(self) -> str | None:
+        """The admin token: given directly, read from the token file, or generated into it (0600)."""
+        if self.admin_token is not None:
+            return self.admin_token.get_secret_value().strip()
+        if self.admin_token_file is None:
+            return None
+        path = self.admin_token_file
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            token = ""
+        except OSError as err:
+            raise ConfigError(f"cannot read admin token file {path}: {err.strerror}") from err
+        if token:
+            return token
+        return _write_new_token(path)
+
+
+def parse_model_flag(value: str) -> ModelSpec:
+    """`hibari` | `NAME=hibari` | `NAME=module:factory` (a plug-in) → a model spec."""
+    name, sep, target = (part.strip() for part in value.partition("="))
+    if not sep and name != DEFAULT_MODEL:
+        raise ConfigError(
+            f"--model {value!r}: use 'hibari' (the built-in voice), NAME=hibari, "
+            "or NAME=module:factory (a plug-in)"
+        )
+    if not name:
+        raise ConfigError(f"--model {value!r}: the model name before '=' is empty")
+    if not sep or target == DEFAULT_MODEL:
+        return parse_model_specs([{"name": name}], source=f"--model {value!r}")[0]
+    return parse_model_specs(
+        [{"name": name, "backend": "plugin", "factory": target}], source=f"--model {value!r}"
+    )[0]
+
+
+def _load_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"TTS_RUNTIME_MODELS_JSON is not valid JSON: {err}") from err
+
+
+def _write_new_token(path: Path) -> str:
+    token = secrets.token_urlsafe(32)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_EXCL: if a peer wrote the file first, its token wins and we read it back.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        existing = path.read_text(encoding="utf-8").strip()
+        if existing:
+            return existing
+        raise ConfigError(
+            f"admin token file {path} exists but is empty; delete it or write a token"
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"cannot create admin token file {path}: {err.strerror}") from err
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(token + "\n")
+    return token
