@@ -52,13 +52,18 @@ def changes(old: Report | None, new: Report) -> list[str]:
     for name in sorted(new_models.keys() - old_models.keys()):
         out.append(f"{name}: new ({new_models[name].get('state')})")
     for name in sorted(old_models.keys() & new_models.keys()):
-        a, b = old_models[name], new_models[name]
-        for key in sorted(a.keys() | b.keys()):
-            if a.get(key) != b.get(key):
-                out.append(f"{name}.{key}: {_short(a.get(key))} -> {_short(b.get(key))}")
-    if before["gpu"] != after["gpu"]:
-        out.append(f"gpu: {_short(before['gpu'])} -> {_short(after['gpu'])}")
+        _diff(name, old_models[name], new_models[name], out)
+    _diff("gpu", before["gpu"], after["gpu"], out)
     return out
+
+
+def _diff(path: str, a: Any, b: Any, out: list[str]) -> None:
+    """Differences field by field inside objects (policy, gpu), as `path.field: old -> new`."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        for key in sorted(a.keys() | b.keys()):
+            _diff(f"{path}.{key}", a.get(key), b.get(key), out)
+    elif a != b:
+        out.append(f"{path}: {_short(a)} -> {_short(b)}")
 
 
 class Coalescer:
