@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tts_runtime.residency import (
     BusyError,
     InsufficientGpuMemoryError,
+    InvalidRequestError,
     InvalidTransitionError,
     ModelLoadError,
     ResidencyError,
@@ -25,6 +26,7 @@ log = logging.getLogger("tts_runtime.server")
 
 _CODES: dict[type[ResidencyError], str] = {
     UnknownModelError: "model_not_found",
+    InvalidRequestError: "invalid_request",
     InvalidTransitionError: "invalid_transition",
     InsufficientGpuMemoryError: "insufficient_gpu_memory",
     ModelLoadError: "model_load_failed",
