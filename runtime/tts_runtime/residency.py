@@ -169,3 +169,9 @@ class BusyError(ResidencyError):
     def __init__(self, message: str, *, retry_after: float = 1.0):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class InvalidRequestError(ResidencyError, ValueError):
+    """The request itself is wrong (unknown voice, empty text, speed out of range); the message says what to fix."""
+
+    status = 400

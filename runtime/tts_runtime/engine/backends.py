@@ -1,0 +1,106 @@
+"""The memory verbs every backend implements, and how a `ModelSpec` picks its backend."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from tts_runtime.engine.spec import ModelSpec
+from tts_runtime.residency import InvalidRequestError
+
+MIN_SPEED, MAX_SPEED = 0.25, 4.0
+
+
+class GpuOutOfMemory(Exception):
+    """Device memory ran out during load/restore; the backend has already rolled back to its host copy."""
+
+
+@dataclass
+class Stats:
+    """What a backend holds right now, measured by the process that holds it."""
+
+    device: str
+    vram_bytes: int = 0
+    host_bytes: int = 0
+    voices: list[str] = field(default_factory=list)
+    sample_rate: int = 0
+
+
+@dataclass
+class Blob:
+    """One piece of a host copy, for moving it into shared memory (`exit-worker` mode)."""
+
+    key: str
+    meta: dict[str, Any]
+    data: memoryview
+
+
+class Backend(Protocol):
+    """A model and where its weights are. Every verb either completes or rolls back."""
+
+    def load(self) -> None: ...  # build it, keep a host copy, put a working copy on the device
+
+    def offload(self) -> None: ...  # drop the working copy, keep the host copy
+
+    def restore(self) -> None: ...  # working copy back on the device from the host copy
+
+    def synthesize(self, text: str, voice: str | None, speed: float) -> tuple[np.ndarray, int]: ...
+
+    def stats(self) -> Stats: ...
+
+    def host_blobs(self) -> list[Blob]: ...  # the host copy as raw bytes (for shared memory)
+
+    def adopt_host(self, blobs: list[Blob]) -> None: ...  # rebuild in `cpu` state from host_blobs' output
+
+    def close(self) -> None: ...  # drop everything
+
+
+def resolve_factory(ref: str) -> Callable[..., Any]:
+    """'package.module:callable' -> the callable, with an error that names what is missing."""
+    mod_name, _, attr = ref.partition(":")
+    try:
+        obj: Any = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ImportError(f"factory {ref!r}: cannot import module {mod_name!r} ({e})") from e
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ImportError(f"factory {ref!r}: module {mod_name!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise TypeError(f"factory {ref!r} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def check_request(text: str, voice: str | None, speed: float, voices: list[str]) -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidRequestError("input text is empty; send the text to speak in 'input'")
+    if not MIN_SPEED <= float(speed) <= MAX_SPEED:
+        raise InvalidRequestError(f"speed {speed} is out of range; use {MIN_SPEED} to {MAX_SPEED}")
+    if voice is not None and voices and voice not in voices:
+        raise InvalidRequestError(f"unknown voice {voice!r}; this model has: {', '.join(voices)}")
+
+
+def as_samples(samples: Any) -> np.ndarray:
+    """A model's output as a float32 mono 1-D array."""
+    if hasattr(samples, "detach"):  # a torch tensor
+        samples = samples.detach().to("cpu").float().numpy()
+    arr = np.asarray(samples, dtype=np.float32)
+    if arr.ndim != 1:
+        arr = arr.reshape(-1)
+    return arr
+
+
+def make_backend(spec: ModelSpec, device: str) -> Backend:
+    """The backend for a spec, executing on `device` ("cpu" or "cuda:N")."""
+    if spec.backend == "hibari":
+        from tts_runtime.engine.hibari_backend import HibariBackend
+
+        return HibariBackend(spec, device)
+    from tts_runtime.engine.torch_backend import TorchBackend
+
+    return TorchBackend(spec, device)

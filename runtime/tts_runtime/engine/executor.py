@@ -1,0 +1,113 @@
+"""Where a model executes, as seen by the engine: the `Executor` protocol and the in-process executor."""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+import numpy as np
+
+from tts_runtime.engine.backends import Backend, Stats, make_backend
+from tts_runtime.engine.spec import ModelSpec
+
+
+class ExecutionTimeout(Exception):
+    """A load, restore or request ran past its time limit (its worker, if any, has been killed)."""
+
+
+class Executor(Protocol):
+    """The memory verbs of one model plus requests; calls are thread-safe and serialised per model.
+
+    Errors: `GpuOutOfMemory` (rolled back to the host copy), `InvalidRequestError` (the client's
+    mistake), `WorkerCrashedError`, `ExecutionTimeout`, anything else = the model's own failure.
+    """
+
+    stats: Stats
+
+    def pids(self) -> list[int]: ...
+
+    def load(self, timeout: float) -> Stats: ...
+
+    def offload(self) -> Stats: ...
+
+    def restore(self, timeout: float) -> Stats: ...
+
+    def synthesize(
+        self, text: str, voice: str | None, speed: float, timeout: float | None
+    ) -> tuple[np.ndarray, int]: ...
+
+    def host_intact(self) -> bool: ...  # after a failure: is the host copy still usable (model can be `cpu`)?
+
+    def close(self) -> None: ...  # free everything, end the worker; idempotent
+
+
+class InlineExecutor:
+    """Runs the backend in this process (tests, CPU-only hosts that want no subprocess)."""
+
+    def __init__(self, spec: ModelSpec, device: str) -> None:
+        self.spec = spec
+        self.backend: Backend = make_backend(spec, device)
+        self.stats = Stats(device="cpu" if not device.startswith("cuda") else device)
+        self._lock = threading.Lock()
+        self._loaded = False
+        self._closed = False
+
+    def pids(self) -> list[int]:
+        return []
+
+    def load(self, timeout: float) -> Stats:
+        # A thread cannot be killed: on timeout the load is abandoned and its result freed when it ends.
+        result: list[BaseException | None] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                self.backend.load()
+                result.append(None)
+            except BaseException as e:
+                result.append(e)
+            done.set()
+            if self._closed:
+                self.backend.close()
+
+        threading.Thread(target=run, name=f"load-{self.spec.name}", daemon=True).start()
+        if not done.wait(timeout):
+            self._closed = True
+            raise ExecutionTimeout(
+                f"loading {self.spec.name!r} took longer than loadTimeoutSeconds={timeout:g}"
+            )
+        if result[0] is not None:
+            self.backend.close()
+            raise result[0]
+        self._loaded = True
+        return self._refresh()
+
+    def _refresh(self) -> Stats:
+        self.stats = self.backend.stats()
+        return self.stats
+
+    def offload(self) -> Stats:
+        with self._lock:
+            self.backend.offload()
+            return self._refresh()
+
+    def restore(self, timeout: float) -> Stats:
+        with self._lock:
+            self.backend.restore()
+            return self._refresh()
+
+    def synthesize(
+        self, text: str, voice: str | None, speed: float, timeout: float | None
+    ) -> tuple[np.ndarray, int]:
+        with self._lock:
+            return self.backend.synthesize(text, voice, speed)
+
+    def host_intact(self) -> bool:
+        return self._loaded and not self._closed
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with self._lock:
+                self.backend.close()
+            self.stats = Stats(device=self.stats.device)

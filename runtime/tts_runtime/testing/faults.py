@@ -1,0 +1,48 @@
+"""Factories that fail on purpose: raise, hang, fail N times, or kill their own worker mid-request."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tts_runtime.testing.tiny import TinyTTS
+
+
+def failing_factory(message: str = "injected load failure", **_: Any) -> TinyTTS:
+    """`tts_runtime.testing.faults:failing_factory`: the loader raises."""
+    raise RuntimeError(message)
+
+
+def hanging_factory(hang_seconds: float = 3600.0, **_: Any) -> TinyTTS:
+    """`tts_runtime.testing.faults:hanging_factory`: the loader hangs (past any sane load timeout)."""
+    time.sleep(hang_seconds)
+    return TinyTTS()
+
+
+def flaky_factory(counter_path: str, fail_times: int = 1, **options: Any) -> TinyTTS:
+    """`tts_runtime.testing.faults:flaky_factory`: fails the first `fail_times` loads, counted in a file
+    (so the count survives worker processes), then builds a TinyTTS."""
+    p = Path(counter_path)
+    n = int(p.read_text() or 0) if p.exists() else 0
+    p.write_text(str(n + 1))
+    if n < fail_times:
+        raise RuntimeError(f"injected failure {n + 1} of {fail_times}")
+    return TinyTTS(**options)
+
+
+class CrashingTTS(TinyTTS):
+    """Exits its process without a word when asked to say "crash" (a worker dying mid-request)."""
+
+    def synthesize(self, text: str, voice: str, speed: float) -> tuple[torch.Tensor, int]:
+        if text == "crash":
+            os._exit(17)
+        return super().synthesize(text, voice, speed)
+
+
+def crashing_factory(**options: Any) -> CrashingTTS:
+    """`tts_runtime.testing.faults:crashing_factory`: synthesize("crash") kills the worker."""
+    return CrashingTTS(**options)

@@ -1,0 +1,107 @@
+"""A tiny deterministic torch "TTS" (`tts_runtime.testing.tiny:factory`), sized in bytes for bench.
+
+Text -> per-character embeddings -> two Linear layers and a Conv1d -> 160 samples per character at
+16 kHz, shaped by a registered buffer. Every parameter and buffer touches the output, so a weight that
+comes back wrong after offload/restore changes the samples.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+SAMPLE_RATE = 16000
+HOP = 160
+_BALLAST_MIXED = 4096  # elements of the ballast that enter the output (the rest only takes space)
+
+
+class TinyTTS(nn.Module):
+    sample_rate = SAMPLE_RATE
+    voices = ("alto", "bass")
+
+    def __init__(
+        self, size_bytes: int = 0, delay_seconds: float = 0.0, hidden: int = 32, seed: int = 0
+    ) -> None:
+        super().__init__()
+        self.delay_seconds = float(delay_seconds)
+        self.embed = nn.Embedding(256, hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, HOP)
+        self.conv = nn.Conv1d(1, 1, kernel_size=9, padding=4)
+        self.window: torch.Tensor
+        self.register_buffer("window", torch.hann_window(HOP, periodic=False) + 0.5)
+        base = sum(p.numel() * 4 for p in self.parameters()) + HOP * 4
+        extra = max(0, int(size_bytes) - base) // 4
+        # Ballast makes the model as big as asked (bench: 1/4/16 GB) without slowing synthesis.
+        self.ballast = nn.Parameter(torch.empty(extra), requires_grad=False)
+        self._init(seed)
+
+    def _init(self, seed: int) -> None:
+        if self.embed.weight.device.type == "meta":
+            return  # a skeleton: the weights arrive from a shared host copy
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            # In name order, so the weights depend only on the seed.
+            for _, p in sorted(self.named_parameters(), key=lambda kv: kv[0]):
+                if p is self.ballast:
+                    continue
+                p.copy_(torch.rand(p.shape, generator=g) * 0.2 - 0.1)
+            n = self.ballast.numel()
+            head = min(n, _BALLAST_MIXED)
+            if head:
+                self.ballast[:head].copy_(torch.rand(head, generator=g) * 1e-3)
+            if n > head:
+                self.ballast[head:].fill_(1e-3)
+
+    def forward(self, codes: torch.Tensor, voice: int, speed: float) -> torch.Tensor:
+        h = torch.tanh(self.proj(self.embed(codes)))  # (n, hidden)
+        frames = torch.tanh(self.out(h)) * self.window  # (n, HOP)
+        wave = self.conv(frames.reshape(1, 1, -1)).reshape(-1)
+        if self.ballast.numel():
+            wave = wave + self.ballast[:_BALLAST_MIXED].sum()
+        wave = wave * (0.5 if voice else 1.0)
+        if speed != 1.0:
+            n = max(1, int(wave.numel() / speed))
+            idx = torch.linspace(0, wave.numel() - 1, n, device=wave.device).long()
+            wave = wave[idx]
+        return torch.clamp(wave, -1.0, 1.0)
+
+    def synthesize(self, text: str, voice: str, speed: float) -> tuple[torch.Tensor, int]:
+        if self.delay_seconds:
+            time.sleep(self.delay_seconds)  # lets tests hold a request in flight
+        dev = self.embed.weight.device
+        codes = torch.tensor(list(text.encode("utf-8")), dtype=torch.long, device=dev)
+        v = self.voices.index(voice) if voice in self.voices else 0
+        return self.forward(codes, v, speed).to("cpu"), SAMPLE_RATE
+
+
+def factory(**options: Any) -> TinyTTS:
+    """`tts_runtime.testing.tiny:factory`; options: size_bytes, delay_seconds, hidden, seed."""
+    return TinyTTS(**options)
+
+
+class TinyPlugin:
+    """A plug-in that is not an nn.Module: two modules found through `residency_modules()`."""
+
+    sample_rate = SAMPLE_RATE
+    voices = ("alto",)
+
+    def __init__(self, **options: Any) -> None:
+        self.a = TinyTTS(**options)
+        self.b = TinyTTS(seed=1)
+
+    def residency_modules(self) -> list[nn.Module]:
+        return [self.a, self.b]
+
+    def synthesize(self, text: str, voice: str, speed: float) -> tuple[torch.Tensor, int]:
+        wa, _ = self.a.synthesize(text, voice, speed)
+        wb, _ = self.b.synthesize(text, voice, speed)
+        return (wa + wb) / 2, SAMPLE_RATE
+
+
+def plugin_factory(**options: Any) -> TinyPlugin:
+    """`tts_runtime.testing.tiny:plugin_factory`."""
+    return TinyPlugin(**options)
