@@ -46,3 +46,23 @@ class CrashingTTS(TinyTTS):
 def crashing_factory(**options: Any) -> CrashingTTS:
     """`tts_runtime.testing.faults:crashing_factory`: synthesize("crash") kills the worker."""
     return CrashingTTS(**options)
+
+
+class OomOnRestore(TinyTTS):
+    """Runs out of "GPU memory" on restores 2 .. 1 + fail_restores (restore 1 is the load's)."""
+
+    def __init__(self, fail_restores: int = 1, **options: Any) -> None:
+        super().__init__(**options)
+        self.fail_restores = fail_restores
+        self.restores = 0
+
+    def residency_restore(self, device: str) -> None:
+        self.restores += 1
+        if 2 <= self.restores <= 1 + self.fail_restores:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        super().residency_restore(device)
+
+
+def oom_on_restore_factory(**options: Any) -> OomOnRestore:
+    """`tts_runtime.testing.faults:oom_on_restore_factory`: restore hits CUDA OOM `fail_restores` times."""
+    return OomOnRestore(**options)

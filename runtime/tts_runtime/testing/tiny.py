@@ -27,6 +27,7 @@ class TinyTTS(nn.Module):
     ) -> None:
         super().__init__()
         self.delay_seconds = float(delay_seconds)
+        self.resident = True  # False between residency_offload() and residency_restore()
         self.embed = nn.Embedding(256, hidden)
         self.proj = nn.Linear(hidden, hidden)
         self.out = nn.Linear(hidden, HOP)
@@ -69,9 +70,20 @@ class TinyTTS(nn.Module):
             wave = wave[idx]
         return torch.clamp(wave, -1.0, 1.0)
 
+    def residency_offload(self) -> None:
+        self.resident = False
+
+    def residency_restore(self, device: str) -> None:
+        self.resident = True
+
     def synthesize(self, text: str, voice: str, speed: float) -> tuple[torch.Tensor, int]:
+        # The engine promises never to offload under a request: break loudly if it ever does.
+        if not self.resident:
+            raise RuntimeError("TinyTTS.synthesize called while offloaded")
         if self.delay_seconds:
             time.sleep(self.delay_seconds)  # lets tests hold a request in flight
+        if not self.resident:
+            raise RuntimeError("TinyTTS was offloaded during synthesize")
         dev = self.embed.weight.device
         codes = torch.tensor(list(text.encode("utf-8")), dtype=torch.long, device=dev)
         v = self.voices.index(voice) if voice in self.voices else 0
