@@ -64,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
         logging.basicConfig(
             level=str(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+    for noisy in ("httpx", "httpcore", "urllib3", "kubernetes"):
+        # Their DEBUG logs every request of the loop; the agent logs what matters itself.
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     missing = [flag for flag, value in (("--pod", args.pod), ("--namespace", args.namespace)) if not value]
     if missing:
         print(

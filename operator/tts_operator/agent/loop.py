@@ -87,6 +87,7 @@ class Agent:
         self._streaming = False
         self._annotations: dict[str, str] = {}
         self._pod_seen = False
+        self._pod_known = False  # whether _pod_seen comes from the API yet
         self._policy_synced = False
         self._served_request: str | None = None
         self._gpu_share: Any = None
@@ -107,9 +108,15 @@ class Agent:
         self.wake.set()
 
     def _set_pod(self, pod: dict[str, Any] | None) -> None:
+        seen = pod is not None
+        if seen != self._pod_seen or not self._pod_known:
+            if seen:
+                log.info("pod %s found", self.pod.ref)
+            else:
+                log.warning("pod %s not found (not created yet, or deleted); waiting for it", self.pod.ref)
         with self._lock:
             self._annotations = annotations_of(pod)
-            self._pod_seen = pod is not None
+            self._pod_seen, self._pod_known = seen, True
         self.wake.set()
 
     def follow_runtime(self) -> None:

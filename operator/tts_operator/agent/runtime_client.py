@@ -38,8 +38,11 @@ def _detail(response: httpx.Response) -> str:
         return response.text[:300]
     if isinstance(body, dict):
         for key in ("detail", "error", "message"):
-            if key in body:
-                return json.dumps(body[key]) if not isinstance(body[key], str) else body[key]
+            value = body.get(key)
+            if isinstance(value, dict) and isinstance(value.get("message"), str):
+                return str(value["message"])  # the runtime's OpenAI-style {"error": {"message": ...}}
+            if value is not None:
+                return value if isinstance(value, str) else json.dumps(value)
     return json.dumps(body)[:300]
 
 
