@@ -8,8 +8,9 @@ from tts_runtime.residency import Policy, State, Verb
 
 def view(name: str = "m", state: State = State.GPU, idle: float = 0.0, **kw: object) -> SlotView:
     policy = kw.pop("policy", Policy.model_validate({}))
-    return SlotView(name=name, state=state, leases=int(kw.pop("leases", 0)), idle_seconds=idle,
-                    policy=policy, **kw)  # type: ignore[arg-type]
+    return SlotView(
+        name=name, state=state, leases=int(kw.pop("leases", 0)), idle_seconds=idle, policy=policy, **kw
+    )  # type: ignore[arg-type]
 
 
 def P(**kw: object) -> Policy:

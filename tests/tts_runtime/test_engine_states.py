@@ -32,7 +32,12 @@ def test_nothing_loads_until_the_first_request(make_engine, tiny_spec, events) -
     assert states(e)["b"] == "unloaded"
     first = got[0]
     assert (first.model, first.verb, first.from_state, first.to_state, first.ok) == (
-        "a", Verb.LOAD, State.UNLOADED, State.GPU, True)
+        "a",
+        Verb.LOAD,
+        State.UNLOADED,
+        State.GPU,
+        True,
+    )
 
 
 def test_admin_verbs_walk_the_states(make_engine, tiny_spec, events) -> None:
