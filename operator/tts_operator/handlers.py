@@ -1,0 +1,230 @@
+"""Kopf handlers: thin glue from watch events and timers to the pure builders, plans and status."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import kopf
+
+from tts_operator import annotations as ann
+from tts_operator.api import Api
+from tts_operator.builders import (
+    Images,
+    Owner,
+    build_deployment,
+    build_role,
+    build_role_binding,
+    build_service,
+    build_service_account,
+)
+from tts_operator.reconcile import (
+    ForeignChildError,
+    apply_child,
+    apply_children,
+    patch_annotations,
+    sync_policy,
+)
+from tts_operator.sharing import plan_gpu_sharing
+from tts_operator.spec import InvalidSpecError, TTSServiceSpec, parse_spec
+from tts_operator.status import PodInfo, aggregate, status_changed
+
+G, V, P = ann.GROUP, ann.VERSION, ann.PLURAL
+MANAGED: dict[str, Any] = {
+    ann.MANAGED_BY_LABEL: ann.MANAGED_BY, ann.SERVICE_LABEL: kopf.PRESENT}
+# Status is recomputed from the pod index at most this often: a storm of agent reports is one write.
+STATUS_SECONDS = float(os.environ.get("RESIDENCY_STATUS_SECONDS", "2"))
+# The level check: children and pod annotations are compared with what they should be this often.
+RECHECK_SECONDS = float(os.environ.get("RESIDENCY_RECHECK_SECONDS", "30"))
+CHILD_BUILDERS = {
+    "deployments": lambda o, i: build_deployment(o, i),
+    "services": lambda o, i: build_service(o),
+    "serviceaccounts": lambda o, i: build_service_account(o),
+    "roles": lambda o, i: build_role(o),
+    "rolebindings": lambda o, i: build_role_binding(o),
+}
+
+
+def _api(memo: kopf.Memo) -> Api:
+    return cast(Api, memo["api"])
+
+
+def _images(memo: kopf.Memo) -> Images:
+    return cast(Images, memo["images"])
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Kopf's bookkeeping goes to annotations under our group, keeping `status` ours alone.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=G)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=G, key="last-handled-configuration")
+    settings.persistence.finalizer = f"{G}/finalizer"  # only used if a deletion handler ever appears
+    settings.posting.level = logging.WARNING  # events for problems users must act on, not for every pass
+    settings.watching.server_timeout = 600
+    memo["api"] = Api()
+    memo["images"] = Images.from_env()
+    memo["issued"] = set()
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    if "api" in memo:
+        _api(memo).close()
+
+
+@kopf.index("pods", labels=MANAGED)
+def pods_by_service(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
+                    ) -> dict[tuple[str, str], PodInfo]:
+    return {(namespace or "", labels[ann.SERVICE_LABEL]): PodInfo.from_pod(body)}
+
+
+@kopf.index(G, V, P)
+def services(body: kopf.Body, namespace: str | None, name: str, uid: str, **_: Any
+             ) -> dict[tuple[str, str], Any]:
+    return {(namespace or "", name): {"uid": uid, "spec": dict(body.get("spec") or {})}}
+
+
+PodIndex = kopf.Index[tuple[str, str], PodInfo]
+ServiceIndex = kopf.Index[tuple[str, str], Any]
+
+
+def _pod_index(kwargs: dict[str, Any]) -> PodIndex:
+    """Kopf passes indexes by the indexing function's name."""
+    return cast(PodIndex, kwargs["pods_by_service"])
+
+
+def _service_index(kwargs: dict[str, Any]) -> ServiceIndex:
+    return cast(ServiceIndex, kwargs["services"])
+
+
+def _pods(index: kopf.Index[tuple[str, str], PodInfo], namespace: str, name: str) -> list[PodInfo]:
+    return list(index.get((namespace, name), []))
+
+
+def _owner(name: str, namespace: str, uid: str, spec: TTSServiceSpec) -> Owner:
+    return Owner(name=name, namespace=namespace, uid=uid, spec=spec)
+
+
+async def _reconcile(name: str, namespace: str, uid: str, raw_spec: Any, memo: kopf.Memo,
+                     pods: list[PodInfo]) -> None:
+    try:
+        spec = parse_spec(raw_spec, name)
+    except InvalidSpecError as exc:
+        raise kopf.PermanentError(f"invalid TTSService spec: {exc}") from None
+    owner = _owner(name, namespace, uid, spec)
+    try:
+        await apply_children(_api(memo), owner, _images(memo))
+    except ForeignChildError as exc:
+        raise kopf.PermanentError(str(exc)) from None
+    await sync_policy(_api(memo), spec, pods)
+
+
+@kopf.on.resume(G, V, P)
+@kopf.on.create(G, V, P)
+@kopf.on.update(G, V, P)
+async def reconcile_service(name: str, namespace: str | None, uid: str, spec: kopf.Spec, memo: kopf.Memo,
+                            **kw: Any) -> None:
+    ns, pods_by_service = namespace or "", _pod_index(kw)
+    await _reconcile(name, ns, uid, dict(spec), memo, _pods(pods_by_service, ns, name))
+
+
+@kopf.timer(G, V, P, interval=RECHECK_SECONDS, initial_delay=RECHECK_SECONDS)
+async def recheck_service(name: str, namespace: str | None, uid: str, spec: kopf.Spec, memo: kopf.Memo,
+                          **kw: Any) -> None:
+    ns, pods_by_service = namespace or "", _pod_index(kw)
+    # A permanent problem is already reported by the create/update handler and in the status conditions.
+    with contextlib.suppress(kopf.PermanentError):
+        await _reconcile(name, ns, uid, dict(spec), memo, _pods(pods_by_service, ns, name))
+
+
+@kopf.timer(G, V, P, interval=STATUS_SECONDS)
+def write_status(name: str, namespace: str | None, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status,
+                 patch: kopf.Patch, **kw: Any) -> None:
+    pods_by_service = _pod_index(kw)
+    invalid: str | None = None
+    replicas, port = 0, 8000
+    try:
+        parsed = parse_spec(dict(spec), name)
+        replicas, port = parsed.replicas, parsed.port
+    except InvalidSpecError as exc:
+        invalid = str(exc)
+    current = dict(status)
+    ns = namespace or ""
+    desired = aggregate(
+        _pods(pods_by_service, ns, name), replicas=replicas, generation=int(meta.get("generation", 0)),
+        endpoint=f"http://{name}.{ns}.svc.cluster.local:{port}",
+        conditions=list(current.get("conditions") or []), now=datetime.now(UTC), invalid=invalid)
+    if status_changed(current, desired):
+        patch.status.update(desired)
+
+
+def _child_event(plural: str) -> None:
+    group, version = {"deployments": ("apps", "v1"), "roles": ("rbac.authorization.k8s.io", "v1"),
+                      "rolebindings": ("rbac.authorization.k8s.io", "v1")}.get(plural, ("", "v1"))
+
+    @kopf.on.event(group, version, plural, labels=MANAGED, id=f"child-{plural}")
+    async def child_changed(type: str, body: kopf.Body, namespace: str | None, labels: kopf.Labels,
+                            memo: kopf.Memo, **kw: Any) -> None:
+        """A child deleted or edited by hand is put back at once (the timer would, later)."""
+        services = _service_index(kw)
+        service, ns = labels[ann.SERVICE_LABEL], namespace or ""
+        entries = list(services.get((ns, service), []))
+        if not entries or type not in ("DELETED", "MODIFIED", "ADDED", None):
+            return
+        try:
+            spec = parse_spec(entries[0]["spec"], service)
+        except InvalidSpecError:
+            return
+        desired = CHILD_BUILDERS[plural](_owner(service, ns, entries[0]["uid"], spec), _images(memo))
+        if desired["metadata"]["name"] != body.get("metadata", {}).get("name"):
+            return
+        observed = None if type == "DELETED" else dict(body)
+        try:
+            await apply_child(_api(memo), desired, observed)
+        except ForeignChildError:
+            return
+
+
+for _plural in CHILD_BUILDERS:
+    _child_event(_plural)
+
+
+@kopf.on.event("pods", labels=MANAGED)
+async def pod_changed(type: str, body: kopf.Body, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo,
+                      **kw: Any) -> None:
+    """A new pod gets its service's policy as soon as it appears; sharing state follows every report."""
+    services, pods_by_service = _service_index(kw), _pod_index(kw)
+    api = _api(memo)
+    service = labels[ann.SERVICE_LABEL]
+    entries = list(services.get((namespace or "", service), []))
+    if type != "DELETED" and entries:
+        try:
+            spec = parse_spec(entries[0]["spec"], service)
+        except InvalidSpecError:
+            spec = None
+        if spec is not None:
+            await sync_policy(api, spec, [PodInfo.from_pod(body)])
+    await _sync_sharing(api, memo, services, pods_by_service)
+
+
+async def _sync_sharing(api: Api, memo: kopf.Memo, services: kopf.Index[tuple[str, str], Any],
+                        pods_by_service: kopf.Index[tuple[str, str], PodInfo]) -> None:
+    pods = [pod for store in pods_by_service.values() for pod in store]
+    budgets: dict[str, int | None] = {}
+    for (namespace, name), store in services.items():
+        for entry in store:
+            gpu = (entry["spec"].get("gpu") or {}) if isinstance(entry["spec"], dict) else {}
+            budgets[f"{namespace}/{name}"] = gpu.get("memoryBudgetBytes")
+    issued: set[str] = memo["issued"]
+    changes = plan_gpu_sharing(pods, budgets, datetime.now(UTC), frozenset(issued))
+    by_key = {pod.key: pod for pod in pods}
+    for key, values in changes.items():
+        if key in by_key:
+            await patch_annotations(api, by_key[key], values)
+            request = ann.parse(ann.OffloadRequestValue, values.get(ann.OFFLOAD_REQUEST))
+            if request is not None:
+                issued.add(request.id)

@@ -1,0 +1,99 @@
+"""Observe → plan → apply for one TTSService: its children and its pods' policy annotations."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from tts_operator import annotations as ann
+from tts_operator.api import Api, ApiError
+from tts_operator.builders import Images, Manifest, Owner, build_children, differs
+from tts_operator.spec import TTSServiceSpec
+from tts_operator.status import PodInfo
+
+log = logging.getLogger(__name__)
+
+
+class ForeignChildError(Exception):
+    """A child's name is taken by an object another controller (or a person) owns; we never steal it."""
+
+
+def owned_part(desired: Manifest) -> Manifest:
+    """The fields we set, as a merge patch: labels and owner references, and everything below metadata."""
+    meta = desired["metadata"]
+    body = {k: v for k, v in desired.items() if k not in ("apiVersion", "kind", "metadata")}
+    return {"metadata": {"labels": meta["labels"], "ownerReferences": meta["ownerReferences"]}, **body}
+
+
+def needs_patch(desired: Manifest, observed: Manifest) -> bool:
+    return differs(owned_part(desired), observed)
+
+
+def _check_owner(desired: Manifest, observed: Manifest) -> None:
+    uid = desired["metadata"]["ownerReferences"][0]["uid"]
+    refs = (observed.get("metadata") or {}).get("ownerReferences") or []
+    controllers = [r for r in refs if r.get("controller")]
+    ours = any(r.get("uid") == uid for r in controllers)
+    if not ours:
+        meta = desired["metadata"]
+        raise ForeignChildError(
+            f"a {desired['kind']} named {meta['name']!r} already exists in {meta['namespace']!r} and is not "
+            "owned by this TTSService: delete it or rename the TTSService")
+
+
+async def apply_child(api: Api, desired: Manifest, observed: Manifest | None = None) -> str:
+    """Create the child if missing, patch it if it drifted from what we set. Returns what was done."""
+    meta = desired["metadata"]
+    if observed is None:
+        observed = await api.get(desired["kind"], meta["namespace"], meta["name"])
+    if observed is None:
+        try:
+            await api.create(desired)
+        except ApiError as exc:
+            if exc.status != 409:  # created meanwhile (e.g. by the event handler): next pass compares it
+                raise
+        return "created"
+    _check_owner(desired, observed)
+    if not needs_patch(desired, observed):
+        return "unchanged"
+    await api.patch(desired["kind"], meta["namespace"], meta["name"], owned_part(desired))
+    return "patched"
+
+
+async def apply_children(api: Api, owner: Owner, images: Images) -> dict[str, str]:
+    done: dict[str, str] = {}
+    for child in build_children(owner, images):
+        done[f"{child['kind']}/{child['metadata']['name']}"] = await apply_child(api, child)
+    changed = {k: v for k, v in done.items() if v != "unchanged"}
+    if changed:
+        log.info("%s/%s children: %s", owner.namespace, owner.name, changed)
+    return done
+
+
+def policy_value(spec: TTSServiceSpec) -> str:
+    return ann.dump(spec.residency)
+
+
+def stale_policy_pods(pods: Iterable[PodInfo], wanted: str) -> list[PodInfo]:
+    """Pods whose policy annotation is not the service's current policy (terminating pods are left alone)."""
+    return [p for p in pods if not p.terminating and p.policy != wanted]
+
+
+async def sync_policy(api: Api, spec: TTSServiceSpec, pods: Iterable[PodInfo]) -> int:
+    """Patch `tts.residency.dev/policy` on every pod that lacks the current policy; no restart, no rollout."""
+    wanted = policy_value(spec)
+    count = 0
+    for pod in stale_policy_pods(pods, wanted):
+        await patch_annotations(api, pod, {ann.POLICY: wanted})
+        count += 1
+    return count
+
+
+async def patch_annotations(api: Api, pod: PodInfo, values: dict[str, str | None]) -> None:
+    body: dict[str, Any] = {"metadata": {"annotations": values}}
+    try:
+        await api.patch("Pod", pod.namespace, pod.name, body)
+    except ApiError as exc:
+        if exc.status != 404:  # the pod is gone: nothing to tell it
+            raise

@@ -1,0 +1,101 @@
+"""Pure GPU-sharing plan: pods that share a GPU learn about each other, idle peers are asked to offload."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Mapping
+from datetime import datetime
+
+from tts_operator import annotations as ann
+from tts_operator.status import PodInfo
+
+# pod key ("ns/name") -> annotation key -> new raw value (None removes it)
+Changes = dict[str, dict[str, str | None]]
+
+
+def _group(pod: PodInfo) -> str | None:
+    if pod.terminating or pod.residency is None or pod.residency.gpu is None or not pod.node:
+        return None
+    return f"{pod.node}/{pod.residency.gpu.uuid}"
+
+
+def _priority(pod: PodInfo) -> int:
+    policy = ann.parse(ann.PolicyValue, pod.policy)
+    models = pod.residency.models if pod.residency is not None else []
+    found = [m.policy.priority for m in models if m.policy is not None]
+    return max(found) if found else (policy.priority if policy is not None else 0)
+
+
+def _idle_bytes(pod: PodInfo, max_priority: int) -> int:
+    """GPU bytes this pod could free now: idle, unpinned models at or below `max_priority`."""
+    if pod.residency is None:
+        return 0
+    total = 0
+    for model in pod.residency.models:
+        policy = model.policy or ann.parse(ann.PolicyValue, pod.policy) or ann.PolicyValue.model_validate({})
+        idle = model.state == "gpu" and model.leases == 0
+        if idle and not policy.pinned and policy.priority <= max_priority:
+            total += model.vram_bytes
+    return total
+
+
+def _request_id(demander: PodInfo, peer: PodInfo) -> str:
+    updated = demander.residency.updated if demander.residency is not None else None
+    seed = f"{demander.key}|{peer.key}|{updated.isoformat() if updated else ''}"
+    return hashlib.sha256(seed.encode()).hexdigest()[:16]
+
+
+def plan_gpu_sharing(pods: list[PodInfo], budgets: Mapping[str, int | None], now: datetime,
+                     issued: frozenset[str] = frozenset()) -> Changes:
+    """Annotation changes that bring every pod's `gpu-share` and `offload-request` to what the pods' reports
+    call for. `budgets` maps "ns/service" to its memory budget; `issued` holds request ids already sent
+    (so an acknowledged request is not sent again for the same demand report). Deterministic."""
+    changes: Changes = {}
+    groups: dict[str, list[PodInfo]] = defaultdict(list)
+    for pod in sorted(pods, key=lambda p: p.key):
+        group = _group(pod)
+        if group is not None:
+            groups[group].append(pod)
+        elif pod.gpu_share is not None and not pod.terminating:
+            changes.setdefault(pod.key, {})[ann.GPU_SHARE] = None
+
+    for group, members in groups.items():
+        for pod in members:
+            assert pod.residency is not None and pod.residency.gpu is not None
+            peers = [ann.Peer.model_validate({"pod": p.key, "service": p.service, "priority": _priority(p),
+                                              "residentBytes": p.residency.vram_bytes})
+                     for p in members if p is not pod and p.residency is not None]
+            share = ann.GpuShareValue.model_validate({
+                "group": group, "node": pod.node or "", "gpu": pod.residency.gpu.uuid,
+                "budgetBytes": budgets.get(f"{pod.namespace}/{pod.service}"), "peers": peers})
+            raw = ann.dump(share)
+            if raw != pod.gpu_share:
+                changes.setdefault(pod.key, {})[ann.GPU_SHARE] = raw
+
+        asked: set[str] = {p.key for p in members if p.offload_request}
+        for demander in members:
+            assert demander.residency is not None
+            wanted = [m for m in demander.residency.models if m.gpu_demand_bytes > 0]
+            if not wanted:
+                continue
+            need = sum(m.gpu_demand_bytes for m in wanted)
+            ceiling = max((m.policy.priority if m.policy else _priority(demander)) for m in wanted)
+            candidates = sorted(
+                (p for p in members if p is not demander and p.key not in asked),
+                key=lambda p: (_priority(p), -_idle_bytes(p, ceiling), p.key))
+            freed = 0
+            for peer in candidates:
+                if freed >= need:
+                    break
+                idle = _idle_bytes(peer, ceiling)
+                request_id = _request_id(demander, peer)
+                if idle == 0 or request_id in issued:
+                    continue
+                value = ann.OffloadRequestValue.model_validate({
+                    "id": request_id, "verb": "offload", "requestedBy": demander.key, "created": now,
+                    "reason": f"{demander.key} needs {need} GPU bytes on {group}"})
+                changes.setdefault(peer.key, {})[ann.OFFLOAD_REQUEST] = ann.dump(value)
+                asked.add(peer.key)
+                freed += idle
+    return changes
