@@ -12,7 +12,8 @@ in a conftest or test module):
   lists and watches by `labelSelector` and `fieldSelector` (metadata.name/namespace); puts `kind` in lists.
 - `KubeAPI` — the emulator running in a background thread on a free port, with a kubeconfig file pointing at
   it (`.kubeconfig`, `.url`) and blocking helpers that go over HTTP like any client:
-  `create(res, obj)` (a `status` in obj is then written through `/status`, as a controller would), `get(res, ns, name)` (None when absent), `list(res, ns=None, selector=None)`,
+  `create(res, obj)` (a `status` in obj is then written through `/status`, as a controller would),
+  `get(res, ns, name)` (None when absent), `list(res, ns=None, selector=None)`,
   `patch(res, ns, name, patch, status=False)` (merge patch; a list is a JSON patch), `delete(res, ns, name)`,
   `events(ns)`, `wait_for(fn, timeout=...)` (polls `fn()` until truthy, returns its value).
   `res` is a plural from `RESOURCES` ("ttsservices", "pods", "deployments", "services", "serviceaccounts",

@@ -11,7 +11,9 @@ def _svc(name: str) -> dict[str, object]:
 
 
 def test_create_stamps_metadata_and_ignores_status(kube_api: KubeAPI) -> None:
-    obj = kube_api.create("ttsservices", _svc("a"))
+    response = kube_api.http.post("/apis/tts.residency.dev/v1alpha1/namespaces/default/ttsservices",
+                                  json=_svc("a"))
+    obj = response.json()
     meta = obj["metadata"]
     assert meta["namespace"] == "default" and meta["uid"] and meta["generation"] == 1
     assert meta["resourceVersion"] and "status" not in obj

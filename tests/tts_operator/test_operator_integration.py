@@ -60,12 +60,13 @@ def test_apply_creates_children_with_status_and_policy(
 
     # New pods got the policy; an edit of spec.residency reaches them without touching the template.
     def policies() -> list[dict[str, Any]]:
-        return [json.loads(p["metadata"].get("annotations", {}).get("tts.residency.dev/policy", "null") or "null")
-                for p in kube_api.list("pods", "default")]
+        notes = [p["metadata"].get("annotations") or {} for p in kube_api.list("pods", "default")]
+        return [json.loads(n.get("tts.residency.dev/policy") or "null") for n in notes]
 
     kube_api.wait_for(lambda: all(p and p["priority"] == 0 for p in policies()), what="initial policy")
     template = kube_api.get("deployments", "default", "voice")["spec"]["template"]  # type: ignore[index]
-    kube_api.patch("ttsservices", "default", "voice", {"spec": {"residency": {"priority": 7, "pinned": True}}})
+    edit = {"spec": {"residency": {"priority": 7, "pinned": True}}}
+    kube_api.patch("ttsservices", "default", "voice", edit)
     kube_api.wait_for(lambda: all(p and p["priority"] == 7 and p["pinned"] for p in policies()),
                       what="edited policy on every pod")
     assert kube_api.get("deployments", "default", "voice")["spec"]["template"] == template  # type: ignore[index]
