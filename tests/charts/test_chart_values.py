@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from typing import Any
 
@@ -77,3 +78,24 @@ def test_chart_version_matches_the_project() -> None:
     assert meta["appVersion"] == project["version"]
     # The tests validate against the oldest Kubernetes the chart admits.
     assert meta["kubeVersion"] == f">={KUBE_VERSIONS[0]}-0"
+
+
+def test_install_docs_list_every_value(chart: helm.Chart) -> None:
+    schema = chart.schema
+    assert schema is not None
+
+    def leaves(node: dict[str, Any], prefix: str) -> set[str]:
+        keys: set[str] = set()
+        for key, child in node["properties"].items():
+            dotted = f"{prefix}{key}"
+            # Objects with their own keys are documented key by key; free-form ones as a whole.
+            if child.get("properties") and key not in {"livenessProbe", "resources"}:
+                keys |= leaves(child, dotted + ".")
+            else:
+                keys.add(dotted)
+        return keys
+
+    documented = set(
+        re.findall(r"^\| `([A-Za-z0-9_.]+)` \|", (REPO / "docs" / "install.md").read_text(), re.M)
+    )
+    assert leaves(schema, "") - {"global"} == documented
