@@ -25,7 +25,7 @@ def test_status_subresource_is_isolated_and_generation_follows_spec(kube_api: Ku
     assert kube_api.get("ttsservices", "default", "a")["status"] == {"x": 1}  # type: ignore[index]
     kube_api.patch("ttsservices", "default", "a", {"status": {"ready": "1/1"}, "spec": {"x": 1}}, status=True)
     obj = kube_api.get("ttsservices", "default", "a")
-    assert obj is not None and obj["status"] == {"ready": "1/1"} and "x" not in obj["spec"]
+    assert obj is not None and obj["status"] == {"x": 1, "ready": "1/1"} and "x" not in obj["spec"]
     assert obj["metadata"]["generation"] == 1
     rv = obj["metadata"]["resourceVersion"]
     obj = kube_api.patch("ttsservices", "default", "a", {"spec": {"replicas": 2}})
