@@ -1,0 +1,135 @@
+"""Models executing in worker processes: lifecycle, shared-memory host copy, crashes, hangs, hibari."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tts_runtime.engine import Engine
+from tts_runtime.residency import InvalidRequestError, ModelLoadError, State, WorkerCrashedError
+
+pytestmark = pytest.mark.slow
+FAULTS = "tts_runtime.testing.faults"
+KEEP = {"offloadAfterUse": False}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def worker_pids(e: Engine) -> list[int]:
+    return e.pids()[1:]
+
+
+def shm_blocks() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob(f"tts-{os.getpid()}-*")}
+
+
+def test_keep_worker_lifecycle_and_release_ends_the_worker(make_engine, tiny_spec) -> None:
+    e = make_engine([tiny_spec(execution="worker", cpu_mode="keep-worker", policy=KEEP)])
+    assert worker_pids(e) == []  # nothing at start-up
+    with e.lease("tiny") as lease:
+        before = lease.synthesize("same words", voice="bass").samples
+    [pid] = worker_pids(e)
+    assert pid != os.getpid() and alive(pid)
+    r = e.offload("tiny")
+    assert r.state == State.CPU and r.host_bytes > 0 and worker_pids(e) == [pid]
+    with e.lease("tiny") as lease:
+        after = lease.synthesize("same words", voice="bass").samples
+    assert before.tobytes() == after.tobytes()
+    r = e.release("tiny")
+    assert r.state == State.UNLOADED and r.host_bytes == 0 and worker_pids(e) == []
+    assert not alive(pid)
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm")
+def test_exit_worker_keeps_the_host_copy_in_shared_memory(make_engine, tiny_spec) -> None:
+    e = make_engine([tiny_spec(execution="worker", cpu_mode="exit-worker", policy=KEEP)])
+    with e.lease("tiny") as lease:
+        before = lease.synthesize("shared").samples
+    [pid] = worker_pids(e)
+    r = e.offload("tiny")
+    assert r.state == State.CPU and r.host_bytes > 0
+    assert worker_pids(e) == [] and not alive(pid)  # `cpu` holds no process at all
+    [block] = shm_blocks()
+    assert os.path.getsize(f"/dev/shm/{block}") >= r.host_bytes
+    with e.lease("tiny") as lease:
+        after = lease.synthesize("shared").samples
+    [pid2] = worker_pids(e)
+    assert pid2 != pid and before.tobytes() == after.tobytes()
+    e.offload("tiny")
+    e.release("tiny")
+    assert shm_blocks() == set() and worker_pids(e) == []
+
+
+def test_worker_killed_mid_request_gives_a_clear_error_and_recovers(make_engine, tiny_spec) -> None:
+    e = make_engine([tiny_spec(execution="worker", factory=f"{FAULTS}:crashing_factory", policy=KEEP)])
+    with e.lease("tiny") as lease, pytest.raises(WorkerCrashedError) as err:
+        lease.synthesize("crash")
+    assert err.value.status == 503 and "exited" in str(err.value)
+    r = e.model_report("tiny")
+    assert r.state == State.UNLOADED and "exited" in (r.error or "") and r.leases == 0
+    assert worker_pids(e) == []
+    with e.lease("tiny") as lease:  # the next request loads a fresh worker
+        assert lease.synthesize("fine").samples.size == 4 * 160
+    assert e.model_report("tiny").error is None
+
+
+def test_worker_killed_from_outside_while_a_request_runs(make_engine, tiny_spec) -> None:
+    spec = tiny_spec(execution="worker", options={"delay_seconds": 3.0}, policy=KEEP)
+    e = make_engine([spec])
+    e.load("tiny")
+    [pid] = worker_pids(e)
+    errors: list[BaseException] = []
+
+    def request() -> None:
+        try:
+            with e.lease("tiny") as lease:
+                lease.synthesize("slow")
+        except BaseException as err:
+            errors.append(err)
+
+    t = threading.Thread(target=request)
+    t.start()
+    time.sleep(0.3)
+    os.kill(pid, signal.SIGKILL)
+    t.join(10)
+    assert len(errors) == 1 and isinstance(errors[0], WorkerCrashedError)
+    assert e.model_report("tiny").state == State.UNLOADED and worker_pids(e) == []
+
+
+def test_worker_load_hanging_past_its_timeout_is_stopped(make_engine, tiny_spec) -> None:
+    spec = tiny_spec(execution="worker", factory=f"{FAULTS}:hanging_factory", load_timeout_seconds=4.0)
+    e = make_engine([spec])
+    t0 = time.monotonic()
+    with pytest.raises(ModelLoadError) as err:
+        e.acquire("tiny")
+    assert time.monotonic() - t0 < 20
+    assert "loadTimeoutSeconds" in str(err.value)
+    assert e.model_report("tiny").state == State.FAILED and worker_pids(e) == []
+
+
+def test_hibari_in_a_worker(make_engine) -> None:
+    from tts_runtime.engine import ModelSpec
+
+    e = make_engine([ModelSpec(name="hibari", policy=KEEP)])
+    assert "heart" in e.model_report("hibari").voices
+    with e.lease("hibari") as lease:
+        out = lease.synthesize("Hello there.", voice="heart")
+        with pytest.raises(InvalidRequestError):
+            lease.synthesize("Hello.", voice="no-such-voice")
+    assert out.sample_rate == 24000 and out.samples.size > 24000 // 2
+    r = e.offload("hibari")
+    assert r.state == State.CPU and r.host_bytes >= 7_000_000
+    with e.lease("hibari") as lease:
+        again = lease.synthesize("Hello there.", voice="heart")
+    assert again.samples.tobytes() == out.samples.tobytes()
