@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 from pydantic import ValidationError
 
-from tts_runtime import __version__
-from tts_runtime.settings import ConfigError, Settings
+from tts_runtime.settings import VERSION, ConfigError, Settings
 
 if TYPE_CHECKING:
     from tts_runtime.server.state import Drain
@@ -82,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Residency's TTS runtime: OpenAI-compatible speech that never lets an idle model squat "
         "on GPU memory. Every flag has an environment variable TTS_RUNTIME_<FLAG> (flags win).",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     serve = sub.add_parser(
@@ -156,7 +155,7 @@ def serve(parser: argparse.ArgumentParser, settings: Settings) -> int:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     log.info(
         "tts-runtime %s serving http://%s:%d models=%s device=%s gpu-management=%s admin-token=%s",
-        __version__,
+        VERSION,
         host,
         settings.port,
         ",".join(runtime.engine.names()),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -13,6 +14,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tts_runtime.engine.spec import ModelsFileError, ModelSpec, load_model_specs, parse_model_specs
 from tts_runtime.residency import PolicyPatch
+
+# From the installed distribution: `tts_runtime.__version__` is unreachable when a test folder named
+# tts_runtime turns the package into a namespace package on sys.path.
+try:
+    VERSION = metadata.version("residency")
+except metadata.PackageNotFoundError:
+    VERSION = "0+unknown"
 
 DEFAULT_MODEL = "hibari"
 MAX_INPUT_CHARS = 4096
@@ -29,7 +37,7 @@ class Settings(BaseSettings):
 
     # Loopback by default: a container sets TTS_RUNTIME_HOST=0.0.0.0 explicitly.
     host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    port: int = Field(default=8000, ge=0, le=65535)
     # `--model` values: "hibari", "NAME=hibari" or "NAME=module:factory" (a plug-in).
     model: Annotated[list[str], NoDecode] = Field(default_factory=list)
     models_file: Path | None = None
@@ -37,18 +45,18 @@ class Settings(BaseSettings):
     models_json: str | None = None
     # Policy overrides for every model; None keeps each model's own policy (or the seed default).
     offload_after_use: bool | None = None
-    idle_offload_seconds: float | None = Field(None, ge=0)
-    idle_release_seconds: float | None = Field(None, ge=0)
+    idle_offload_seconds: float | None = Field(default=None, ge=0)
+    idle_release_seconds: float | None = Field(default=None, ge=0)
     disable_gpu_management: bool = False
     device: Literal["auto", "cuda", "cpu"] = "auto"
     admin_token: SecretStr | None = None
     admin_token_file: Path | None = None
     # Speech requests admitted at once (running + waiting); beyond it 503 + Retry-After.
-    max_queue: int = Field(64, ge=1, le=100_000)
-    drain_timeout_seconds: float = Field(30.0, ge=0)
+    max_queue: int = Field(default=64, ge=1, le=100_000)
+    drain_timeout_seconds: float = Field(default=30.0, ge=0)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     # Seconds between keep-alive comments on the /v1/residency/events stream.
-    events_keepalive_seconds: float = Field(15.0, gt=0)
+    events_keepalive_seconds: float = Field(default=15.0, gt=0)
 
     @field_validator("model", mode="before")
     @classmethod
@@ -74,7 +82,7 @@ class Settings(BaseSettings):
             patch["idle_release_seconds"] = self.idle_release_seconds
         if self.disable_gpu_management:
             patch["pinned"] = True
-        return PolicyPatch(**patch)
+        return PolicyPatch.model_validate(patch)
 
     def model_specs(self) -> list[ModelSpec]:
         """Specs from flags and file; else MODELS_JSON; else the built-in voice; policy overrides applied."""
@@ -88,7 +96,7 @@ class Settings(BaseSettings):
             if not specs and self.models_json:
                 specs = parse_model_specs(_load_json(self.models_json), source="TTS_RUNTIME_MODELS_JSON")
             if not specs:
-                specs = [ModelSpec(name=DEFAULT_MODEL)]
+                specs = [ModelSpec.model_validate({"name": DEFAULT_MODEL})]
             # Re-checked together: a name may come from the file and from a flag.
             parse_model_specs([spec.to_json() for spec in specs], source="models")
         except ModelsFileError as err:

@@ -28,11 +28,20 @@ def settings_from(argv: list[str]) -> Settings:
 
 def test_defaults_serve_hibari_on_port_8000_with_the_seed_policy() -> None:
     settings = settings_from(["serve"])
-    assert (settings.host, settings.port, settings.device, settings.max_queue) == ("127.0.0.1", 8000, "auto", 64)
+    assert (settings.host, settings.port, settings.device, settings.max_queue) == (
+        "127.0.0.1",
+        8000,
+        "auto",
+        64,
+    )
     [spec] = settings.model_specs()
     assert (spec.name, spec.backend) == ("hibari", "hibari")
     policy = spec.policy
-    assert (policy.offload_after_use, policy.idle_offload_seconds, policy.idle_release_seconds) == (True, 600, 3600)
+    assert (policy.offload_after_use, policy.idle_offload_seconds, policy.idle_release_seconds) == (
+        True,
+        600,
+        3600,
+    )
     assert policy.pinned is False
     assert settings.resolve_admin_token() is None
 
@@ -47,8 +56,18 @@ def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_policy_flags_apply_to_every_model_and_the_seed_alias_works() -> None:
     settings = settings_from(
-        ["serve", "--model", "hibari", "--model", "second=hibari", "--no-offload-after-use",
-         "--gpu-idle-timeout", "120", "--idle-release-seconds", "0"]
+        [
+            "serve",
+            "--model",
+            "hibari",
+            "--model",
+            "second=hibari",
+            "--no-offload-after-use",
+            "--gpu-idle-timeout",
+            "120",
+            "--idle-release-seconds",
+            "0",
+        ]
     )
     specs = settings.model_specs()
     assert [s.name for s in specs] == ["hibari", "second"]
@@ -78,8 +97,10 @@ def test_models_json_from_the_operator_keeps_its_policy(monkeypatch: pytest.Monk
 def test_models_file_and_flag_combine_and_names_must_be_unique(tmp_path: Path) -> None:
     path = tmp_path / "models.yaml"
     path.write_text("models:\n  - name: hibari\n    voices: [heart]\n")
-    assert [s.name for s in settings_from(["serve", "--models-file", str(path), "--model", "b=hibari"]).model_specs()] \
-        == ["hibari", "b"]
+    assert [
+        s.name
+        for s in settings_from(["serve", "--models-file", str(path), "--model", "b=hibari"]).model_specs()
+    ] == ["hibari", "b"]
     with pytest.raises(ConfigError, match="hibari"):
         settings_from(["serve", "--models-file", str(path), "--model", "hibari"]).model_specs()
 
@@ -113,7 +134,9 @@ def test_admin_token_flag_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         (["serve", "--log-level", "loud"], "--log-level"),
     ],
 )
-def test_bad_flags_exit_2_naming_the_flag(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_flags_exit_2_naming_the_flag(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
         settings_from(argv)
     assert exit_info.value.code == 2

@@ -34,8 +34,9 @@ def test_state_and_bytes_follow_the_report_at_every_scrape() -> None:
 
     def report() -> ResidencyReport:
         vram = 1000 if state["now"] == State.GPU else 0
-        line = ModelReport(name="m", state=state["now"], device="cpu", vram_bytes=vram, host_bytes=500,
-                           policy=Policy())
+        line = ModelReport(
+            name="m", state=state["now"], device="cpu", vram_bytes=vram, host_bytes=500, policy=Policy()
+        )
         return ResidencyReport(models=[line])
 
     metrics = Metrics(report)

@@ -13,13 +13,12 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
-from tts_runtime import __version__
 from tts_runtime.engine import Engine
 from tts_runtime.server import admin, errors, events, legacy, speech
 from tts_runtime.server.mcp_tools import build_mcp
 from tts_runtime.server.metrics import Metrics
 from tts_runtime.server.state import Admission, Runtime
-from tts_runtime.settings import Settings
+from tts_runtime.settings import VERSION, Settings
 
 log = logging.getLogger("tts_runtime.server")
 
@@ -65,7 +64,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     app = FastAPI(
         title="Residency TTS runtime",
-        version=__version__,
+        version=VERSION,
         summary="OpenAI-compatible speech with GPU residency control",
         lifespan=lifespan,
     )

@@ -97,7 +97,8 @@ def validation_message(errors: list[Any]) -> tuple[str, str | None]:
             parts.append("the request body must be a JSON object")
         else:
             msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
-            parts.append(f"'{where}': {msg}" if where else msg)
+            # Our validators already name the field; pydantic's own messages do not.
+            parts.append(f"'{where}': {msg}" if where and where not in msg else msg)
         param = param or (where or None)
     return "; ".join(parts) or "invalid request", param
 

@@ -117,7 +117,7 @@ async def _timeout_value(request: Request) -> float:
 async def gpu_timeout(request: Request, engine: EngineDep) -> dict[str, Any]:
     """The seed's idle timeout is `idleOffloadSeconds`, set for every model."""
     seconds = await _timeout_value(request)
-    patch = PolicyPatch(idle_offload_seconds=seconds)
+    patch = PolicyPatch.model_validate({"idle_offload_seconds": seconds})
     for name in engine.names():
         await run_in_threadpool(engine.set_policy, name, patch)
     return {"status": "updated", "timeout": seconds, "models": engine.names()}

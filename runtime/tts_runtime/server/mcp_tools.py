@@ -80,9 +80,10 @@ def build_mcp(engine: Any, admin_token: str | None, *, trust_local: bool = False
         if not timeout_seconds >= 0:
             raise ToolError("timeout_seconds must be a number of seconds >= 0")
         names = await run(targets, model)
+        patch = PolicyPatch.model_validate({"idle_offload_seconds": timeout_seconds})
         policies = {}
         for name in names:
-            policy = await run(engine.set_policy, name, PolicyPatch(idle_offload_seconds=timeout_seconds))
+            policy = await run(engine.set_policy, name, patch)
             policies[name] = policy.to_json()
         return {"policies": policies}
 
@@ -114,7 +115,7 @@ def build_mcp(engine: Any, admin_token: str | None, *, trust_local: bool = False
             "priority": priority,
         }
         try:
-            patch = PolicyPatch(**{k: v for k, v in fields.items() if v is not None})
+            patch = PolicyPatch.model_validate({k: v for k, v in fields.items() if v is not None})
         except ValueError as err:
             raise ToolError(f"invalid policy: {err}") from err
         name = await run(engine.resolve, model)
