@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from support.kube import KubeAPI, Process, _executable, free_port, make_pod
 
+from support.kube import KubeAPI, Process, _executable, free_port, make_pod
 from tts_operator import annotations as ann
 
 pytestmark = pytest.mark.slow
@@ -34,8 +33,18 @@ class Runtime:
         self._starts = 0
 
     def start(self) -> None:
-        args = [_executable("tts-runtime"), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                "--admin-token-file", str(self.token_file), "--log-level", "warning"]
+        args = [
+            _executable("tts-runtime"),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--admin-token-file",
+            str(self.token_file),
+            "--log-level",
+            "warning",
+        ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = Process(args, env, self._tmp / f"runtime-{self._starts}.log")
         self._starts += 1
@@ -59,8 +68,9 @@ class Runtime:
 
     def admin(self, model: str, verb: str) -> dict[str, Any]:
         token = self.token_file.read_text().strip()
-        response = httpx.post(f"{self.url}/v1/models/{model}/{verb}", headers={"Authorization": f"Bearer {token}"},
-                              timeout=60)
+        response = httpx.post(
+            f"{self.url}/v1/models/{model}/{verb}", headers={"Authorization": f"Bearer {token}"}, timeout=60
+        )
         assert response.status_code == 200, response.text
         data: dict[str, Any] = response.json()
         return data
@@ -102,10 +112,26 @@ def start_agent(kube_api: KubeAPI, runtime: Runtime, tmp_path: Path) -> Iterator
 
     def start() -> Agent:
         port = free_port()
-        args = [sys.executable, "-m", "tts_operator.agent", "--pod", POD, "--namespace", NS,
-                "--runtime-url", runtime.url, "--admin-token-file", str(runtime.token_file),
-                "--health-port", str(port), "--health-host", "127.0.0.1", "--min-publish-interval", "0.2",
-                "--log-level", "DEBUG"]
+        args = [
+            _executable("tts-operator"),
+            "agent",
+            "--pod",
+            POD,
+            "--namespace",
+            NS,
+            "--runtime-url",
+            runtime.url,
+            "--admin-token-file",
+            str(runtime.token_file),
+            "--health-port",
+            str(port),
+            "--health-host",
+            "127.0.0.1",
+            "--min-publish-interval",
+            "0.2",
+            "--log-level",
+            "DEBUG",
+        ]
         env = {**os.environ, "KUBECONFIG": str(kube_api.kubeconfig), "PYTHONUNBUFFERED": "1"}
         proc = Process(args, env, tmp_path / f"agent-{len(started)}.log")
         started.append(proc)
@@ -154,24 +180,39 @@ def test_agent_publishes_residency_applies_policy_and_serves_offload_requests(
         wait(lambda: model_state(kube_api) == "cpu", what="state cpu published")
 
         # A policy edit on the pod reaches the runtime, and the published report shows it back.
-        policy = {"offloadAfterUse": False, "idleOffloadSeconds": 42, "idleReleaseSeconds": 0,
-                  "pinned": False, "priority": 3}
+        policy = {
+            "offloadAfterUse": False,
+            "idleOffloadSeconds": 42,
+            "idleReleaseSeconds": 0,
+            "pinned": False,
+            "priority": 3,
+        }
         annotate(kube_api, ann.POLICY, policy)
         wait(lambda: runtime.report()["models"][0]["policy"] == policy, timeout=10, what="policy applied")
-        wait(lambda: (v := residency(kube_api)) is not None and v.models[0].policy is not None
-             and v.models[0].policy.priority == 3, what="policy published")
+        wait(
+            lambda: (
+                (v := residency(kube_api)) is not None
+                and v.models[0].policy is not None
+                and v.models[0].policy.priority == 3
+            ),
+            what="policy published",
+        )
         wait(lambda: agent.status("/readyz") == 200, what="ready after the policy sync")
 
         # gpu-share is kept and shown on /healthz.
         share = {"group": "node-a/GPU-1", "node": "node-a", "gpu": "GPU-1", "budgetBytes": None, "peers": []}
         annotate(kube_api, ann.GPU_SHARE, share)
-        wait(lambda: (agent.get("/healthz").json().get("gpuShare") or {}).get("group") == "node-a/GPU-1",
-             what="gpu-share on /healthz")
+        wait(
+            lambda: (agent.get("/healthz").json().get("gpuShare") or {}).get("group") == "node-a/GPU-1",
+            what="gpu-share on /healthz",
+        )
 
         # An offload request frees the GPU and is acknowledged by removing the annotation.
         runtime.admin("hibari", "restore")
         wait(lambda: model_state(kube_api) == "gpu", what="restored")
-        annotate(kube_api, ann.OFFLOAD_REQUEST, {"id": "req-1", "verb": "offload", "requestedBy": "default/peer"})
+        annotate(
+            kube_api, ann.OFFLOAD_REQUEST, {"id": "req-1", "verb": "offload", "requestedBy": "default/peer"}
+        )
 
         def served() -> bool:
             pod = kube_api.get("pods", NS, POD) or {}
@@ -201,8 +242,13 @@ def test_agent_survives_a_missing_pod_and_runtime_restarts(
     try:
         wait(lambda: agent.status("/healthz") == 200, timeout=20, what="the agent's probes")
         assert agent.status("/readyz") == 503
-        policy = {"offloadAfterUse": True, "idleOffloadSeconds": 600, "idleReleaseSeconds": 7,
-                  "pinned": True, "priority": 0}
+        policy = {
+            "offloadAfterUse": True,
+            "idleOffloadSeconds": 600,
+            "idleReleaseSeconds": 7,
+            "pinned": True,
+            "priority": 0,
+        }
         kube_api.create("pods", make_pod("voice", POD, annotations={ann.POLICY: json.dumps(policy)}))
         runtime.start()
         wait(lambda: model_state(kube_api) == "unloaded", timeout=30, what="residency after a late start")

@@ -48,7 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds between two writes of the residency annotation (the latest state always follows)",
     )
     parser.add_argument(
-        "--log-level", default=os.environ.get("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING"
+        "--log-level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        default=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        help="log verbosity (env LOG_LEVEL)",
     )
 
 
@@ -61,9 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from tts_operator.agent.runtime_client import RuntimeClient
 
     if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=str(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "urllib3", "kubernetes"):
         # Their DEBUG logs every request of the loop; the agent logs what matters itself.
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
