@@ -44,11 +44,12 @@ def to_jsonschema(node: Json, top: bool = True) -> Json:
     if top:
         # apiVersion, kind and metadata are validated by the API server itself, not the CRD.
         out.setdefault("properties", {})
+        # metadata is ObjectMeta whatever the CRD says (usually just `type: object`).
         out["properties"] = {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object", "required": ["name"]},
             **out["properties"],
+            "metadata": {"type": "object", "required": ["name"]},
         }
     if (
         out.get("type") == "object"
