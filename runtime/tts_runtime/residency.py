@@ -172,6 +172,6 @@ class BusyError(ResidencyError):
 
 
 class InvalidRequestError(ResidencyError, ValueError):
-    """The request itself is wrong (unknown voice, empty text, speed out of range); the message says what to fix."""
+    """The request itself is wrong (unknown voice, empty text, bad speed); the message says what to fix."""
 
     status = 400

@@ -74,11 +74,8 @@ class Engine:
         self._slots: dict[str, Slot] = {}
         for s in specs:
             dev = self.device if s.device in (None, "auto") else self._resolve_device(s.device)
-            mode = (
-                s.cpu_mode
-                if s.cpu_mode != "auto"
-                else ("exit-worker" if dev.startswith("cuda") else "keep-worker")
-            )
+            # auto = keep-worker until bench on a GPU says otherwise (docs/engine.md: restore latency).
+            mode = "keep-worker" if s.cpu_mode == "auto" else s.cpu_mode
             self._slots[s.name] = Slot(
                 spec=s, device=dev, cpu_mode=mode, policy=s.policy, voices=_voices_of(s)
             )

@@ -21,7 +21,7 @@ Backend = Literal["hibari", "torch", "plugin"]
 # Where a model's host copy lives while it is `cpu` (docs/engine.md weighs the two):
 #   keep-worker: the worker process keeps the host copy and (with CUDA) its CUDA context;
 #   exit-worker: the host copy moves to shared memory owned by the engine and the worker exits;
-#   auto: exit-worker when the model executes on a GPU, keep-worker on a CPU-only host.
+#   auto: the engine's choice (keep-worker today: it restores in well under a second).
 CpuMode = Literal["auto", "keep-worker", "exit-worker"]
 # worker: execution in a worker process the engine owns (release -> 0 GPU bytes);
 # inline: in the engine's own process (tests, or hosts where a subprocess is not wanted).

@@ -13,6 +13,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -110,6 +111,10 @@ def worker_main(conn: Connection, spec_json: str, device: str, adopt: tuple[str,
     if shm is not None:
         with contextlib.suppress(BufferError):
             shm.close()
+    # Skip interpreter teardown (torch's takes a second or more): the OS frees memory and CUDA on exit.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # -- in the engine ---------------------------------------------------------------------------------
