@@ -46,13 +46,16 @@ def load_kube_config() -> None:
 class PodClient:
     """Reads, watches and patches one pod; every failure becomes a PodApiError that says what to do."""
 
-    def __init__(self, name: str, namespace: str, request_timeout: float = 10.0) -> None:
+    def __init__(
+        self, name: str, namespace: str, request_timeout: float = 10.0, api_client: Any = None
+    ) -> None:
+        """`api_client`: a configured `kubernetes.client.ApiClient`; None uses the loaded global config."""
         from kubernetes import client
 
         self.name = name
         self.namespace = namespace
         self._timeout = request_timeout
-        self._api = client.CoreV1Api()
+        self._api = client.CoreV1Api(api_client)
 
     @property
     def ref(self) -> str:
