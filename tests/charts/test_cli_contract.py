@@ -9,29 +9,37 @@ from typing import Any
 
 import dockerfile
 import helm_python as helm
-import pytest
 from chartlib import REPO, objects, one, render
 
 # Runs `tts-operator` exactly as the container would, with kopf.run replaced by a recorder of its arguments:
-# the real parser, the real handler imports, no cluster.
+# the real parser, the real handler imports, no cluster. One interpreter for every command line (imports
+# take seconds); each line of stdin is one JSON argv.
 _RECORD_KOPF_RUN = """
 import json, sys, kopf
-def record(**kwargs):
-    print("KOPF_RUN " + json.dumps(kwargs, default=str))
-kopf.run = record
+kopf.run = lambda **kwargs: print("KOPF_RUN " + json.dumps(kwargs, default=str), flush=True)
 from tts_operator.cli import main
-sys.exit(main(sys.argv[1:]))
+for line in sys.stdin:
+    main(json.loads(line))
 """
 
 
-def _operator_run(args: list[str]) -> dict[str, Any]:
+def _operator_runs(argvs: list[list[str]]) -> list[dict[str, Any]]:
     result = subprocess.run(
-        [sys.executable, "-c", _RECORD_KOPF_RUN, *args], capture_output=True, text=True, timeout=60, cwd=REPO
+        [sys.executable, "-c", _RECORD_KOPF_RUN],
+        input="".join(json.dumps(argv) + "\n" for argv in argvs),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
-    line = next(x for x in result.stdout.splitlines() if x.startswith("KOPF_RUN "))
-    kwargs: dict[str, Any] = json.loads(line.removeprefix("KOPF_RUN "))
-    return kwargs
+    runs = [
+        json.loads(x.removeprefix("KOPF_RUN "))
+        for x in result.stdout.splitlines()
+        if x.startswith("KOPF_RUN ")
+    ]
+    assert len(runs) == len(argvs), result.stdout + result.stderr
+    return runs
 
 
 def _dockerfile_instruction(stage: str, cmd: str) -> list[str]:
@@ -45,30 +53,32 @@ def _dockerfile_instruction(stage: str, cmd: str) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize(
-    ("values", "clusterwide", "namespaces"),
-    [({}, True, []), ({"operator": {"watchNamespaces": ["tts-a", "tts-b"]}}, False, ["tts-a", "tts-b"])],
-    ids=["all-namespaces", "restricted"],
-)
-def test_chart_operator_command_means_what_the_chart_says(
-    chart: helm.Chart, values: dict[str, Any], clusterwide: bool, namespaces: list[str]
-) -> None:
-    container = one(objects(render(chart, values)), "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"] == ["tts-operator"]
-    kwargs = _operator_run(container["args"])
-    assert kwargs["standalone"] is True
-    assert kwargs["clusterwide"] is clusterwide
-    assert kwargs["namespaces"] == namespaces
-    port = container["livenessProbe"]["httpGet"]["port"]
-    port_number = next(p["containerPort"] for p in container["ports"] if p["name"] == port)
-    assert (
-        kwargs["liveness_endpoint"]
-        == f"http://0.0.0.0:{port_number}{container['livenessProbe']['httpGet']['path']}"
-    )
+# (values, clusterwide, namespaces) the operator must end up with.
+CASES: list[tuple[dict[str, Any], bool, list[str]]] = [
+    ({}, True, []),
+    ({"operator": {"watchNamespaces": ["tts-a", "tts-b"]}}, False, ["tts-a", "tts-b"]),
+    ({"operator": {"healthPort": 9090, "extraArgs": ["--verbose"]}}, True, []),
+]
+
+
+def test_chart_operator_command_means_what_the_chart_says(chart: helm.Chart) -> None:
+    containers = [
+        one(objects(render(chart, values)), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+        for values, _, _ in CASES
+    ]
+    assert all(c["command"] == ["tts-operator"] for c in containers)
+    runs = _operator_runs([c["args"] for c in containers])
+    for container, kwargs, (_, clusterwide, namespaces) in zip(containers, runs, CASES, strict=True):
+        assert kwargs["standalone"] is True
+        assert kwargs["clusterwide"] is clusterwide
+        assert kwargs["namespaces"] == namespaces
+        probe = container["livenessProbe"]["httpGet"]
+        port = next(p["containerPort"] for p in container["ports"] if p["name"] == probe["port"])
+        assert kwargs["liveness_endpoint"] == f"http://0.0.0.0:{port}{probe['path']}"
 
 
 def test_operator_image_default_command_is_accepted() -> None:
-    kwargs = _operator_run(_dockerfile_instruction("operator", "CMD"))
+    (kwargs,) = _operator_runs([_dockerfile_instruction("operator", "CMD")])
     assert kwargs["standalone"] is True and kwargs["clusterwide"] is True
 
 

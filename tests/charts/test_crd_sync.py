@@ -73,3 +73,12 @@ def test_sync_script_copies_and_checks(tmp_path: Path) -> None:
 
     bad = _run(script, "--force")
     assert bad.returncode == 2 and "--force" in bad.stderr
+
+
+def test_packaged_chart_still_carries_the_crd(tmp_path: Path) -> None:
+    # .helmignore must not drop files/: `helm package` is how the chart is published.
+    archive = helm.package(REPO / "charts" / "residency", destination=tmp_path)
+    with helm.Chart.load(archive) as packaged:
+        rendered = one(objects(render(packaged)), "CustomResourceDefinition")
+    source = yaml.safe_load(CRD_SOURCE.read_text())
+    assert _without_chart_metadata(rendered) == _without_chart_metadata(source)
