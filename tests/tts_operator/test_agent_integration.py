@@ -273,3 +273,49 @@ def test_agent_survives_a_missing_pod_and_runtime_restarts(
     except AssertionError:
         print(agent.proc.logs()[-6000:])
         raise
+
+
+def test_operator_status_and_policy_follow_a_real_agent_and_runtime(
+    kube_api: KubeAPI,
+    runtime: Runtime,
+    start_agent: Callable[[], Agent],
+    run_operator: Callable[..., Process],
+) -> None:
+    """The whole loop: runtime, agent, pod annotation, operator status; and spec, operator, agent, runtime."""
+    run_operator(RESIDENCY_STATUS_SECONDS="0.5", RESIDENCY_RECHECK_SECONDS="2")
+    service = {
+        "apiVersion": f"{ann.GROUP}/{ann.VERSION}",
+        "kind": "TTSService",
+        "metadata": {"name": "voice", "namespace": NS},
+        "spec": {"model": {"name": "hibari"}, "replicas": 1},
+    }
+    kube_api.create("ttsservices", service)
+    kube_api.create("pods", make_pod("voice", POD))  # as the Deployment controller would
+    runtime.start()
+    agent = start_agent()
+    wait = kube_api.wait_for
+
+    def counts() -> dict[str, int]:
+        obj = kube_api.get("ttsservices", NS, "voice") or {}
+        return dict((obj.get("status") or {}).get("pods") or {})
+
+    try:
+        wait(lambda: counts().get("unloaded") == 1, timeout=30, what="status counts an unloaded pod")
+        runtime.admin("hibari", "load")
+        wait(lambda: counts().get("gpu") == 1 and counts().get("unloaded") == 0, timeout=30, what="gpu count")
+        runtime.admin("hibari", "offload")
+        wait(lambda: counts().get("cpu") == 1 and counts().get("gpu") == 0, timeout=30, what="cpu count")
+
+        # A policy edit on the TTSService reaches the pod annotation (operator), then the runtime (agent).
+        edit = {"spec": {"residency": {"offloadAfterUse": False, "idleOffloadSeconds": 77, "priority": 4}}}
+        kube_api.patch("ttsservices", NS, "voice", edit)
+        wait(
+            lambda: runtime.report()["models"][0]["policy"]["idleOffloadSeconds"] == 77,
+            timeout=30,
+            what="the edited policy in the runtime",
+        )
+        policy = runtime.report()["models"][0]["policy"]
+        assert policy["offloadAfterUse"] is False and policy["priority"] == 4
+    except AssertionError:
+        print(agent.proc.logs()[-6000:])
+        raise
