@@ -512,8 +512,10 @@ class Engine:
             )
         if pids:
             measured = self.gpu.process_bytes(pids)
+            # NVML sees the CUDA context too; in a container without the host PID namespace it
+            # matches no pid (0), and the worker's own torch count is the better number.
             if measured is not None and not isinstance(self.gpu, NoGpu):
-                report.vram_bytes = measured
+                report.vram_bytes = max(measured, report.vram_bytes)
         return report
 
     def report(self) -> ResidencyReport:
