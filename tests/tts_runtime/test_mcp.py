@@ -105,3 +105,27 @@ async def test_tool_errors_say_what_is_wrong(url: str) -> None:
         assert unknown.is_error and "nope" in unknown.content[0].text and "tiny" in unknown.content[0].text
         negative = await client.call_tool("update_gpu_timeout", {"timeout_seconds": -1})
         assert negative.is_error and ">= 0" in negative.content[0].text
+
+
+async def test_stdio_server_for_local_clients() -> None:
+    """`tts-runtime mcp`: the same tools over stdio, launched by the client as a subprocess."""
+    import sys
+
+    from mcp import StdioServerParameters
+
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=[
+            "-m",
+            "tts_runtime",
+            "mcp",
+            "--model",
+            "tiny=tts_runtime.testing.tiny:factory",
+            "--device",
+            "cpu",
+        ],
+    )
+    async with Client(params) as client:
+        assert state(structured(await client.call_tool("get_gpu_status", {}))) == "unloaded"
+        assert structured(await client.call_tool("load_model", {"model": "tiny"}))["state"] == "gpu"
+        assert state(structured(await client.call_tool("release_gpu", {}))["residency"]) == "unloaded"
