@@ -21,7 +21,7 @@ from tts_runtime.residency import ResidencyReport, State
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # `*_created` series double every counter and histogram for a timestamp nobody graphs.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Transitions span sub-second offloads to minute-long cold loads.
 _TRANSITION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
