@@ -388,3 +388,12 @@ async def test_disable_gpu_management_preloads_and_keeps_models_on_gpu() -> None
         assert (await speak(client)).status_code == 200
         await asyncio.sleep(0.3)
         assert await state_of(client) == "gpu"
+
+
+async def test_hibari_refuses_an_unknown_voice_without_loading() -> None:
+    async with running(Settings(device="cpu")) as (_, client):
+        response = await client.post(
+            "/v1/audio/speech", json={"model": "hibari", "input": "Hi.", "voice": "no-such-voice"}
+        )
+        assert_error(response, 400, "no-such-voice", "heart")
+        assert await state_of(client, "hibari") == "unloaded"

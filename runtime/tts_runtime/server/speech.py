@@ -118,7 +118,10 @@ async def create_speech(body: SpeechRequest, engine: EngineDep, runtime: Runtime
                 ) from err
             name = resolved
             spec = engine.spec(name)
-            voice = choose_voice(body.voice, list(spec.voices), spec.default_voice, name)
+            # The report knows a model's voices before its first load (hibari lists what is on disk),
+            # so a wrong voice is refused without loading anything.
+            voices = list(spec.voices) or list(engine.model_report(name).voices)
+            voice = choose_voice(body.voice, voices, spec.default_voice, name)
             async with engine.alease(name) as lease:
                 out = await lease.asynthesize(body.input, voice=voice, speed=body.speed)
             content = await run_in_threadpool(
