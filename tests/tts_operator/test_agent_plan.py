@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from tts_operator.annotations import OffloadRequestValue, PolicyValue
 from tts_operator.agent.plan import models_needing_policy, offload_targets, policy_body, policy_differs
+from tts_operator.annotations import OffloadRequestValue, PolicyValue
 
-DEFAULT = {"offloadAfterUse": True, "idleOffloadSeconds": 600.0, "idleReleaseSeconds": 3600.0,
-           "pinned": False, "priority": 0}
+DEFAULT = {
+    "offloadAfterUse": True,
+    "idleOffloadSeconds": 600.0,
+    "idleReleaseSeconds": 3600.0,
+    "pinned": False,
+    "priority": 0,
+}
 
 
 def model(name: str, state: str = "cpu", leases: int = 0, **policy: Any) -> dict[str, Any]:
@@ -47,18 +52,28 @@ def test_bool_is_not_confused_with_numbers() -> None:
 
 
 def test_offload_request_picks_idle_unpinned_models_on_the_gpu() -> None:
-    report = {"models": [
-        model("idle-gpu", "gpu"),
-        model("busy-gpu", "gpu", leases=1),
-        model("pinned-gpu", "gpu", pinned=True),
-        model("on-cpu", "cpu"),
-        model("loading", "loading"),
-        model("gone", "unloaded"),
-    ]}
+    report = {
+        "models": [
+            model("idle-gpu", "gpu"),
+            model("busy-gpu", "gpu", leases=1),
+            model("pinned-gpu", "gpu", pinned=True),
+            model("on-cpu", "cpu"),
+            model("loading", "loading"),
+            model("gone", "unloaded"),
+        ]
+    }
     assert offload_targets(OffloadRequestValue(id="1", verb="offload"), report) == ["idle-gpu"]
 
 
 def test_release_request_also_frees_host_copies_and_failed_models() -> None:
-    report = {"models": [model("g", "gpu"), model("c", "cpu"), model("f", "failed"), model("u", "unloaded"),
-                         model("busy", "cpu", leases=2), model("r", "restoring")]}
+    report = {
+        "models": [
+            model("g", "gpu"),
+            model("c", "cpu"),
+            model("f", "failed"),
+            model("u", "unloaded"),
+            model("busy", "cpu", leases=2),
+            model("r", "restoring"),
+        ]
+    }
     assert offload_targets(OffloadRequestValue(id="1", verb="release"), report) == ["g", "c", "f"]

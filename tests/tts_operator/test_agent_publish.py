@@ -22,10 +22,24 @@ class FakeClock:
 def report(state: str = "cpu", idle: float = 1.0, leases: int = 0, free: int = 10 * 2**30) -> dict[str, Any]:
     return {
         "models": [
-            {"name": "hibari", "variant": "base", "state": state, "vramBytes": 0 if state != "gpu" else 900,
-             "hostBytes": 800, "lastUsed": "2026-01-01T00:00:00Z", "idleSeconds": idle, "leases": leases,
-             "error": None, "policy": {"offloadAfterUse": True, "idleOffloadSeconds": 600,
-                                       "idleReleaseSeconds": 3600, "pinned": False, "priority": 0}},
+            {
+                "name": "hibari",
+                "variant": "base",
+                "state": state,
+                "vramBytes": 0 if state != "gpu" else 900,
+                "hostBytes": 800,
+                "lastUsed": "2026-01-01T00:00:00Z",
+                "idleSeconds": idle,
+                "leases": leases,
+                "error": None,
+                "policy": {
+                    "offloadAfterUse": True,
+                    "idleOffloadSeconds": 600,
+                    "idleReleaseSeconds": 3600,
+                    "pinned": False,
+                    "priority": 0,
+                },
+            },
         ],
         "gpu": {"uuid": "GPU-1", "index": 0, "totalBytes": 80 * 2**30, "freeBytes": free, "processBytes": 0},
     }
@@ -38,8 +52,15 @@ def test_idle_seconds_ticking_is_not_a_change() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("state", "gpu"), ("leases", 2), ("vramBytes", 5), ("hostBytes", 0), ("error", "boom"),
-     ("lastUsed", "2026-01-01T00:01:00Z"), ("gpuDemandBytes", 123)],
+    [
+        ("state", "gpu"),
+        ("leases", 2),
+        ("vramBytes", 5),
+        ("hostBytes", 0),
+        ("error", "boom"),
+        ("lastUsed", "2026-01-01T00:01:00Z"),
+        ("gpuDemandBytes", 123),
+    ],
 )
 def test_model_fields_that_matter_are_changes(field: str, value: Any) -> None:
     before = report()
