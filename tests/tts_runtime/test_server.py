@@ -324,6 +324,8 @@ async def test_legacy_routes() -> None:
         assert offloaded["models"] == ["tiny"] and await state_of(client) == "cpu"
         assert (await client.post("/gpu/timeout", data={"timeout": "300"})).json()["timeout"] == 300
         assert (await client.get("/v1/models/tiny/policy")).json()["idleOffloadSeconds"] == 300
+        # `curl -F timeout=300`, as the original documented: multipart form data.
+        assert (await client.post("/gpu/timeout", files={"timeout": (None, "120")})).json()["timeout"] == 120
         assert (await client.post("/gpu/timeout", json={"timeout": 42})).status_code == 200
         assert (await client.get("/v1/models/tiny/policy")).json()["idleOffloadSeconds"] == 42
         assert_error(await client.post("/gpu/timeout", data={"timeout": "soon"}), 400, "timeout")
