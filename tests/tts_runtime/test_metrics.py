@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from prometheus_client.parser import text_string_to_metric_families
 
+from tts_runtime.engine import Transition
 from tts_runtime.residency import ModelReport, Policy, ResidencyReport, State, Verb
 from tts_runtime.server.metrics import Metrics
-
-
-@dataclass
-class _Transition:
-    model: str
-    verb: Verb
-    from_state: State
-    to_state: State
-    seconds: float
-    ok: bool
-    error: str | None = None
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -54,9 +42,9 @@ def test_state_and_bytes_follow_the_report_at_every_scrape() -> None:
 
 def test_transitions_are_counted_and_timed_per_model_verb_outcome() -> None:
     metrics = Metrics(lambda: ResidencyReport(models=[]))
-    metrics.on_transition(_Transition("m", Verb.OFFLOAD, State.GPU, State.CPU, 0.2, True))
-    metrics.on_transition(_Transition("m", Verb.OFFLOAD, State.GPU, State.CPU, 0.4, True))
-    metrics.on_transition(_Transition("m", Verb.LOAD, State.UNLOADED, State.FAILED, 1.5, False, "boom"))
+    metrics.on_transition(Transition("m", Verb.OFFLOAD, State.GPU, State.CPU, 0.2, True))
+    metrics.on_transition(Transition("m", Verb.OFFLOAD, State.GPU, State.CPU, 0.4, True))
+    metrics.on_transition(Transition("m", Verb.LOAD, State.UNLOADED, State.FAILED, 1.5, False, "boom"))
     got = samples(metrics)
     ok = (("model", "m"), ("outcome", "ok"), ("verb", "offload"))
     assert got[("residency_transitions_total", ok)] == 2
