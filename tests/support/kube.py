@@ -50,7 +50,9 @@ import aiohttp.web
 import httpx
 import kmock
 import pytest
-from kmock._internal import dicts, k8s_dicts, rendering
+from kmock._internal import dicts, k8s_dicts, parsing, rendering
+
+from support.crd_schema import admit, version_schema
 
 T = TypeVar("T")
 
@@ -62,6 +64,7 @@ RESOURCES: dict[str, tuple[str, str, str, bool, tuple[str, ...]]] = {
     "serviceaccounts": ("", "v1", "ServiceAccount", True, ()),
     "events": ("", "v1", "Event", True, ()),
     "namespaces": ("", "v1", "Namespace", False, ("status",)),
+    "nodes": ("", "v1", "Node", False, ("status",)),
     "deployments": ("apps", "v1", "Deployment", True, ("status",)),
     "roles": ("rbac.authorization.k8s.io", "v1", "Role", True, ()),
     "rolebindings": ("rbac.authorization.k8s.io", "v1", "RoleBinding", True, ()),
@@ -70,6 +73,25 @@ RESOURCES: dict[str, tuple[str, str, str, bool, tuple[str, ...]]] = {
 }
 VERBS = ("create", "delete", "get", "list", "patch", "update", "watch")
 SHORT_NAMES = {"ttsservices": ("tts",)}
+# Groups an API server serves itself; any other group in RESOURCES exists only once its CRD does.
+BUILT_IN_GROUPS = frozenset({"", "apps", "rbac.authorization.k8s.io", "apiextensions.k8s.io"})
+INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+_CLUSTER_NAMESPACE_PATH = re.compile(r"/api/v1/namespaces(?:/([^/]+)(?:/(status|finalize))?)?/?")
+_kmock_parse_path = parsing.parse_path
+
+
+def _parse_path(path: str) -> parsing.ParsedPath:
+    """kmock's parser, except that `/api/v1/namespaces[/NAME[/status]]` is the cluster-scoped Namespace
+    resource: kmock reads that prefix as "in namespace NAME" (and fails on the bare list URL)."""
+    found = _CLUSTER_NAMESPACE_PATH.fullmatch(path)
+    if found is None:
+        return _kmock_parse_path(path)
+    return parsing.ParsedPath(group="", version="v1", plural="namespaces", namespace=None, name=found[1],
+                              subresource=found[2])
+
+
+# kmock looks the parser up at every request; this swaps in the fix once for every emulator.
+parsing.parse_path = _parse_path
 
 
 def _now() -> str:
@@ -92,6 +114,12 @@ def _path(plural: str, namespace: str | None = None, name: str | None = None, su
     if sub:
         base += f"/{sub}"
     return base
+
+
+def _qualified(plural: str) -> str:
+    """How the API server names a resource in messages: `services`, `deployments.apps`."""
+    group = RESOURCES[plural][0]
+    return f"{plural}.{group}" if group else plural
 
 
 def _status(code: int, reason: str, message: str) -> aiohttp.web.Response:
@@ -148,12 +176,74 @@ class Emulator(kmock.KubernetesEmulator):
     """kmock's emulator plus what kopf and a real API server's clients rely on (see the module docstring)."""
 
     _versions = itertools.count(1)
+    # Set before declare_resources(): serve custom resources only once their CRD exists, and refuse to
+    # create anything in a namespace that does not exist (what a fresh API server does).
+    strict = False
 
     def declare_resources(self) -> None:
         for plural, (group, version, kind, namespaced, subs) in RESOURCES.items():
+            if self.strict and group not in BUILT_IN_GROUPS:
+                continue
             self.resources[f"{group}/{version}/{plural}" if group else f"v1/{plural}"] = kmock.ResourceInfo(
                 kind=kind, singular=kind.lower(), namespaced=namespaced, verbs=set(VERBS),
                 shortnames=set(SHORT_NAMES.get(plural, ())), subresources=set(subs))
+        for name in INITIAL_NAMESPACES:
+            self.objects[(self.__resource("namespaces"), None, name)] = {
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": name, "uid": str(uuid.uuid4()), "creationTimestamp": _now(),
+                             "resourceVersion": str(next(self._versions)),
+                             "labels": {"kubernetes.io/metadata.name": name}},
+                "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}
+
+    def _served_by_crd(self, crd: dict[str, Any], serve: bool) -> None:
+        """Discovery follows CRDs: their resources appear when they are created and go when deleted."""
+        spec, names = crd.get("spec") or {}, (crd.get("spec") or {}).get("names") or {}
+        for entry in spec.get("versions") or []:
+            key = f"{spec.get('group')}/{entry.get('name')}/{names.get('plural')}"
+            if not serve:
+                self.resources.pop(key, None)
+                continue
+            self.resources[key] = kmock.ResourceInfo(
+                kind=names.get("kind"), singular=names.get("singular"),
+                namespaced=spec.get("scope") == "Namespaced", verbs=set(VERBS),
+                shortnames=set(names.get("shortNames") or ()), categories=set(names.get("categories") or ()),
+                subresources=set((entry.get("subresources") or {}).keys()))
+
+    def _crd(self, plural: str) -> dict[str, Any] | None:
+        group = RESOURCES[plural][0]
+        if group in BUILT_IN_GROUPS:
+            return None
+        stored = self._stored("customresourcedefinitions", None, f"{plural}.{group}")
+        return None if stored is None else dict(stored.raw)
+
+    def _refuse_namespace(self, namespace: str) -> aiohttp.web.Response | None:
+        stored = self._stored("namespaces", None, namespace)
+        if stored is None:
+            return _status(404, "NotFound", f'namespaces "{namespace}" not found') if self.strict else None
+        if stored.raw["metadata"].get("deletionTimestamp"):
+            return _status(403, "Forbidden", f"unable to create new content in namespace {namespace} "
+                                             "because it is being terminated")
+        return None
+
+    def _admit(self, request: rendering.Request, plural: str, obj: dict[str, Any]
+               ) -> tuple[dict[str, Any], aiohttp.web.Response | None]:
+        """A custom resource is defaulted, pruned and validated against its CRD's schema (422 if invalid)."""
+        crd = self._crd(plural)
+        schema = None if crd is None else version_schema(crd, RESOURCES[plural][1])
+        if schema is None:
+            return obj, None
+        strict = request.params.get("fieldValidation") == "Strict"
+        admitted, causes = admit(schema, obj, strict=strict)
+        if not causes:
+            return admitted, None
+        group, kind, name = RESOURCES[plural][0], RESOURCES[plural][2], obj["metadata"].get("name")
+        message = f'{kind}.{group} "{name}" is invalid: ' + ", ".join(c.message for c in causes)
+        return obj, aiohttp.web.json_response(
+            {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "code": 422,
+             "reason": "Invalid", "message": message,
+             "details": {"name": name, "group": group, "kind": kind,
+                         "causes": [c.as_dict() for c in causes]}},
+            status=422)
 
     def _plural(self, request: rendering.Request) -> str | None:
         res = request.resource
@@ -165,8 +255,16 @@ class Emulator(kmock.KubernetesEmulator):
         plural = self._plural(request)
         if plural is None:
             return await super()._handle(request)
+        if self.strict and RESOURCES[plural][0] not in BUILT_IN_GROUPS and self._crd(plural) is None:
+            return _status(404, "NotFound", "the server could not find the requested resource")
         if request.method == kmock.method.POST and request.name is None:
             return await self._create(request, plural)
+        if request.name is not None and request.action == kmock.action.FETCH:
+            # Answered here: kmock would raise, and keep the 404 as a server error for its exit.
+            found = self._stored(plural, request.namespace, request.name)
+            if found is None:
+                return _status(404, "NotFound", f'{_qualified(plural)} "{request.name}" not found')
+            return aiohttp.web.json_response(found.raw)
         if request.name is not None and request.method in (kmock.method.PATCH, kmock.method.PUT):
             return await self._update(request, plural)
         if request.name is not None and request.method == kmock.method.DELETE:
@@ -205,9 +303,22 @@ class Emulator(kmock.KubernetesEmulator):
         if "status" in subs:
             obj.pop("status", None)  # the main resource ignores status when the subresource exists
         obj["apiVersion"], obj["kind"] = _api_version(plural), kind
+        if plural == "namespaces":
+            obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
+            obj["status"] = {"phase": "Active"}
+            meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta["name"]
+        elif plural == "customresourcedefinitions":
+            obj["status"] = _crd_status(obj)
+        obj, refused = self._admit(request, plural, obj)
+        if refused is not None:
+            return refused
+        meta = obj["metadata"]
         meta.update(uid=str(uuid.uuid4()), resourceVersion=str(next(self._versions)), generation=1,
                     creationTimestamp=_now())
         async with self._lock:
+            refused = self._refuse_namespace(namespace) if namespace else None
+            if refused is not None:
+                return refused
             if self._stored(plural, namespace, meta["name"]) is not None:
                 return _status(409, "AlreadyExists", f'{plural} "{meta["name"]}" already exists')
             key = (self.__resource(plural), namespace, meta["name"])
@@ -216,6 +327,8 @@ class Emulator(kmock.KubernetesEmulator):
             else:
                 self.objects[key] = obj
             await self._emit(plural, "ADDED", obj)
+            if plural == "customresourcedefinitions":
+                self._served_by_crd(obj, serve=True)
         return aiohttp.web.json_response(obj, status=201)
 
     async def _update(self, request: rendering.Request, plural: str) -> aiohttp.web.StreamResponse:
@@ -224,7 +337,7 @@ class Emulator(kmock.KubernetesEmulator):
         async with self._lock:
             stored = self._stored(plural, request.namespace, str(request.name))
             if stored is None:
-                return _status(404, "NotFound", f'{plural} "{request.name}" not found')
+                return _status(404, "NotFound", f'{_qualified(plural)} "{request.name}" not found')
             old = copy.deepcopy(stored.raw)
             try:
                 if request.method == kmock.method.PUT:
@@ -253,6 +366,10 @@ class Emulator(kmock.KubernetesEmulator):
                 if fixed in old["metadata"]:
                     meta[fixed] = old["metadata"][fixed]
             new["apiVersion"], new["kind"] = old.get("apiVersion"), old.get("kind")
+            new, refused = self._admit(request, plural, new)
+            if refused is not None:
+                return refused
+            meta = new["metadata"]
             if {k: v for k, v in new.items() if k not in ("metadata", "status")} != {
                     k: v for k, v in old.items() if k not in ("metadata", "status")}:
                 meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
@@ -268,20 +385,47 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _delete(self, request: rendering.Request, plural: str) -> aiohttp.web.StreamResponse:
         async with self._lock:
-            stored = self._stored(plural, request.namespace, str(request.name))
-            if stored is None:
-                return _status(404, "NotFound", f'{plural} "{request.name}" not found')
-            obj = copy.deepcopy(stored.raw)
-            meta = obj["metadata"]
-            if meta.get("finalizers"):
-                if not meta.get("deletionTimestamp"):
-                    meta["deletionTimestamp"] = _now()
-                    meta["resourceVersion"] = str(next(self._versions))
-                    stored.history.append(obj)
-                    await self._emit(plural, "MODIFIED", obj)
-                return aiohttp.web.json_response(obj)
-            await self._remove(plural, request.namespace, str(request.name))
+            if self._stored(plural, request.namespace, str(request.name)) is None:
+                return _status(404, "NotFound", f'{_qualified(plural)} "{request.name}" not found')
+            obj = await self._delete_locked(plural, request.namespace, str(request.name))
         return aiohttp.web.json_response(obj)
+
+    async def _delete_locked(self, plural: str, namespace: str | None, name: str) -> dict[str, Any]:
+        """Delete as the API server does: only mark it while finalizers remain, else remove it now."""
+        stored = self._stored(plural, namespace, name)
+        assert stored is not None, (plural, namespace, name)
+        obj = copy.deepcopy(stored.raw)
+        meta = obj["metadata"]
+        # A namespace is finalized by spec.finalizers: the namespace controller empties it first.
+        if meta.get("finalizers") or plural == "namespaces":
+            if not meta.get("deletionTimestamp"):
+                meta["deletionTimestamp"] = _now()
+                meta["resourceVersion"] = str(next(self._versions))
+                if plural == "namespaces":
+                    obj["status"] = {**(obj.get("status") or {}), "phase": "Terminating"}
+                stored.history.append(obj)
+                await self._emit(plural, "MODIFIED", obj)
+                if plural == "namespaces":
+                    await self._empty_namespace(name)
+            return obj
+        await self._remove(plural, namespace, name)
+        return obj
+
+    async def _empty_namespace(self, namespace: str) -> None:
+        for (res, ns, name), stored in list(self.objects.items()):
+            live = not stored.deleted and res.plural in RESOURCES
+            if ns == namespace and live and self._stored(str(res.plural), ns, name) is not None:
+                await self._delete_locked(str(res.plural), ns, name)
+        await self._reap_namespace(namespace)
+
+    async def _reap_namespace(self, namespace: str) -> None:
+        """A terminating namespace goes away once nothing is left in it."""
+        stored = self._stored("namespaces", None, namespace)
+        if stored is None or not stored.raw["metadata"].get("deletionTimestamp"):
+            return
+        if any(ns == namespace and not obj.deleted for (_, ns, _), obj in self.objects.items()):
+            return
+        await self._remove("namespaces", None, namespace)
 
     async def _remove(self, plural: str, namespace: str | None, name: str) -> None:
         """Delete for real, then garbage-collect the dependents (what kube-controller-manager does)."""
@@ -297,16 +441,21 @@ class Emulator(kmock.KubernetesEmulator):
                 continue
             owners = child.raw.get("metadata", {}).get("ownerReferences") or []
             if any(ref.get("uid") == uid for ref in owners):
-                child_plural = str(res.plural)
-                child_meta = child.raw["metadata"]
-                if child_meta.get("finalizers"):
-                    if not child_meta.get("deletionTimestamp"):
-                        marked = copy.deepcopy(child.raw)
-                        marked["metadata"]["deletionTimestamp"] = _now()
-                        child.history.append(marked)
-                        await self._emit(child_plural, "MODIFIED", marked)
-                else:
-                    await self._remove(child_plural, ns, child_name)
+                await self._delete_locked(str(res.plural), ns, child_name)
+        if plural == "customresourcedefinitions":
+            await self._remove_custom_resources(obj)
+        if namespace is not None:
+            await self._reap_namespace(namespace)
+
+    async def _remove_custom_resources(self, crd: dict[str, Any]) -> None:
+        """A deleted CRD takes its objects with it, and (strictly) its resources leave discovery."""
+        plural = (crd.get("spec") or {}).get("names", {}).get("plural")
+        for (res, ns, name), stored in list(self.objects.items()):
+            ours = res.plural == plural and res.group == crd["spec"].get("group")
+            if ours and plural in RESOURCES and not stored.deleted:
+                await self._delete_locked(plural, ns, name)
+        if self.strict:
+            self._served_by_crd(crd, serve=False)
 
     # -- reads: kmock's, plus selectors and kinds ----------------------------------------------------
 
@@ -326,6 +475,19 @@ class Emulator(kmock.KubernetesEmulator):
             yield event
 
 
+def _crd_status(crd: dict[str, Any]) -> dict[str, Any]:
+    """What the apiextensions controller writes at once on a valid CRD: its names are accepted and served."""
+    now = _now()
+    return {"acceptedNames": dict((crd.get("spec") or {}).get("names") or {}),
+            "storedVersions": [v["name"] for v in (crd.get("spec") or {}).get("versions") or []
+                               if v.get("storage")],
+            "conditions": [
+                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
+                 "message": "no conflicts found", "lastTransitionTime": now},
+                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+                 "message": "the initial names have been accepted", "lastTransitionTime": now}]}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -335,8 +497,9 @@ def free_port() -> int:
 class KubeAPI:
     """The emulator served from a background thread, with blocking HTTP helpers for tests."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, strict: bool = False) -> None:
         self.emulator = Emulator()
+        self.emulator.strict = strict
         self.emulator.declare_resources()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="kube-emulator", daemon=True)
