@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -28,7 +29,7 @@ from tts_operator.reconcile import (
     patch_annotations,
     sync_policy,
 )
-from tts_operator.sharing import plan_gpu_sharing
+from tts_operator.sharing import plan_gpu_sharing, request_id
 from tts_operator.spec import InvalidSpecError, TTSServiceSpec, parse_spec
 from tts_operator.status import PodInfo, aggregate, status_changed
 
@@ -39,6 +40,8 @@ MANAGED: dict[str, Any] = {
 STATUS_SECONDS = float(os.environ.get("RESIDENCY_STATUS_SECONDS", "2"))
 # The level check: children and pod annotations are compared with what they should be this often.
 RECHECK_SECONDS = float(os.environ.get("RESIDENCY_RECHECK_SECONDS", "30"))
+# Stands in, for the sharing plan only, for an offload request that is served but not yet reported on.
+ACKNOWLEDGED = "acknowledged; the peer has not reported since"
 CHILD_BUILDERS = {
     "deployments": lambda o, i: build_deployment(o, i),
     "services": lambda o, i: build_service(o),
@@ -220,7 +223,13 @@ async def _sync_sharing(api: Api, memo: kopf.Memo, services: kopf.Index[tuple[st
             gpu = (entry["spec"].get("gpu") or {}) if isinstance(entry["spec"], dict) else {}
             budgets[f"{namespace}/{name}"] = gpu.get("memoryBudgetBytes")
     issued: set[str] = memo["issued"]
+    # A peer that removed its request (the acknowledgement) but has not reported since is still freeing that
+    # memory: the plan must see it as asked, or a pass in between would ask one more peer for the same bytes.
+    pods = [replace(p, offload_request=ACKNOWLEDGED) if not p.offload_request and request_id(p) in issued
+            else p for p in pods]
     changes = plan_gpu_sharing(pods, budgets, datetime.now(UTC), frozenset(issued))
+    # An id names one report of one pod, and reports only move forward: ids of superseded reports go.
+    issued.intersection_update({request_id(p) for p in pods})
     by_key = {pod.key: pod for pod in pods}
     for key, values in changes.items():
         if key in by_key:

@@ -40,10 +40,12 @@ def _idle_bytes(pod: PodInfo, max_priority: int) -> int:
     return total
 
 
-def _request_id(demander: PodInfo, peer: PodInfo) -> str:
-    updated = demander.residency.updated if demander.residency is not None else None
-    seed = f"{demander.key}|{peer.key}|{updated.isoformat() if updated else ''}"
-    return hashlib.sha256(seed.encode()).hexdigest()[:16]
+def request_id(peer: PodInfo) -> str:
+    """One id per peer report: a peer is asked once to free what a report shows, whoever asks and however
+    often the demander republishes; it is asked again only after it reports anew (e.g. back on GPU). An id
+    tied to the demander's report would re-ask a peer that has acknowledged but not yet published `cpu`."""
+    report = ann.dump(peer.residency) if peer.residency is not None else ""
+    return hashlib.sha256(f"{peer.key}|{report}".encode()).hexdigest()[:16]
 
 
 def plan_gpu_sharing(pods: list[PodInfo], budgets: Mapping[str, int | None], now: datetime,
@@ -75,26 +77,30 @@ def plan_gpu_sharing(pods: list[PodInfo], budgets: Mapping[str, int | None], now
 
         asked: set[str] = {p.key for p in members if p.offload_request}
         for demander in members:
-            assert demander.residency is not None
+            assert demander.residency is not None and demander.residency.gpu is not None
             wanted = [m for m in demander.residency.models if m.gpu_demand_bytes > 0]
             if not wanted:
                 continue
-            need = sum(m.gpu_demand_bytes for m in wanted)
+            # The runtime reports all the model needs; what is already free on the GPU need not be freed.
+            free = demander.residency.gpu.free_bytes
+            need = sum(m.gpu_demand_bytes for m in wanted) - free
             ceiling = max((m.policy.priority if m.policy else _priority(demander)) for m in wanted)
+            # Requests still pending (from an earlier pass or another demander) are already freeing memory:
+            # counting them keeps every later pass from asking one more peer for the same shortfall.
+            freed = sum(_idle_bytes(p, ceiling) for p in members if p is not demander and p.key in asked)
             candidates = sorted(
                 (p for p in members if p is not demander and p.key not in asked),
                 key=lambda p: (_priority(p), -_idle_bytes(p, ceiling), p.key))
-            freed = 0
             for peer in candidates:
                 if freed >= need:
                     break
                 idle = _idle_bytes(peer, ceiling)
-                request_id = _request_id(demander, peer)
-                if idle == 0 or request_id in issued:
+                rid = request_id(peer)
+                if idle == 0 or rid in issued:
                     continue
                 value = ann.OffloadRequestValue.model_validate({
-                    "id": request_id, "verb": "offload", "requestedBy": demander.key, "created": now,
-                    "reason": f"{demander.key} needs {need} GPU bytes on {group}"})
+                    "id": rid, "verb": "offload", "requestedBy": demander.key, "created": now,
+                    "reason": f"{demander.key} needs {need} more GPU bytes on {group}"})
                 changes.setdefault(peer.key, {})[ann.OFFLOAD_REQUEST] = ann.dump(value)
                 asked.add(peer.key)
                 freed += idle

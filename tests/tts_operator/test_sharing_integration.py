@@ -1,0 +1,243 @@
+"""Real operator frees an idle peer's GPU for a demanding pod: gpu-share and offload-request end to end."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from support.kube import KubeAPI, Process
+
+pytestmark = pytest.mark.slow
+
+NS = "default"
+NODE = "node-a"
+GPU_A = "GPU-aaaaaaaa-0000-0000-0000-000000000001"
+GPU_B = "GPU-bbbbbbbb-0000-0000-0000-000000000002"
+GiB = 2**30
+RESIDENCY = "tts.residency.dev/residency"
+POLICY = "tts.residency.dev/policy"
+GPU_SHARE = "tts.residency.dev/gpu-share"
+OFFLOAD_REQUEST = "tts.residency.dev/offload-request"
+SETTLE = 1.0  # seconds given to the operator before asserting it wrote nothing
+FAST = {"RESIDENCY_STATUS_SECONDS": "0.5", "RESIDENCY_RECHECK_SECONDS": "2"}
+
+# Each report gets a later `updated`, as an agent's successive publications do (the request id hangs on it).
+_ticks = itertools.count(1)
+_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _service(name: str, priority: int, pinned: bool = False, budget: int | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": {"name": "hibari"}, "replicas": 1,
+        "residency": {"offloadAfterUse": False, "idleOffloadSeconds": 600, "idleReleaseSeconds": 3600,
+                      "pinned": pinned, "priority": priority}}
+    if budget is not None:
+        spec["gpu"] = {"memoryBudgetBytes": budget}
+    return {"apiVersion": "tts.residency.dev/v1alpha1", "kind": "TTSService",
+            "metadata": {"name": name, "namespace": NS}, "spec": spec}
+
+
+def _model(state: str, vram: int = 0, *, priority: int, pinned: bool = False, leases: int = 0,
+           demand: int = 0) -> dict[str, Any]:
+    """One model as the runtime reports it, with the policy the agent applied from the service."""
+    return {"name": "hibari", "variant": "base", "state": state, "vramBytes": vram, "hostBytes": vram,
+            "leases": leases, "gpuDemandBytes": demand, "error": None, "lastUsed": "2026-01-01T00:00:00Z",
+            "policy": {"offloadAfterUse": False, "idleOffloadSeconds": 600, "idleReleaseSeconds": 3600,
+                       "pinned": pinned, "priority": priority}}
+
+
+def _report(model: dict[str, Any], gpu: str | None, free: int = 0) -> str:
+    updated = (_EPOCH + timedelta(seconds=next(_ticks))).strftime("%Y-%m-%dT%H:%M:%SZ")
+    gpu_report = {"uuid": gpu, "index": 0, "totalBytes": 80 * GiB, "freeBytes": free, "processBytes": 0}
+    return json.dumps({"models": [model], "gpu": gpu_report if gpu else None, "updated": updated})
+
+
+class Cluster:
+    """The emulated cluster as the operator sees it, plus the Deployment controller and the agents' writes."""
+
+    def __init__(self, kube: KubeAPI) -> None:
+        self.kube = kube
+
+    def create_services(self, *services: dict[str, Any]) -> None:
+        for service in services:
+            self.kube.create("ttsservices", service)
+        for service in services:
+            name = service["metadata"]["name"]
+            self.kube.wait_for(lambda n=name: self.kube.get("deployments", NS, n), what=f"deployment {name}")
+
+    def start_pod(self, service: str, name: str, report: str, node: str = NODE) -> None:
+        """A pod as the service's ReplicaSet makes it: the template's labels, a controller owner reference."""
+        deployment = self.kube.get("deployments", NS, service)
+        assert deployment is not None
+        template = copy.deepcopy(deployment["spec"]["template"])
+        template_hash = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+        meta = template.setdefault("metadata", {})
+        meta["labels"] = {**meta.get("labels", {}), "pod-template-hash": template_hash}
+        meta.update(name=name, namespace=NS, annotations={**meta.get("annotations", {}), RESIDENCY: report},
+                    ownerReferences=[{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                      "name": f"{service}-{template_hash}", "uid": str(uuid.uuid4()),
+                                      "controller": True, "blockOwnerDeletion": True}])
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+               "spec": {**template["spec"], "nodeName": node},
+               "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
+        self.kube.create("pods", pod)
+
+    def publish(self, name: str, report: str) -> None:
+        """What the pod's agent does when its runtime's report changes."""
+        self.kube.patch("pods", NS, name, {"metadata": {"annotations": {RESIDENCY: report}}})
+
+    def acknowledge(self, name: str) -> None:
+        """What the agent does once it has served an offload request: remove the annotation."""
+        self.kube.patch("pods", NS, name, {"metadata": {"annotations": {OFFLOAD_REQUEST: None}}})
+
+    def notes(self, name: str) -> dict[str, str]:
+        pod = self.kube.get("pods", NS, name)
+        assert pod is not None, name
+        return dict(pod["metadata"].get("annotations") or {})
+
+    def share(self, name: str) -> dict[str, Any] | None:
+        raw = self.notes(name).get(GPU_SHARE)
+        return json.loads(raw) if raw else None
+
+    def peers(self, name: str) -> dict[str, int] | None:
+        """The pod's gpu-share peers as {pod: residentBytes}, or None before the operator wrote it."""
+        share = self.share(name)
+        return None if share is None else {p["pod"]: p["residentBytes"] for p in share["peers"]}
+
+    def wait_peers(self, name: str, expected: dict[str, int], what: str) -> None:
+        try:
+            self.kube.wait_for(lambda: self.peers(name) == expected, what=what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; {name} peers now {self.peers(name)}") from None
+
+    def requests(self) -> dict[str, dict[str, Any]]:
+        """The offload requests on the pods now, by pod name."""
+        found = {}
+        for pod in self.kube.list("pods", NS):
+            raw = (pod["metadata"].get("annotations") or {}).get(OFFLOAD_REQUEST)
+            if raw:
+                found[pod["metadata"]["name"]] = json.loads(raw)
+        return found
+
+    def request_ids_ever(self) -> dict[str, set[str]]:
+        """Every offload-request id each pod ever carried, from the API server's object history."""
+        ids: dict[str, set[str]] = {}
+        for (resource, _, name), obj in list(self.kube.emulator.objects.items()):
+            if resource.plural != "pods":
+                continue
+            for version in list(obj.history.raw):
+                notes = ((version.raw if version is not None else {}).get("metadata") or {}).get(
+                    "annotations") or {}
+                if notes.get(OFFLOAD_REQUEST):
+                    ids.setdefault(str(name), set()).add(json.loads(notes[OFFLOAD_REQUEST])["id"])
+        return ids
+
+
+@pytest.fixture()
+def cluster(kube_api: KubeAPI, run_operator: Callable[..., Process]) -> Iterator[Cluster]:
+    proc = run_operator(**FAST)
+    yield Cluster(kube_api)
+    # A failed assertion is easier to read with what the operator did.
+    assert "Traceback" not in proc.logs(), proc.logs()[-4000:]
+
+
+def test_demand_asks_only_the_idle_lower_priority_peer_once(cluster: Cluster) -> None:
+    cluster.create_services(_service("hi", 5, budget=6 * GiB), _service("lo", 0),
+                            _service("keep", 0, pinned=True), _service("top", 9))
+    cluster.start_pod("hi", "hi-0", _report(_model("unloaded", priority=5), GPU_A, free=GiB))
+    cluster.start_pod("lo", "lo-idle", _report(_model("gpu", 2 * GiB, priority=0), GPU_A))
+    cluster.start_pod("lo", "lo-busy", _report(_model("gpu", 3 * GiB, priority=0, leases=1), GPU_A))
+    cluster.start_pod("lo", "lo-other-gpu", _report(_model("gpu", 4 * GiB, priority=0), GPU_B))
+    cluster.start_pod("keep", "keep-0", _report(_model("gpu", 5 * GiB, priority=0, pinned=True), GPU_A))
+    cluster.start_pod("top", "top-0", _report(_model("gpu", 6 * GiB, priority=9), GPU_A))
+    gpu_a = {"default/hi-0": 0, "default/lo-idle": 2 * GiB, "default/lo-busy": 3 * GiB,
+             "default/keep-0": 5 * GiB, "default/top-0": 6 * GiB}
+
+    # Every pod on GPU A learns its peers there and what they hold; the pod on GPU B has none.
+    for name in ("hi-0", "lo-idle", "lo-busy", "keep-0", "top-0"):
+        cluster.wait_peers(name, {k: v for k, v in gpu_a.items() if k != f"default/{name}"}, f"{name} peers")
+    cluster.wait_peers("lo-other-gpu", {}, "lo-other-gpu alone on GPU B")
+    share = cluster.share("hi-0")
+    assert share is not None
+    assert share["group"] == f"{NODE}/{GPU_A}" and share["node"] == NODE and share["gpu"] == GPU_A
+    assert share["budgetBytes"] == 6 * GiB
+    assert {p["pod"]: (p["service"], p["priority"]) for p in share["peers"]} == {
+        "default/lo-idle": ("lo", 0), "default/lo-busy": ("lo", 0), "default/keep-0": ("keep", 0),
+        "default/top-0": ("top", 9)}
+    other = cluster.share("lo-other-gpu")
+    assert other is not None and other["group"] == f"{NODE}/{GPU_B}" and other["budgetBytes"] is None
+    assert cluster.requests() == {}  # nobody demands anything yet
+    assert all(cluster.notes(n).get(POLICY) for n in ("hi-0", "lo-idle", "keep-0", "top-0"))
+
+    # hi-0 needs more than every peer together could free: only the idle, unpinned, lower-priority one on
+    # its own GPU may be asked (not the leased one, the pinned one, the higher one, nor the one on GPU B).
+    cluster.publish("hi-0", _report(_model("loading", priority=5, demand=40 * GiB), GPU_A, free=GiB))
+    requests = cluster.kube.wait_for(cluster.requests, what="an offload request")
+    assert set(requests) == {"lo-idle"}
+    request = requests["lo-idle"]
+    assert request["verb"] == "offload" and request["requestedBy"] == "default/hi-0"
+    assert request["id"] and request["created"] and GPU_A in request["reason"]
+
+    # While the request is pending, new reports from the demander (still demanding) write nothing new.
+    for vram in (256 * 2**20, 512 * 2**20):
+        demanding = _model("loading", vram, priority=5, demand=40 * GiB)
+        cluster.publish("hi-0", _report(demanding, GPU_A, free=GiB))
+        cluster.wait_peers("lo-idle", {**{k: v for k, v in gpu_a.items() if k != "default/lo-idle"},
+                                       "default/hi-0": vram}, "lo-idle sees hi-0 loading")
+    assert cluster.requests() == {"lo-idle": request}
+
+    # The agent offloads and acknowledges; its next report says cpu. The demander, still short of memory,
+    # publishes again: nothing is left to ask, so no new request appears anywhere.
+    cluster.acknowledge("lo-idle")
+    cluster.publish("lo-idle", _report(_model("cpu", priority=0), GPU_A))
+    del gpu_a["default/hi-0"]
+    cluster.wait_peers("hi-0", {**gpu_a, "default/lo-idle": 0}, "hi-0 sees lo-idle on cpu")
+    cluster.publish("hi-0", _report(_model("loading", GiB, priority=5, demand=40 * GiB), GPU_A, free=3 * GiB))
+    cluster.wait_peers("top-0", {**{k: v for k, v in gpu_a.items() if k != "default/top-0"},
+                                 "default/lo-idle": 0, "default/hi-0": GiB}, "top-0 sees hi-0's new report")
+    assert cluster.requests() == {}
+    assert cluster.request_ids_ever() == {"lo-idle": {request["id"]}}
+
+
+def test_one_idle_peer_enough_is_the_only_one_asked(cluster: Cluster) -> None:
+    """Two idle peers could each free the shortfall: the lowest priority is asked, and the other never is,
+    neither while that request is pending nor after it freed the memory while the demand lingers."""
+    cluster.create_services(_service("hi", 5), _service("lo", 0), _service("mid", 3))
+    cluster.start_pod("hi", "hi-0", _report(_model("unloaded", priority=5), GPU_A, free=GiB // 2))
+    cluster.start_pod("lo", "lo-0", _report(_model("gpu", 2 * GiB, priority=0), GPU_A))
+    cluster.start_pod("mid", "mid-0", _report(_model("gpu", 2 * GiB, priority=3), GPU_A))
+    cluster.wait_peers("hi-0", {"default/lo-0": 2 * GiB, "default/mid-0": 2 * GiB}, "hi-0 peers")
+
+    # 1.5 GiB wanted with 0.5 GiB free: 1 GiB short, which lo-0 alone covers.
+    cluster.publish("hi-0", _report(_model("loading", priority=5, demand=3 * GiB // 2), GPU_A, free=GiB // 2))
+    requests = cluster.kube.wait_for(cluster.requests, what="an offload request")
+    assert set(requests) == {"lo-0"}
+    # Further passes (every pod event is one) see lo-0's pending request and do not ask mid-0 as well.
+    cluster.publish("hi-0", _report(_model("loading", 64 * 2**20, priority=5, demand=3 * GiB // 2), GPU_A,
+                                    free=GiB // 2))
+    cluster.wait_peers("mid-0", {"default/lo-0": 2 * GiB, "default/hi-0": 64 * 2**20}, "mid-0 sees hi-0")
+    assert set(cluster.requests()) == {"lo-0"}
+
+    # lo-0's agent offloads and acknowledges; its next report is not out yet. The demander's report still
+    # shows the old shortfall, yet lo-0 is known to be freeing it: mid-0 is not asked in between.
+    cluster.acknowledge("lo-0")
+    time.sleep(SETTLE)  # nothing to wait for: the operator must do nothing (its passes take milliseconds)
+    assert cluster.requests() == {}
+    # The demander sees the freed memory; its demand still shows (it lingers after a refusal) but free memory
+    # covers it. Then lo-0 reports cpu. mid-0 keeps its model throughout.
+    cluster.publish("hi-0", _report(_model("loading", 128 * 2**20, priority=5, demand=3 * GiB // 2), GPU_A,
+                                    free=5 * GiB // 2))
+    cluster.wait_peers("mid-0", {"default/lo-0": 2 * GiB, "default/hi-0": 128 * 2**20}, "mid-0 sees hi-0")
+    cluster.publish("lo-0", _report(_model("cpu", priority=0), GPU_A, free=5 * GiB // 2))
+    cluster.wait_peers("mid-0", {"default/lo-0": 0, "default/hi-0": 128 * 2**20}, "mid-0 sees lo-0 on cpu")
+    assert cluster.requests() == {}
+    assert set(cluster.request_ids_ever()) == {"lo-0"}
