@@ -159,12 +159,15 @@ def test_demand_asks_only_the_idle_lower_priority_peer_once(cluster: Cluster) ->
     cluster.start_pod("lo", "lo-other-gpu", _report(_model("gpu", 4 * GiB, priority=0), GPU_B))
     cluster.start_pod("keep", "keep-0", _report(_model("gpu", 5 * GiB, priority=0, pinned=True), GPU_A))
     cluster.start_pod("top", "top-0", _report(_model("gpu", 6 * GiB, priority=9), GPU_A))
-    gpu_a = {"default/hi-0": 0, "default/lo-idle": 2 * GiB, "default/lo-busy": 3 * GiB,
-             "default/keep-0": 5 * GiB, "default/top-0": 6 * GiB}
+    held = {"hi-0": 0, "lo-idle": 2 * GiB, "lo-busy": 3 * GiB, "keep-0": 5 * GiB, "top-0": 6 * GiB}
+
+    def peers_of(name: str) -> dict[str, int]:
+        """What `name`'s gpu-share should list: every other pod on GPU A with the bytes it holds."""
+        return {f"{NS}/{pod}": vram for pod, vram in held.items() if pod != name}
 
     # Every pod on GPU A learns its peers there and what they hold; the pod on GPU B has none.
-    for name in ("hi-0", "lo-idle", "lo-busy", "keep-0", "top-0"):
-        cluster.wait_peers(name, {k: v for k, v in gpu_a.items() if k != f"default/{name}"}, f"{name} peers")
+    for name in held:
+        cluster.wait_peers(name, peers_of(name), f"{name} peers")
     cluster.wait_peers("lo-other-gpu", {}, "lo-other-gpu alone on GPU B")
     share = cluster.share("hi-0")
     assert share is not None
@@ -176,7 +179,7 @@ def test_demand_asks_only_the_idle_lower_priority_peer_once(cluster: Cluster) ->
     other = cluster.share("lo-other-gpu")
     assert other is not None and other["group"] == f"{NODE}/{GPU_B}" and other["budgetBytes"] is None
     assert cluster.requests() == {}  # nobody demands anything yet
-    assert all(cluster.notes(n).get(POLICY) for n in ("hi-0", "lo-idle", "keep-0", "top-0"))
+    assert all(cluster.notes(n).get(POLICY) for n in held)
 
     # hi-0 needs more than every peer together could free: only the idle, unpinned, lower-priority one on
     # its own GPU may be asked (not the leased one, the pinned one, the higher one, nor the one on GPU B).
@@ -189,23 +192,29 @@ def test_demand_asks_only_the_idle_lower_priority_peer_once(cluster: Cluster) ->
 
     # While the request is pending, new reports from the demander (still demanding) write nothing new.
     for vram in (256 * 2**20, 512 * 2**20):
+        held["hi-0"] = vram
         demanding = _model("loading", vram, priority=5, demand=40 * GiB)
         cluster.publish("hi-0", _report(demanding, GPU_A, free=GiB))
-        cluster.wait_peers("lo-idle", {**{k: v for k, v in gpu_a.items() if k != "default/lo-idle"},
-                                       "default/hi-0": vram}, "lo-idle sees hi-0 loading")
+        cluster.wait_peers("lo-idle", peers_of("lo-idle"), "lo-idle sees hi-0 loading")
     assert cluster.requests() == {"lo-idle": request}
 
     # The agent offloads and acknowledges; its next report says cpu. The demander, still short of memory,
     # publishes again: nothing is left to ask, so no new request appears anywhere.
     cluster.acknowledge("lo-idle")
+    held["lo-idle"] = 0
     cluster.publish("lo-idle", _report(_model("cpu", priority=0), GPU_A))
-    del gpu_a["default/hi-0"]
-    cluster.wait_peers("hi-0", {**gpu_a, "default/lo-idle": 0}, "hi-0 sees lo-idle on cpu")
+    cluster.wait_peers("hi-0", peers_of("hi-0"), "hi-0 sees lo-idle on cpu")
+    held["hi-0"] = GiB
     cluster.publish("hi-0", _report(_model("loading", GiB, priority=5, demand=40 * GiB), GPU_A, free=3 * GiB))
-    cluster.wait_peers("top-0", {**{k: v for k, v in gpu_a.items() if k != "default/top-0"},
-                                 "default/lo-idle": 0, "default/hi-0": GiB}, "top-0 sees hi-0's new report")
+    cluster.wait_peers("top-0", peers_of("top-0"), "top-0 sees hi-0's new report")
     assert cluster.requests() == {}
     assert cluster.request_ids_ever() == {"lo-idle": {request["id"]}}
+
+    # lo-idle serves a request of its own and sits idle on GPU again: the demand still stands, so it is
+    # asked again, with a new id (the old one named a report that is gone).
+    cluster.publish("lo-idle", _report(_model("gpu", 2 * GiB, priority=0), GPU_A))
+    again = cluster.kube.wait_for(cluster.requests, what="a second offload request")
+    assert set(again) == {"lo-idle"} and again["lo-idle"]["id"] != request["id"]
 
 
 def test_one_idle_peer_enough_is_the_only_one_asked(cluster: Cluster) -> None:
