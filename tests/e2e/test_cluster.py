@@ -80,6 +80,17 @@ class Cluster:
         items: list[dict[str, Any]] = json.loads(response.data)["items"]
         return items
 
+    def can_run_pods(self) -> bool:
+        """False on a bare API server: without a node (no kubelet) no pod ever runs."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return bool(self.core.list_node(limit=1).items)
+        except ApiException as err:
+            if err.status in (401, 403):  # not allowed to look: assume a full cluster and wait for pods
+                return True
+            raise
+
     def pod_annotations(self, name: str) -> dict[str, str]:
         pod = json.loads(self.core.read_namespaced_pod(name, self.namespace, _preload_content=False).data)
         notes: dict[str, str] = pod["metadata"].get("annotations") or {}
@@ -148,11 +159,15 @@ def test_operator_agent_and_runtime_on_a_real_cluster(cluster: Cluster, tmp_path
             what="the Deployment",
         )
         service_uid = cluster.core.read_namespaced_service(name, cluster.namespace).metadata.uid
+        # Without a node nothing runs: a long wait for a running pod would only delay the local stand-ins.
+        runs_pods = cluster.can_run_pods()
         try:
-            wait_for(lambda: cluster.pods(name), timeout=30, what="a pod of the service")
+            wait_for(lambda: cluster.pods(name), timeout=30 if runs_pods else 5, what="a pod of the service")
         except AssertionError:
             _stand_in_pod(cluster, name)
         try:
+            if not runs_pods:
+                raise AssertionError("no node can run the pod")
             pod = wait_for(
                 lambda: next(
                     (p for p in cluster.pods(name) if p.get("status", {}).get("phase") == "Running"), None
