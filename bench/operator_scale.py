@@ -62,8 +62,13 @@ class TimedEmulator(Emulator):
         return await super()._handle(request)
 
     async def _emit(self, plural: str, kind: str, obj: dict[str, Any]) -> None:
+        # Only what the bench reads, so waiting on it stays cheap at hundreds of services.
+        meta = obj.get("metadata") or {}
+        summary = {"name": meta.get("name"),
+                   "service": (meta.get("labels") or {}).get("tts.residency.dev/service"),
+                   "pods": status_pods(obj)}
         with self.lock:
-            self.changes.append((time.monotonic(), plural, kind, obj))
+            self.changes.append((time.monotonic(), plural, kind, summary))
         await super()._emit(plural, kind, obj)
 
     def operator_requests(self, since: float, until: float | None = None) -> list[tuple[float, str, str]]:
@@ -74,7 +79,10 @@ class TimedEmulator(Emulator):
 
     def changes_since(self, since: float) -> list[tuple[float, str, str, dict[str, Any]]]:
         with self.lock:
-            return [c for c in self.changes if c[0] >= since]
+            i = len(self.changes)
+            while i > 0 and self.changes[i - 1][0] >= since:
+                i -= 1
+            return self.changes[i:]
 
 
 class Cluster(KubeAPI):
@@ -217,19 +225,27 @@ def measure(n: int, cluster: Cluster, proc: Process, args: argparse.Namespace) -
         seen: dict[str, set[str]] = {}
         for _, plural, kind, obj in emu.changes_since(t_start):
             if plural in CHILDREN and kind == "ADDED":
-                svc = (obj["metadata"].get("labels") or {}).get("tts.residency.dev/service", "")
-                seen.setdefault(svc, set()).add(plural)
+                seen.setdefault(obj["service"] or "", set()).add(plural)
         return seen
 
-    wait("every service's children", lambda: sum(len(v) == 5 for v in children().values()) >= n, timeout)
+    try:
+        wait("every service's children", lambda: sum(len(v) == 5 for v in children().values()) >= n, timeout,
+             0.25)
+    except TimeoutError:
+        complete = sum(len(v) == 5 for v in children().values())
+        out["apply"] = {"finished": False, "services_with_children": complete, "after_s": timeout,
+                        "requests": kinds(emu.operator_requests(t_start))}
+        out["memory"]["applied"] = benchlib.proc_memory(pid)
+        print(f"[{n}] only {complete}/{n} services had their children after {timeout:.0f}s", flush=True)
+        return out
     done_at: dict[str, float] = {}
     for t, plural, kind, obj in emu.changes_since(t_start):
         if plural in CHILDREN and kind == "ADDED":
-            svc = obj["metadata"]["labels"]["tts.residency.dev/service"]
-            done_at[svc] = max(done_at.get(svc, 0.0), t)
+            done_at[obj["service"]] = max(done_at.get(obj["service"], 0.0), t)
     latencies = [done_at[s] - applied[s] for s in names]
     reqs = emu.operator_requests(t_start)
-    out["apply"] = {"create_s": t_applied - t_start, "all_children_s": max(done_at.values()) - t_start,
+    out["apply"] = {"finished": True, "create_s": t_applied - t_start,
+                    "all_children_s": max(done_at.values()) - t_start,
                     "per_service_s": summary(latencies),
                     "requests_per_service": len(reqs) / n,
                     "by_kind": {key: v / n for key, v in kinds(reqs).items()},
@@ -252,11 +268,11 @@ def measure(n: int, cluster: Cluster, proc: Process, args: argparse.Namespace) -
     def first_status() -> dict[str, float]:
         seen: dict[str, float] = {}
         for t, plural, _, obj in emu.changes_since(t_pods):
-            if plural == "ttsservices" and status_pods(obj).get("gpu") == 1:
-                seen.setdefault(obj["metadata"]["name"], t)
+            if plural == "ttsservices" and obj["pods"].get("gpu") == 1:
+                seen.setdefault(obj["name"], t)
         return seen
 
-    wait("every service's status to count its pod", lambda: len(first_status()) >= n, timeout)
+    wait("every service's status to count its pod", lambda: len(first_status()) >= n, timeout, 0.25)
     seen = first_status()
     out["pods"] = {"status_s": summary([seen[s] - created[s] for s in names]),
                    "all_status_s": max(seen.values()) - t_pods}
@@ -279,15 +295,17 @@ def measure(n: int, cluster: Cluster, proc: Process, args: argparse.Namespace) -
     picks = [names[int(i * n / k)] for i in range(k)]
     lat, total, writes, windows = [], [], [], []
     all_reqs: list[tuple[float, str, str]] = []
+    starts: list[float] = []
     for seq, name in enumerate(picks, start=1):
         i = names.index(name)
         note = {"metadata": {"annotations": {
             "tts.residency.dev/residency": residency("cpu", i // args.pods_per_gpu, seq)}}}
         t0 = time.monotonic()
+        starts.append(t0)
         cluster.patch("pods", "default", f"{name}-pod", note)
 
         def shown(name: str = name, t0: float = t0) -> bool:
-            return any(p == "ttsservices" and o["metadata"]["name"] == name and status_pods(o).get("cpu") == 1
+            return any(p == "ttsservices" and o["name"] == name and o["pods"].get("cpu") == 1
                        for _, p, _, o in emu.changes_since(t0))
 
         t_seen = wait(f"status of {name} to show the change", shown, 60, 0.01)
@@ -299,7 +317,9 @@ def measure(n: int, cluster: Cluster, proc: Process, args: argparse.Namespace) -
         total.append(len(reqs) - idle_rate * (t_end - t0))
         writes.append(sum(m in WRITES for _, m, _ in reqs))
         all_reqs += reqs
-    out["change"] = {"changes": k, "to_status_s": summary(lat), "writes_per_change": summary(writes),
+    out["change"] = {"changes": k, "to_status_s": summary(lat), "each_s": lat,
+                     "started_s": [round(t - t_pods, 2) for t in starts],
+                     "writes_per_change": summary(writes),
                      "requests_per_change_net": summary(total), "window_s": summary(windows),
                      "requests_by_kind": {key: v / k for key, v in kinds(all_reqs).items()}}
     out["memory"]["end"] = benchlib.proc_memory(pid)
@@ -309,13 +329,16 @@ def measure(n: int, cluster: Cluster, proc: Process, args: argparse.Namespace) -
 
 
 def report(rows: list[dict[str, Any]]) -> None:
+    done = [r for r in rows if r["apply"]["finished"]]
+    table = [[r["services"], f"{r['apply']['create_s']:.2f}", f"{r['apply']['all_children_s']:.2f}",
+              fmt_ms(r["apply"]["per_service_s"]["p50"]), fmt_ms(r["apply"]["per_service_s"]["p99"]),
+              f"{r['apply']['requests_per_service']:.1f}", f"{r['apply']['writes_per_service']:.1f}"]
+             for r in done]
+    table += [[r["services"], "", f"did not finish: {r['apply']['services_with_children']}/{r['services']} "
+               f"after {r['apply']['after_s']:.0f}s", "", "", "", ""] for r in rows if r not in done]
     print_table("Apply → children created", ["services", "create all s", "all children s",
                                              "per service p50 ms", "p99 ms", "requests/service",
-                                             "writes/service"],
-                [[r["services"], f"{r['apply']['create_s']:.2f}", f"{r['apply']['all_children_s']:.2f}",
-                  fmt_ms(r["apply"]["per_service_s"]["p50"]), fmt_ms(r["apply"]["per_service_s"]["p99"]),
-                  f"{r['apply']['requests_per_service']:.1f}", f"{r['apply']['writes_per_service']:.1f}"]
-                 for r in rows])
+                                             "writes/service"], table)
     print_table("Residency change → TTSService.status",
                 ["services", "changes", "p50 ms", "p99 ms", "max ms", "writes/change",
                  "requests/change (net of idle)", "idle requests/s", "first status of a new pod p50 ms"],
@@ -323,12 +346,12 @@ def report(rows: list[dict[str, Any]]) -> None:
                   fmt_ms(r["change"]["to_status_s"]["p99"]), fmt_ms(r["change"]["to_status_s"]["max"]),
                   f"{r['change']['writes_per_change']['mean']:.1f}",
                   f"{r['change']['requests_per_change_net']['mean']:.1f}",
-                  f"{r['idle']['requests_per_s']:.1f}", fmt_ms(r["pods"]["status_s"]["p50"])] for r in rows])
+                  f"{r['idle']['requests_per_s']:.1f}", fmt_ms(r["pods"]["status_s"]["p50"])] for r in done])
+    phases = ("idle", "applied", "pods", "end")
     print_table("Operator memory (VmRSS; VmHWM = peak)",
                 ["services", "idle RSS", "after apply", "with pods", "end", "peak (VmHWM)"],
-                [[r["services"], *(fmt_bytes(r["memory"][k].get("vmrss")) for k in
-                                   ("idle", "applied", "pods", "end")),
-                  fmt_bytes(r["memory"]["end"].get("vmhwm"))] for r in rows])
+                [[r["services"], *(fmt_bytes(r["memory"].get(k, {}).get("vmrss")) for k in phases),
+                  fmt_bytes(max(m.get("vmhwm", 0) for m in r["memory"].values()))] for r in rows])
 
 
 def main(argv: list[str] | None = None) -> int:
