@@ -66,6 +66,7 @@ def test_e2e_suite_passes_against_the_emulator(tmp_path: Path) -> None:
     assert by_kind["customresourcedefinitions"] == [("ttsservices.tts.residency.dev", True)]
     pods = [stored for (resource, _, _), stored in objects.items() if resource.plural == "pods"]
     assert pods and all(p.deleted for p in pods)
-    notes = [(v.get("metadata", {}).get("annotations") or {}) for p in pods for v in p.history if v is not None]
+    versions = [v for p in pods for v in p.history if v is not None]
+    notes = [v.get("metadata", {}).get("annotations") or {} for v in versions]
     published = [n for n in notes if "tts.residency.dev/residency" in n]
     assert published, "the agent never published the residency annotation to this emulator"
