@@ -225,11 +225,12 @@ async def _sync_sharing(api: Api, memo: kopf.Memo, services: kopf.Index[tuple[st
     issued: set[str] = memo["issued"]
     # A peer that removed its request (the acknowledgement) but has not reported since is still freeing that
     # memory: the plan must see it as asked, or a pass in between would ask one more peer for the same bytes.
-    pods = [replace(p, offload_request=ACKNOWLEDGED) if not p.offload_request and request_id(p) in issued
+    current = {p.key: request_id(p) for p in pods}
+    pods = [replace(p, offload_request=ACKNOWLEDGED) if not p.offload_request and current[p.key] in issued
             else p for p in pods]
     changes = plan_gpu_sharing(pods, budgets, datetime.now(UTC), frozenset(issued))
     # An id names one report of one pod, and reports only move forward: ids of superseded reports go.
-    issued.intersection_update({request_id(p) for p in pods})
+    issued.intersection_update(current.values())
     by_key = {pod.key: pod for pod in pods}
     for key, values in changes.items():
         if key in by_key:
