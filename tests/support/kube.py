@@ -51,6 +51,7 @@ import httpx
 import kmock
 import pytest
 from kmock._internal import dicts, k8s_dicts, parsing, rendering
+from kmock._internal.k8s import KubernetesNotFoundError
 
 from support.crd_schema import admit, version_schema
 
@@ -252,6 +253,13 @@ class Emulator(kmock.KubernetesEmulator):
         return str(res.plural)
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        try:
+            return await self._handle_known(request)
+        except KubernetesNotFoundError:
+            # A 404 is an answer, not a fault of the emulator: kmock would keep it and raise it at exit.
+            return _status(404, "NotFound", "the server could not find the requested resource")
+
+    async def _handle_known(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         plural = self._plural(request)
         if plural is None:
             return await super()._handle(request)
