@@ -9,15 +9,29 @@ in a conftest or test module):
   isolates the `status` subresource (the main resource ignores `status`, `/status` only changes it);
   bumps `generation` when anything but metadata/status changes; honours `metadata.resourceVersion`
   preconditions (409); garbage-collects children by `ownerReferences` when their owner is deleted; filters
-  lists and watches by `labelSelector` and `fieldSelector` (metadata.name/namespace); puts `kind` in lists.
-- `KubeAPI` — the emulator running in a background thread on a free port, with a kubeconfig file pointing at
-  it (`.kubeconfig`, `.url`) and blocking helpers that go over HTTP like any client:
+  lists and watches by `labelSelector` and `fieldSelector` (metadata.name/namespace); puts `kind` in lists;
+  answers a missing object or resource with a Kubernetes 404 Status (`deployments.apps "x" not found`).
+  Namespaces are cluster-scoped objects (`/api/v1/namespaces[/NAME]`, which kmock alone cannot parse):
+  `default`, `kube-system`, `kube-public`, `kube-node-lease` exist; deleting one makes it `Terminating`
+  (creating in it is then 403), deletes everything in it, and removes it once no finalizer holds an object.
+  A created CRD is `Established` at once and its resources appear in discovery; deleting it deletes its
+  objects. While a custom resource's CRD exists, every write of it is admitted like the API server does
+  (`support.crd_schema`): schema `default`s applied, unknown fields pruned (422 with
+  `?fieldValidation=Strict`), the openAPIV3Schema and the CEL rules checked: 422 `Invalid` with
+  `details.causes` naming the field. `nodes` is served and empty: a bare API server without kubelets.
+  Strict mode (`KubeAPI(dir, strict=True)`, what the e2e suite runs against) is a fresh API server: a
+  custom resource is 404 until its CRD is created, and creating in a namespace that does not exist is 404.
+  The default mode stays lenient for the operator's tests (TTSService always served, any namespace).
+- `KubeAPI(directory, strict=False)` — the emulator running in a background thread on a free port, with a
+  kubeconfig file pointing at it (`.kubeconfig`, `.url`) and blocking helpers that go over HTTP like any
+  client:
   `create(res, obj)` (a `status` in obj is then written through `/status`, as a controller would),
   `get(res, ns, name)` (None when absent), `list(res, ns=None, selector=None)`,
   `patch(res, ns, name, patch, status=False)` (merge patch; a list is a JSON patch), `delete(res, ns, name)`,
   `events(ns)`, `wait_for(fn, timeout=...)` (polls `fn()` until truthy, returns its value).
   `res` is a plural from `RESOURCES` ("ttsservices", "pods", "deployments", "services", "serviceaccounts",
-  "roles", "rolebindings", "events", "namespaces", "customresourcedefinitions").
+  "roles", "rolebindings", "events", "namespaces", "nodes", "customresourcedefinitions"); `ns` is None for
+  cluster-scoped ones.
 - `make_pod(...)` — a running, ready pod of a TTSService as a Deployment would create it (labels, node).
 - Fixtures: `kube_api` (a fresh emulator per test, `KUBECONFIG` NOT set in this process),
   `run_operator` (a factory: `run_operator(**env)` starts `tts-operator run --standalone --all-namespaces`
