@@ -133,6 +133,22 @@ def _stand_in_pod(cluster: Cluster, service: str) -> str:
     return name
 
 
+def _create_when_served(cluster: Cluster, body: dict[str, Any]) -> None:
+    """Create a custom object; just after its CRD turns Established the API server may still answer 404."""
+    from kubernetes.client.exceptions import ApiException
+
+    def attempt() -> bool:
+        try:
+            cluster.custom.create_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, body)
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
+    wait_for(attempt, timeout=30, interval=0.5, what="the TTSService resource served")
+
+
 def test_operator_agent_and_runtime_on_a_real_cluster(cluster: Cluster, tmp_path: Path) -> None:
     from kubernetes.client.exceptions import ApiException
 
@@ -140,7 +156,7 @@ def test_operator_agent_and_runtime_on_a_real_cluster(cluster: Cluster, tmp_path
     example = yaml.safe_load((ROOT / "examples" / "ttsservice.yaml").read_text())
     name = example["metadata"]["name"]
     example["metadata"]["namespace"] = cluster.namespace
-    cluster.custom.create_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, example)
+    _create_when_served(cluster, example)
     procs: list[Process] = []
     operator = _start(
         [_executable("tts-operator"), "run", "--standalone", "--namespace", cluster.namespace],

@@ -356,6 +356,10 @@ class Emulator(kmock.KubernetesEmulator):
     async def _update(self, request: rendering.Request, plural: str) -> aiohttp.web.StreamResponse:
         subs = RESOURCES[plural][4]
         content_type = request.headers.get("Content-Type", "")
+        if "strategic-merge-patch" in content_type and RESOURCES[plural][0] not in BUILT_IN_GROUPS:
+            return _status(415, "UnsupportedMediaType",
+                           f"the body of the request was in an unknown format - accepted media types include:"
+                           f" application/json-patch+json, application/merge-patch+json ({content_type})")
         async with self._lock:
             stored = self._stored(plural, request.namespace, str(request.name))
             if stored is None:
@@ -692,3 +696,27 @@ def run_operator(kube_api: KubeAPI, tmp_path: Path) -> Iterator[Callable[..., Pr
     finally:
         for proc in started:
             proc.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`PYTHONPATH=tests python -m support.kube [--strict] DIR`: serve the emulator until Ctrl-C, so that
+    the e2e suite can be run by hand against it (`KUBECONFIG=DIR/kubeconfig pytest -m k8s tests/e2e`)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m support.kube", description=main.__doc__)
+    parser.add_argument("directory", type=Path, help="where to write the kubeconfig")
+    parser.add_argument("--strict", action="store_true", help="like a fresh API server (see the module doc)")
+    args = parser.parse_args(argv)
+    args.directory.mkdir(parents=True, exist_ok=True)
+    api = KubeAPI(args.directory, strict=args.strict)
+    print(f"serving {api.url}\nexport KUBECONFIG={api.kubeconfig}", flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        api.close()
+    return 0
+
+
+if __name__ == "__main__":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    sys.exit(main())

@@ -130,6 +130,9 @@ def test_the_crd_schema_defaults_prunes_and_refuses_like_the_api_server(kube_api
     patched = kube_api.http.patch(f"{TTS}/voice", json={"spec": {"replicas": -1}},
                                   headers={"Content-Type": "application/merge-patch+json"})
     assert patched.status_code == 422 and "spec.replicas" in patched.json()["message"]
+    smp = kube_api.http.patch(f"{TTS}/voice", json={"spec": {"replicas": 2}},
+                              headers={"Content-Type": "application/strategic-merge-patch+json"})
+    assert smp.status_code == 415  # custom resources have no strategic merge patch
     status = kube_api.patch("ttsservices", "default", "voice",
                             {"status": {"ready": "0/1", "kopf": {"progress": {}}}}, status=True)
     assert status["status"] == {"ready": "0/1"}  # a field the schema does not know is dropped
