@@ -3,7 +3,10 @@
 Works on a full cluster and on a bare API server alike: when no pod of the service runs (no kubelet, no
 controller-manager, no GPU), the test runs `tts-runtime serve` and `tts-operator agent --pod` as local
 processes for one pod, creating that pod itself (unscheduled, it stays Pending) if the Deployment never
-made one. Everything it creates lives in a fresh namespace that it deletes at the end.
+made one (at once when the cluster has no node). Everything it creates lives in a fresh namespace that it
+deletes at the end. CI runs this file unchanged against the strict API emulator
+(tests/tts_operator/test_e2e_on_emulator.py); by hand: `PYTHONPATH=tests python -m support.kube --strict DIR`,
+then `KUBECONFIG=DIR/kubeconfig pytest -m k8s tests/e2e`. What the emulator lacks goes into the emulator.
 """
 
 from __future__ import annotations
