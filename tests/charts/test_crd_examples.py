@@ -9,7 +9,8 @@ import helm_python as helm
 import pytest
 import yaml
 from chartlib import CRD_SOURCE, REPO, render
-from crdschema import violations
+
+from support.crd_schema import violations
 
 BAD_DIR = Path(__file__).parent / "bad"
 EXPECT = "# expect:"

@@ -1,4 +1,9 @@
-"""What an API server does to a custom resource with its CRD's schema: default, prune, validate (422)."""
+"""What an API server does to a custom resource with its CRD's schema: default, prune, validate (422).
+
+`admit(schema, obj, strict=False)` is what the emulator runs on every write of a custom resource;
+`violations(crd, obj)` is the same check offline (what `kubectl apply`, strict field validation by default,
+would be refused for), for the chart's examples.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ class Cause:
     reason: str  # FieldValueInvalid, FieldValueRequired, FieldValueNotSupported, FieldValueTypeInvalid...
     field: str  # e.g. spec.replicas
     message: str
+    # The check's own words (the JSON Schema validator's message, the CEL rule's): what offline checks print.
+    detail: str
 
     def as_dict(self) -> dict[str, str]:
         return {"reason": self.reason, "field": self.field, "message": self.message}
@@ -156,7 +163,7 @@ def _schema_causes(schema: Json, obj: Json) -> list[Cause]:
         else:
             message = f"Invalid value: {json.dumps(error.instance)}: {field} in body {error.message}"
         causes.append(Cause(_REASONS.get(str(error.validator), "FieldValueInvalid"), field,
-                            f"{field}: {message}"))
+                            f"{field}: {message}", str(error.message)))
     return causes
 
 
@@ -181,7 +188,8 @@ def _cel_causes(node: Json, value: Any, path: str = "") -> list[Cause]:
         if isinstance(result, Exception) or not bool(result):
             field = path.lstrip(".") or "<root>"
             message = rule.get("message") or f"failed rule: {rule['rule']}"
-            causes.append(Cause("FieldValueInvalid", field, f"{field}: Invalid value: \"object\": {message}"))
+            causes.append(Cause("FieldValueInvalid", field, f"{field}: Invalid value: \"object\": {message}",
+                                message))
     if isinstance(value, dict):
         properties = node.get("properties") or {}
         for key, child in properties.items():
@@ -204,9 +212,32 @@ def admit(schema: Json, obj: Json, strict: bool = False) -> tuple[Json, list[Cau
     """
     pruned, dropped = prune(schema, obj)
     if strict and dropped:
-        return pruned, [Cause("FieldValueInvalid", f, f'.{f}: field not declared in schema') for f in dropped]
+        return pruned, [_undeclared(f) for f in dropped]
     pruned = apply_defaults(schema, pruned)
     causes = _schema_causes(schema, pruned)
     if causes:
         return pruned, causes  # CEL rules run only on objects that pass the structural schema
     return pruned, _cel_causes(schema, pruned)
+
+
+def _undeclared(field: str) -> Cause:
+    name = field.rsplit(".", 1)[-1]
+    # The detail is worded as the JSON Schema validator words an additional property.
+    return Cause("FieldValueInvalid", field, f".{field}: field not declared in schema",
+                 f"Additional properties are not allowed ({name!r} was unexpected)")
+
+
+def violations(crd: Json, obj: Json) -> list[str]:
+    """Why the API server would refuse `obj` (an instance of `crd`) under strict field validation, or []."""
+    spec = crd.get("spec") or {}
+    group, _, version = str(obj.get("apiVersion", "")).rpartition("/")
+    if group != spec.get("group") or obj.get("kind") != (spec.get("names") or {}).get("kind"):
+        return [f"apiVersion/kind {obj.get('apiVersion')}/{obj.get('kind')} is not this CRD's"]
+    schema = version_schema(crd, version)
+    if schema is None:
+        return [f"CRD {crd.get('metadata', {}).get('name')} has no version {version} with a schema"]
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict) or not meta.get("name"):
+        return ["metadata.name: Required value"]
+    _, causes = admit(schema, obj, strict=True)
+    return [f"{cause.field}: {cause.detail}" for cause in causes]
