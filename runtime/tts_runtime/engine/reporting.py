@@ -1,0 +1,56 @@
+"""The residency report of one model and of the process, from slot bookkeeping plus NVML."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from tts_runtime.engine.backends import Stats
+from tts_runtime.engine.gpu import GpuProbe, NoGpu
+from tts_runtime.engine.slot import Slot
+from tts_runtime.residency import ModelReport
+
+
+def model_report(slot: Slot, now: float, gpu: GpuProbe) -> ModelReport:
+    """One model's line; `now` is the engine clock's monotonic time."""
+    with slot.cond:
+        stats = slot.stats or Stats(device=slot.device)
+        pids = slot.executor.pids() if slot.executor is not None else []
+        idle = None
+        if slot.leases:
+            idle = 0.0
+        elif slot.last_active is not None:
+            idle = max(0.0, now - slot.last_active)
+        report = ModelReport(
+            name=slot.spec.name,
+            variant=slot.spec.variant,
+            state=slot.state,
+            device=stats.device,
+            vramBytes=stats.vram_bytes,
+            hostBytes=stats.host_bytes,
+            lastUsed=slot.last_used_wall,
+            idleSeconds=idle,
+            leases=slot.leases,
+            error=slot.error,
+            policy=slot.policy,
+            gpuDemandBytes=slot.demand_bytes if slot.demand_until > now else 0,
+            voices=stats.voices or slot.voices,
+            transitions=dict(slot.transitions),
+        )
+    if pids:
+        measured = gpu.process_bytes(pids)
+        # NVML sees the CUDA context too; in a container without the host PID namespace it
+        # matches no pid (0), and the worker's own torch count is the better number.
+        if measured is not None and not isinstance(gpu, NoGpu):
+            report.vram_bytes = max(measured, report.vram_bytes)
+    return report
+
+
+def process_pids(slots: Iterable[Slot]) -> list[int]:
+    """This process and its workers (what NVML per-process accounting sums)."""
+    out = [os.getpid()]
+    for slot in slots:
+        ex = slot.executor
+        if ex is not None:
+            out.extend(ex.pids())
+    return out

@@ -1,0 +1,183 @@
+"""The verb runner: moves one model between states, emits its `Transition`, and rolls back failures."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from tts_runtime.engine.backends import GpuOutOfMemory
+from tts_runtime.engine.budget import GpuBudget
+from tts_runtime.engine.clock import Clock
+from tts_runtime.engine.executor import ExecutionTimeout, Executor, InlineExecutor
+from tts_runtime.engine.lease import Transition
+from tts_runtime.engine.planning import plan_idle, retry_backoff
+from tts_runtime.engine.slot import Slot
+from tts_runtime.engine.worker import WorkerExecutor
+from tts_runtime.residency import (
+    VERB_PATH,
+    InsufficientGpuMemoryError,
+    ModelLoadError,
+    ResidencyError,
+    State,
+    Verb,
+    WorkerCrashedError,
+)
+
+log = logging.getLogger(__name__)
+
+
+class VerbRunner:
+    """Runs verbs on slots; `emit` gets every transition, failed ones included."""
+
+    def __init__(
+        self,
+        budget: GpuBudget,
+        clock: Clock,
+        emit: Callable[[Transition], None],
+        retry_backoff_seconds: float,
+    ) -> None:
+        self.budget = budget
+        self.clock = clock
+        self.emit = emit
+        self.retry_backoff_seconds = retry_backoff_seconds
+
+    def run(self, slot: Slot, verb: Verb) -> None:
+        """Run one verb on a slot whose `cond` the caller holds (released while the work runs)."""
+        src = slot.state
+        transient = VERB_PATH[verb][0] if verb != Verb.RELEASE else src
+        slot.state, slot.busy = transient, True
+        t0 = time.perf_counter()
+        slot.cond.release()
+        try:
+            dest, error, exc = self._do(slot, verb, src)
+        finally:
+            slot.cond.acquire()
+        seconds = time.perf_counter() - t0
+        slot.state, slot.busy = dest, False
+        slot.transitions[verb.value] = seconds
+        slot.last_active = self.clock.monotonic()
+        if verb in (Verb.LOAD, Verb.RESTORE) and dest == State.GPU:
+            slot.used_since_restore = False
+        slot.cond.notify_all()
+        slot.cond.release()
+        try:
+            self.emit(Transition(slot.spec.name, verb, src, dest, seconds, exc is None, error))
+        finally:
+            slot.cond.acquire()
+        if exc is not None:
+            raise exc
+
+    def auto(self, slot: Slot, verb: Verb, *, evicting: bool = False) -> bool:
+        """A verb the engine decided on: only on an idle, unpinned, unleased model; never waits."""
+        with slot.cond:
+            if slot.busy or slot.leases > 0 or slot.policy.pinned:
+                return False
+            if not evicting:
+                actions, _ = plan_idle([slot.view(self.clock.monotonic())])
+                if not any(a.verb == verb for a in actions):
+                    return False  # the policy changed or a request came since the plan
+            elif slot.state != State.GPU:
+                return False
+            try:
+                self.run(slot, verb)
+            except ResidencyError as e:
+                log.warning("automatic %s of %s failed: %s", verb.value, slot.spec.name, e)
+                return False
+            return True
+
+    def evict(self, slot: Slot) -> bool:
+        """Offload an idle peer to make GPU room (the budget's victims)."""
+        return self.auto(slot, Verb.OFFLOAD, evicting=True)
+
+    def on_crash(self, slot: Slot, ex: Executor, error: str) -> None:
+        """The worker died under a request: unload (consistently) so the next request loads again."""
+        with slot.cond:
+            if slot.executor is not ex:
+                return
+            src = slot.state
+            slot.executor, slot.stats, slot.state, slot.error = None, None, State.UNLOADED, error
+            slot.cond.notify_all()
+        ex.close()
+        self.emit(Transition(slot.spec.name, Verb.RELEASE, src, State.UNLOADED, 0.0, False, error))
+
+    def _do(self, slot: Slot, verb: Verb, src: State) -> tuple[State, str | None, ResidencyError | None]:
+        """The work of a verb, without the slot lock: (new state, error text, exception to raise)."""
+        name = slot.spec.name
+        if verb == Verb.RELEASE:
+            ex, slot.executor = slot.executor, None
+            if ex is not None:
+                ex.close()
+            slot.stats, slot.error, slot.failures = None, None, 0
+            return State.UNLOADED, None, None
+        if verb == Verb.OFFLOAD:
+            ex = slot.executor
+            assert ex is not None
+            try:
+                slot.stats = ex.offload()
+                return State.CPU, None, None
+            except Exception as e:
+                self._drop(slot)
+                msg = f"offload of {name!r} failed, model unloaded: {e}"
+                slot.error = msg
+                return State.UNLOADED, msg, ResidencyError(msg)
+        needed = slot.known_bytes or slot.spec.estimated_bytes or 0
+        try:
+            self.budget.ensure(slot, needed, self.evict)
+        except InsufficientGpuMemoryError as e:
+            return src, str(e), e
+        if verb == Verb.LOAD:
+            ex = self._new_executor(slot)
+            try:
+                slot.stats = ex.load(slot.spec.load_timeout_seconds)
+            except GpuOutOfMemory as e:
+                ex.close()
+                return src, str(e), self.budget.refuse(slot, needed, str(e))
+            except Exception as e:
+                ex.close()
+                return self._failed_load(slot, e)
+            slot.executor, slot.error, slot.failures = ex, None, 0
+            slot.known_bytes = slot.stats.host_bytes
+            return State.GPU, None, None
+        ex = slot.executor  # RESTORE
+        assert ex is not None
+        try:
+            slot.stats = ex.restore(slot.spec.load_timeout_seconds)
+            slot.error = None
+            return State.GPU, None, None
+        except GpuOutOfMemory as e:
+            return State.CPU, str(e), self.budget.refuse(slot, needed, str(e))
+        except Exception as e:
+            msg = f"restore of {name!r} failed: {error_text(e)}"
+            slot.error = msg
+            if ex.host_intact():
+                return State.CPU, msg, ModelLoadError(msg)
+            self._drop(slot)
+            slot.error = msg
+            err = e if isinstance(e, WorkerCrashedError) else ModelLoadError(msg)
+            return State.UNLOADED, msg, err
+
+    def _failed_load(self, slot: Slot, e: Exception) -> tuple[State, str, ResidencyError]:
+        slot.failures += 1
+        backoff = retry_backoff(slot.failures, self.retry_backoff_seconds)
+        slot.retry_at = self.clock.monotonic() + backoff
+        msg = f"loading model {slot.spec.name!r} failed: {error_text(e)}"
+        if isinstance(e, ExecutionTimeout):
+            msg += " (raise loadTimeoutSeconds in the model spec if it is just slow)"
+        slot.error, slot.stats = msg, None
+        return State.FAILED, msg, ModelLoadError(msg, retry_after=max(backoff, 0.1))
+
+    def _drop(self, slot: Slot) -> None:
+        ex, slot.executor, slot.stats = slot.executor, None, None
+        if ex is not None:
+            ex.close()
+
+    def _new_executor(self, slot: Slot) -> Executor:
+        if slot.spec.execution == "inline":
+            return InlineExecutor(slot.spec, slot.device)
+        return WorkerExecutor(slot.spec, slot.device, slot.cpu_mode)
+
+
+def error_text(e: BaseException) -> str:
+    s = str(e).strip()
+    return s if s else type(e).__name__
