@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import io
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,39 +13,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tts_runtime.server.background import free_port
+from support.procs import runtime_env, start_runtime
 
 pytestmark = pytest.mark.slow
 
-ENTRY_POINT = str(Path(sys.executable).parent / "tts-runtime")
-
-
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("TTS_RUNTIME_")}
-
 
 def test_default_serve_speaks_real_english_with_hibari(tmp_path: Path) -> None:
-    port = free_port()
-    log_path = tmp_path / "runtime.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [ENTRY_POINT, "serve", "--port", str(port)],
-            env=_clean_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
+    proc = start_runtime(tmp_path / "runtime.log")
+    port, url = proc.port, proc.url
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "not ready within 60s"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
         models = httpx.get(f"{url}/v1/models", timeout=5).json()
         assert [m["id"] for m in models["data"]] == ["hibari"]
         assert models["data"][0]["residency"]["state"] == "unloaded"  # no weights at start-up
@@ -64,15 +38,13 @@ def test_default_serve_speaks_real_english_with_hibari(tmp_path: Path) -> None:
         assert rate == 24000
         assert samples.size > 0.5 * rate  # a sentence, not a click
         assert float(np.sqrt(np.mean(samples**2))) > 0.01  # speech, not silence
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
-        startup = log_path.read_text()
+        proc.popen.send_signal(signal.SIGTERM)
+        assert proc.popen.wait(60) == 0
+        startup = proc.logs()
         assert f"http://127.0.0.1:{port}" in startup and "models=hibari" in startup
         assert "gpu-management=on" in startup and "device=auto" in startup
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        proc.stop()
 
 
 @pytest.mark.parametrize(
@@ -87,7 +59,7 @@ def test_default_serve_speaks_real_english_with_hibari(tmp_path: Path) -> None:
 def test_bad_flags_stop_the_start_with_exit_2(argv: list[str], needle: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "tts_runtime", *argv],
-        env=_clean_env(),
+        env=runtime_env(),
         capture_output=True,
         text=True,
         timeout=60,
