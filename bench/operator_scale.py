@@ -20,7 +20,6 @@ The operator runs with its production defaults (status every 2 s, level check ev
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -32,7 +31,6 @@ from typing import Any
 
 import aiohttp.web
 import httpx
-import kmock
 
 import benchlib
 from benchlib import fmt_bytes, fmt_ms, print_table, summary
@@ -86,27 +84,12 @@ class TimedEmulator(Emulator):
 
 
 class Cluster(KubeAPI):
-    """KubeAPI (blocking helpers, kubeconfig) around a TimedEmulator."""
+    """KubeAPI (blocking helpers, kubeconfig) around a TimedEmulator; the bench's requests carry its agent."""
+
+    emulator: TimedEmulator
 
     def __init__(self, directory: Path) -> None:
-        self.emulator = TimedEmulator()
-        self.emulator.declare_resources()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="kube-emulator", daemon=True)
-        self._thread.start()
-        self._server = kmock.Server(self.emulator)
-        self._run(self.emulator.__aenter__())
-        self._run(self._server.__aenter__())
-        self.url = str(self._server.url).rstrip("/")
-        self.kubeconfig = directory / "kubeconfig"
-        self.kubeconfig.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
-            "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
-            "users": [{"name": "bench", "user": {"token": "emulator"}}],
-            "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "bench",
-                                                          "namespace": "default"}}],
-        }))
-        self.http = httpx.Client(base_url=self.url, timeout=30, headers={"User-Agent": BENCH_AGENT})
+        super().__init__(directory, emulator=TimedEmulator(), user_agent=BENCH_AGENT, timeout=30)
 
 
 def service(name: str) -> dict[str, Any]:
