@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from support.kube import KubeAPI, Process, _executable, free_port, make_pod
+from support.kube import KubeAPI, make_pod
+from support.procs import Process, RuntimeProcess, executable, free_port, start_runtime
 from tts_operator import annotations as ann
 
 pytestmark = pytest.mark.slow
@@ -29,35 +30,14 @@ class Runtime:
         self.url = f"http://127.0.0.1:{self.port}"
         self.token_file = tmp_path / "admin-token"
         self._tmp = tmp_path
-        self.proc: Process | None = None
+        self.proc: RuntimeProcess | None = None
         self._starts = 0
 
     def start(self) -> None:
-        args = [
-            _executable("tts-runtime"),
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--admin-token-file",
-            str(self.token_file),
-            "--log-level",
-            "warning",
-        ]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = Process(args, env, self._tmp / f"runtime-{self._starts}.log")
+        log = self._tmp / f"runtime-{self._starts}.log"
         self._starts += 1
-        KubeAPI.wait_for(self._alive, timeout=60, interval=0.2, what="the runtime to answer")
-
-    def _alive(self) -> bool:
-        assert self.proc is not None
-        if self.proc.popen.poll() is not None:
-            raise AssertionError(f"the runtime exited:\n{self.proc.logs()[-3000:]}")
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
+        self.proc = start_runtime(log, "--host", "127.0.0.1", "--admin-token-file", str(self.token_file),
+                                  "--log-level", "warning", port=self.port)
 
     def kill(self) -> None:
         """A crash: SIGKILL, no drain (the agent must notice and recover on its own)."""
@@ -113,7 +93,7 @@ def start_agent(kube_api: KubeAPI, runtime: Runtime, tmp_path: Path) -> Iterator
     def start() -> Agent:
         port = free_port()
         args = [
-            _executable("tts-operator"),
+            executable("tts-operator"),
             "agent",
             "--pod",
             POD,
