@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from support.kube import KubeAPI, Process, _executable, free_port
+from support.procs import Process, executable, free_port, start_runtime, wait_for
 from tts_operator import annotations as ann
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
@@ -30,7 +30,6 @@ pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 KUBECONFIG = os.environ.get("KUBECONFIG", "")
 GROUP, VERSION, PLURAL = ann.GROUP, ann.VERSION, ann.PLURAL
-wait_for = KubeAPI.wait_for
 
 
 class Cluster:
@@ -162,7 +161,7 @@ def test_operator_agent_and_runtime_on_a_real_cluster(cluster: Cluster, tmp_path
     _create_when_served(cluster, example)
     procs: list[Process] = []
     operator = _start(
-        [_executable("tts-operator"), "run", "--standalone", "--namespace", cluster.namespace],
+        [executable("tts-operator"), "run", "--standalone", "--namespace", cluster.namespace],
         tmp_path / "operator.log",
     )
     procs.append(operator)
@@ -197,27 +196,16 @@ def test_operator_agent_and_runtime_on_a_real_cluster(cluster: Cluster, tmp_path
             pod_name, runtime_url = pod["metadata"]["name"], None
         except AssertionError:
             pod_name = cluster.pods(name)[0]["metadata"]["name"]
-            port, token = free_port(), tmp_path / "admin-token"
-            runtime_url = f"http://127.0.0.1:{port}"
-            procs.append(
-                _start(
-                    [
-                        _executable("tts-runtime"),
-                        "serve",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(port),
-                        "--admin-token-file",
-                        str(token),
-                    ],
-                    tmp_path / "runtime.log",
-                )
+            token = tmp_path / "admin-token"
+            runtime = start_runtime(
+                tmp_path / "runtime.log", "--host", "127.0.0.1", "--admin-token-file", str(token)
             )
+            procs.append(runtime)
+            runtime_url = runtime.url
             procs.append(
                 _start(
                     [
-                        _executable("tts-operator"),
+                        executable("tts-operator"),
                         "agent",
                         "--pod",
                         pod_name,
