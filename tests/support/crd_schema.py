@@ -15,6 +15,7 @@ from typing import Any
 
 import celpy
 import jsonschema
+from celpy.adapter import json_to_cel
 
 Json = dict[str, Any]
 # apiVersion, kind and metadata are the API server's own business, whatever the CRD says about them.
@@ -184,7 +185,7 @@ def _cel_causes(node: Json, value: Any, path: str = "") -> list[Cause]:
     for rule in node.get("x-kubernetes-validations") or []:
         if "oldSelf" in rule["rule"]:
             continue
-        result = _program(rule["rule"]).evaluate({"self": celpy.json_to_cel(value)})
+        result = _program(rule["rule"]).evaluate({"self": json_to_cel(value)})
         if isinstance(result, Exception) or not bool(result):
             field = path.lstrip(".") or "<root>"
             message = rule.get("message") or f"failed rule: {rule['rule']}"

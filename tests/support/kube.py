@@ -27,6 +27,7 @@ in a conftest or test module):
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import os
 import signal
@@ -128,7 +129,7 @@ class KubeAPI:
         items: list[dict[str, Any]] = self._check(response)["items"]
         return items
 
-    def patch(self, plural: str, namespace: str | None, name: str, patch: dict[str, Any] | list[Any],
+    def patch(self, plural: str, namespace: str | None, name: str, patch: dict[str, Any] | builtins.list[Any],
               status: bool = False) -> dict[str, Any]:
         kind = "json-patch+json" if isinstance(patch, list) else "merge-patch+json"
         return self._check(self.http.patch(
@@ -138,7 +139,7 @@ class KubeAPI:
     def delete(self, plural: str, namespace: str | None, name: str) -> None:
         self._check(self.http.delete(_path(plural, namespace, name)))
 
-    def events(self, namespace: str | None = None) -> list[dict[str, Any]]:
+    def events(self, namespace: str | None = None) -> builtins.list[dict[str, Any]]:
         return self.list("events", namespace)
 
     wait_for = staticmethod(wait_for)
