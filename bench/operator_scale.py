@@ -314,8 +314,8 @@ def measure(n: int, cluster: Cluster, proc: Process, args: argparse.Namespace) -
     out["memory"]["end"] = benchlib.proc_memory(pid)
     if missed:
         print(f"[{n}] {len(missed)}/{k} changes not in status within {args.change_timeout:.0f}s", flush=True)
-    print(f"[{n}] change → status p50 {fmt_ms(out['change']['to_status_s']['p50'])} ms, writes per change "
-          f"{out['change']['writes_per_change']['mean']:.1f}", flush=True)
+    print(f"[{n}] change → status p50 {fmt_ms(out['change']['to_status_s'].get('p50'))} ms, writes per change "
+          f"{out['change']['writes_per_change'].get('mean', float('nan')):.1f}", flush=True)
     return out
 
 
@@ -335,10 +335,11 @@ def report(rows: list[dict[str, Any]]) -> None:
                  "requests/change (net of idle)", "idle requests/s", "first status of a new pod p50 ms"],
                 [[r["services"],
                   f"{r['change']['changes'] - len(r['change']['missed'])}/{r['change']['changes']}",
-                  fmt_ms(r["change"]["to_status_s"]["p50"]),
-                  fmt_ms(r["change"]["to_status_s"]["p99"]), fmt_ms(r["change"]["to_status_s"]["max"]),
-                  f"{r['change']['writes_per_change']['mean']:.1f}",
-                  f"{r['change']['requests_per_change_net']['mean']:.1f}",
+                  fmt_ms(r["change"]["to_status_s"].get("p50")),
+                  fmt_ms(r["change"]["to_status_s"].get("p99")),
+                  fmt_ms(r["change"]["to_status_s"].get("max")),
+                  f"{r['change']['writes_per_change'].get('mean', float('nan')):.1f}",
+                  f"{r['change']['requests_per_change_net'].get('mean', float('nan')):.1f}",
                   f"{r['idle']['requests_per_s']:.1f}", fmt_ms(r["pods"]["status_s"]["p50"])] for r in done])
     phases = ("idle", "applied", "pods", "end")
     print_table("Operator memory (VmRSS; VmHWM = peak)",
