@@ -314,7 +314,8 @@ def measure(n: int, cluster: Cluster, proc: Process, args: argparse.Namespace) -
     out["memory"]["end"] = benchlib.proc_memory(pid)
     if missed:
         print(f"[{n}] {len(missed)}/{k} changes not in status within {args.change_timeout:.0f}s", flush=True)
-    print(f"[{n}] change → status p50 {fmt_ms(out['change']['to_status_s'].get('p50'))} ms, writes per change "
+    p50 = fmt_ms(out["change"]["to_status_s"].get("p50"))
+    print(f"[{n}] change → status p50 {p50} ms, writes per change "
           f"{out['change']['writes_per_change'].get('mean', float('nan')):.1f}", flush=True)
     return out
 
