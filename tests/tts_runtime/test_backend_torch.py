@@ -1,18 +1,42 @@
-"""The torch backend's memory verbs: what moves, what offload keeps, shared-memory round trip."""
+"""The torch backend's memory verbs: what moves, what offload keeps, ties, dtypes, rollback, shared memory."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 import torch
 from torch import nn
 
 from tts_runtime.engine import ModelSpec
-from tts_runtime.engine.backends import Blob
+from tts_runtime.engine.backends import Blob, GpuOutOfMemory
 from tts_runtime.engine.torch_backend import TorchBackend, modules_of
 from tts_runtime.testing.tiny import TinyPlugin, TinyTTS
+
+TIED = "tts_runtime.testing.tiny:tied_factory"
+FAULTS = "tts_runtime.testing.faults"
 
 
 def backend(factory: str = "tts_runtime.testing.tiny:factory", **options: object) -> TorchBackend:
     return TorchBackend(ModelSpec(name="m", backend="torch", factory=factory, options=options), "cpu")
+
+
+def in_block(t: torch.Tensor, block: torch.Tensor) -> bool:
+    """Does tensor `t` live inside the memory of `block`?"""
+    start = block.untyped_storage().data_ptr()
+    return start <= t.data_ptr() < start + max(1, block.untyped_storage().nbytes())
+
+
+def current_tensors(b: TorchBackend) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(what the model uses now, the host block it belongs to) for every parameter and buffer."""
+    out = []
+    for g in b.groups:
+        for m in g.members:
+            for owner, leaf in m.places:
+                t = owner._parameters.get(leaf) if m.param is not None else owner._buffers.get(leaf)
+                assert t is not None
+                out.append((t, g.host))
+    return out
 
 
 def test_module_rule() -> None:
@@ -33,34 +57,132 @@ def test_offload_points_at_the_host_copy_and_restore_makes_a_working_copy() -> N
     b = backend(size_bytes=1 << 16)
     b.load()
     model = b.obj
-    host = {g.key: g.host for g in b.groups}
-    assert any(".b." in k for k in host) and any(".p." in k for k in host)  # buffers and parameters
-    # Working copy: separate storage from the host copy, equal values.
-    for g in b.groups:
-        current = g.param if g.param is not None else g.places[0][0]._buffers[g.places[0][1]]
-        assert current is not None and current.data_ptr() != g.host.data_ptr()
-        assert torch.equal(current, g.host)
+    keys = {m.key for g in b.groups for m in g.members}
+    assert {"0.p.embed.weight", "0.p.ballast", "0.b.window"} <= keys  # parameters and buffers
+    # Working copy: separate memory from the host copy, equal values.
+    for t, host in current_tensors(b):
+        assert not in_block(t, host)
     before = b.synthesize("abc", None, 1.0)[0]
     b.offload()
     assert model.resident is False
-    assert model.embed.weight.data_ptr() == host["0.p.embed.weight"].data_ptr()  # nothing copied back
-    assert model.window.data_ptr() == host["0.b.window"].data_ptr()
+    assert all(in_block(t, host) for t, host in current_tensors(b))  # nothing copied back
     b.restore()
-    assert model.embed.weight.data_ptr() != host["0.p.embed.weight"].data_ptr()
+    assert not any(in_block(t, host) for t, host in current_tensors(b))
     assert b.synthesize("abc", None, 1.0)[0].tobytes() == before.tobytes()
     assert b.stats().host_bytes >= 1 << 16
 
 
-def test_tied_weights_stay_tied() -> None:
-    b = backend("tts_runtime.testing.tiny:factory")
+def assert_tied(model: Any) -> None:
+    # One Parameter in two modules (tie_weights) and two Parameters over one storage (a transposed view).
+    assert model.head.weight is model.embed.weight
+    assert model.down.data_ptr() == model.up.data_ptr()
+    assert model.down.stride() == (1, model.up.shape[1])
+    assert torch.equal(model.down, model.up.t())
+    # Really one memory: a write through one name shows through the other.
+    with torch.no_grad():
+        old = model.up[0, 0].item()
+        model.up[0, 0] = 0.25
+        assert model.down[0, 0].item() == 0.25
+        model.up[0, 0] = old
+
+
+def test_tied_weights_stay_tied_through_offload_and_restore() -> None:
+    b = backend(TIED)
     b.load()
     model = b.obj
-    model.out2 = model.out  # the same module twice: one group, both places follow
-    b2 = backend()
-    b2.obj = model
-    b2.groups = []
-    keys = [k for k, *_ in b2._collect(model)]
-    assert len(keys) == len(set(keys)) == len(list(model.parameters())) + len(list(model.buffers()))
+    assert_tied(model)
+    before = b.synthesize("tied", None, 1.0)[0]
+    # Each storage is copied once: embed/head one block, up/down one block.
+    sizes = {m.key: g.host.numel() for g in b.groups for m in g.members}
+    assert sizes["0.p.up"] == sizes["0.p.down"] == 16 * 160 * 4
+    # embed/head + up/down + window + steps: no tie copied twice
+    assert b.stats().host_bytes == 256 * 16 * 4 + 16 * 160 * 4 + 160 * 4 + 4 * 8
+    for _ in range(2):
+        b.offload()
+        assert_tied(model)
+        b.restore()
+        assert_tied(model)
+    assert b.synthesize("tied", None, 1.0)[0].tobytes() == before.tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_dtypes_and_non_persistent_buffers_survive(dtype: str) -> None:
+    b = backend(TIED, dtype=dtype)
+    b.load()
+    model = b.obj
+    want = getattr(torch, dtype)
+    before = b.synthesize("half", None, 1.0)[0]
+    window = model.window.clone()
+    assert "window" not in model.state_dict()  # non-persistent: still moved (it is in the host copy)
+    b.offload()
+    b.restore()
+    assert model.embed.weight.dtype == model.up.dtype == model.window.dtype == want
+    assert model.steps.dtype == torch.int64 and model.steps.tolist() == [0, 1, 2, 3]
+    assert torch.equal(model.window, window)
+    assert b.synthesize("half", None, 1.0)[0].tobytes() == before.tobytes()
+
+
+class Slice(nn.Module):
+    """A parameter that views 10 elements of a 4 MiB storage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.arange(1 << 20, dtype=torch.float32)[1000:1010], requires_grad=False)
+
+    def synthesize(self, text: str, voice: str, speed: float) -> tuple[torch.Tensor, int]:
+        return self.w, 16000
+
+
+def test_a_parameter_viewing_a_big_storage_copies_only_what_it_covers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("tts_runtime.engine.torch_backend.resolve_factory", lambda ref: Slice)
+    b = backend()
+    b.load()
+    assert b.stats().host_bytes <= 64 + 10 * 4  # the span it covers, not the whole 4 MiB storage
+    want = [float(x) for x in range(1000, 1010)]
+    assert b.obj.w.tolist() == want
+    b.offload()
+    assert b.obj.w.tolist() == want
+
+
+def test_failed_restore_leaves_nothing_half_moved(monkeypatch: pytest.MonkeyPatch) -> None:
+    b = backend(size_bytes=1 << 14)
+    b.load()
+    before = b.synthesize("roll back", None, 1.0)[0]
+    b.offload()
+    assert len(b.groups) > 3
+    calls = {"n": 0}
+    real_clone = torch.Tensor.clone
+
+    def clone_then_oom(self: torch.Tensor, *a: Any, **kw: Any) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 3:  # mid-way: some groups already have a working copy
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_clone(self, *a, **kw)
+
+    monkeypatch.setattr(torch.Tensor, "clone", clone_then_oom)
+    with pytest.raises(GpuOutOfMemory):
+        b.restore()
+    monkeypatch.undo()
+    assert b.on_device is False
+    assert all(in_block(t, host) for t, host in current_tensors(b))  # every tensor back on the host
+    b.restore()
+    assert b.synthesize("roll back", None, 1.0)[0].tobytes() == before.tobytes()
+
+
+@pytest.mark.parametrize("error", [None, "broken hook"])
+def test_failing_restore_hook_rolls_back_too(error: str | None) -> None:
+    options: dict[str, object] = {"error": error} if error else {}
+    b = backend(f"{FAULTS}:oom_on_restore_factory", **options)
+    b.load()
+    b.offload()
+    with pytest.raises(GpuOutOfMemory if error is None else RuntimeError, match=error or "out of memory"):
+        b.restore()
+    assert b.on_device is False and b.obj.resident is False
+    assert all(in_block(t, host) for t, host in current_tensors(b))
+    b.restore()  # the fault fires once
+    assert b.on_device is True and b.obj.resident is True
 
 
 def test_host_copy_round_trips_through_raw_bytes() -> None:
@@ -74,3 +196,17 @@ def test_host_copy_round_trips_through_raw_bytes() -> None:
         b.synthesize("round trip", None, 1.0)[0].tobytes()
         == a.synthesize("round trip", None, 1.0)[0].tobytes()
     )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_ties_and_dtypes_survive_the_shared_memory_round_trip(dtype: str) -> None:
+    a = backend(TIED, dtype=dtype)
+    a.load()
+    blobs = [Blob(x.key, x.meta, memoryview(bytearray(x.data))) for x in a.host_blobs()]
+    b = backend(TIED, dtype=dtype, seed=5)
+    b.adopt_host(blobs)
+    assert_tied(b.obj)
+    b.restore()
+    assert_tied(b.obj)
+    assert b.obj.up.dtype == getattr(torch, dtype)
+    assert b.synthesize("shm", None, 1.0)[0].tobytes() == a.synthesize("shm", None, 1.0)[0].tobytes()

@@ -36,6 +36,7 @@ class HibariBackend:
     def __init__(self, spec: ModelSpec, device: str) -> None:
         self.spec = spec
         self.want_cuda = device.startswith("cuda")
+        self.device_id = int(device.partition(":")[2] or 0) if self.want_cuda else 0
         self.model_bytes: dict[str, bytes] = {}
         self.engines: dict[str, Any] = {}  # voice -> hibari.Hibari with a live session
         self.g2p: dict[bool, Any] = {}  # british? -> G2P, kept across offload (it is host-only)
@@ -73,11 +74,21 @@ class HibariBackend:
         so = ort.SessionOptions()
         so.intra_op_num_threads = so.inter_op_num_threads = self.threads
         so.log_severity_level = 3
-        providers = ["CPUExecutionProvider"]
+        providers: list[Any] = ["CPUExecutionProvider"]
         if self.want_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        self.providers = providers
-        return ort.InferenceSession(model, so, providers=providers)
+            cuda = {
+                "device_id": self.device_id,
+                # Grow the arena by what is asked, not the next power of two: less GPU memory held.
+                "arena_extend_strategy": "kSameAsRequested",
+                # Exhaustive search may pick other kernels in the next session: a restored model
+                # must give the same audio as before its offload.
+                "cudnn_conv_algo_search": "DEFAULT",
+            }
+            providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+        sess = ort.InferenceSession(model, so, providers=providers)
+        # What the session really got: onnxruntime falls back to CPU quietly (e.g. no cuDNN).
+        self.providers = list(sess.get_providers())
+        return sess
 
     def restore(self) -> None:
         from hibari import Hibari

@@ -2,15 +2,18 @@
 
 Inference never changes weights, so offload copies nothing back: it points every parameter and buffer at
 its host tensor and frees the device storage. Restore allocates device tensors and copies host→device
-(non-blocking from pinned memory, then one synchronize). Which modules move (the plug-in rule):
-the object itself if it is an `nn.Module`; else the modules its `residency_modules()` returns; else
-every `nn.Module` attribute of the object. Optional hooks `residency_offload()` and
-`residency_restore(device)` let a plug-in move anything else it owns.
+(non-blocking from pinned memory, then one synchronize). The unit moved is a *storage*, not a tensor:
+parameters and buffers that share memory (tied weights, views) are views of one host block and of one
+device block, so they stay tied after every restore. Which modules move (the plug-in rule): the object
+itself if it is an `nn.Module`; else the modules its `residency_modules()` returns; else every
+`nn.Module` attribute of the object. Optional hooks `residency_offload()` and `residency_restore(device)`
+let a plug-in move anything else it owns.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,16 +31,27 @@ from tts_runtime.engine.backends import (
 )
 from tts_runtime.engine.spec import ModelSpec
 
+log = logging.getLogger(__name__)
+_ALIGN = 64  # a block starts on a multiple of every element size, so each view's offset is whole
+
 
 @dataclass
-class _Group:
-    """One tensor, wherever it is referenced (tied weights are one group)."""
+class _Member:
+    """One tensor object (a parameter or a buffer), wherever the modules reference it."""
 
     key: str
-    is_param: bool
-    host: torch.Tensor
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int  # in elements of `dtype`, from the start of its block
     places: list[tuple[nn.Module, str]] = field(default_factory=list)
-    param: nn.Parameter | None = None
+    param: nn.Parameter | None = None  # one Parameter object serves every place of a tied parameter
+
+    def view(self, block: torch.Tensor) -> torch.Tensor:
+        """This tensor inside `block` (a flat uint8 tensor: the host copy or the device copy)."""
+        return torch.empty(0, dtype=self.dtype, device=block.device).set_(
+            block.untyped_storage(), block.storage_offset() + self.offset, self.shape, self.stride
+        )
 
     def point_at(self, t: torch.Tensor) -> None:
         if self.param is not None:
@@ -45,6 +59,28 @@ class _Group:
         else:
             for owner, leaf in self.places:
                 owner._buffers[leaf] = t
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "shape": list(self.shape),
+            "stride": list(self.stride),
+            "offset": self.offset,
+        }
+
+
+@dataclass
+class _Group:
+    """One storage: a flat byte block on the host (pinned with CUDA) and the tensors that view it."""
+
+    key: str
+    host: torch.Tensor
+    members: list[_Member]
+
+    def point_at(self, block: torch.Tensor) -> None:
+        for m in self.members:
+            m.point_at(m.view(block))
 
 
 def modules_of(obj: Any) -> list[nn.Module]:
@@ -67,6 +103,63 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device("cpu")
 
 
+def is_oom(e: BaseException) -> bool:
+    """CUDA out of memory, whether the caching allocator or a library (cuBLAS, cuDNN) ran out."""
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("out of memory" in text.lower() or "ALLOC_FAILED" in text)
+
+
+@dataclass
+class _Found:
+    """A distinct tensor found in the modules, before it is grouped by storage."""
+
+    key: str
+    tensor: torch.Tensor
+    places: list[tuple[nn.Module, str]]
+
+
+def _collect(obj: Any) -> list[_Found]:
+    """Every distinct parameter and buffer object (non-persistent buffers included), in module order."""
+    found: dict[int, _Found] = {}
+    for i, mod in enumerate(modules_of(obj)):
+        for kind, items in (
+            ("p", mod.named_parameters(remove_duplicate=False)),
+            ("b", mod.named_buffers(remove_duplicate=False)),
+        ):
+            for name, t in items:
+                if t is None:
+                    continue
+                if t.layout != torch.strided:
+                    raise TypeError(
+                        f"{name}: {t.layout} tensors cannot be offloaded; keep them out of the modules "
+                        "and move them in residency_offload()/residency_restore()"
+                    )
+                prefix, _, leaf = name.rpartition(".")
+                owner = mod.get_submodule(prefix) if prefix else mod
+                entry = found.setdefault(id(t), _Found(f"{i}.{kind}.{name}", t, []))
+                entry.places.append((owner, leaf))
+    return list(found.values())
+
+
+def _storage_id(t: torch.Tensor) -> tuple[str, int]:
+    s = t.untyped_storage()
+    ptr = s.data_ptr()
+    # Meta and empty storages have no address; the storage object's identity is what views share.
+    return (str(t.device), ptr) if ptr else ("storage", s._cdata)
+
+
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    """The bytes of its storage a tensor covers: [start, end)."""
+    size = t.element_size()
+    start = int(t.storage_offset()) * size
+    if t.numel() == 0:
+        return start, start
+    extent = 1 + sum((int(n) - 1) * int(st) for n, st in zip(t.shape, t.stride(), strict=True))
+    return start, start + extent * size
+
+
 class TorchBackend:
     def __init__(self, spec: ModelSpec, device: str) -> None:
         self.spec = spec
@@ -75,20 +168,31 @@ class TorchBackend:
         self.groups: list[_Group] = []
         self.on_device = False
 
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
     # -- building ---------------------------------------------------------------------------------
     def _build(self, meta: bool = False) -> Any:
         assert self.spec.factory
         factory = resolve_factory(self.spec.factory)
-        if meta:
-            # Skeleton only: the weights come from shared memory. Factories that cannot build on
-            # the meta device (they read files, use CPU generators...) are built for real instead.
-            try:
-                with torch.device("meta"):
+        if self.cuda:
+            torch.cuda.set_device(self.device)  # no stray context on GPU 0 when serving on cuda:N
+        try:
+            if meta:
+                # Skeleton only: the weights come from shared memory. Factories that cannot build on
+                # the meta device (they read files, use CPU generators...) are built for real instead.
+                try:
+                    with torch.device("meta"):
+                        obj = factory(**self.spec.options)
+                except Exception:
                     obj = factory(**self.spec.options)
-            except Exception:
+            else:
                 obj = factory(**self.spec.options)
-        else:
-            obj = factory(**self.spec.options)
+        except Exception as e:
+            if is_oom(e):  # a factory that builds on the GPU itself
+                raise GpuOutOfMemory(f"CUDA out of memory building {self.spec.name}: {e}") from None
+            raise
         if not callable(getattr(obj, "synthesize", None)):
             raise TypeError(
                 f"factory {self.spec.factory!r} returned {type(obj).__name__}, which has no "
@@ -96,63 +200,76 @@ class TorchBackend:
             )
         return obj
 
-    def _collect(self, obj: Any) -> list[tuple[str, bool, torch.Tensor, list[tuple[nn.Module, str]]]]:
-        """(key, is_param, tensor, places) for every distinct parameter and buffer."""
-        found: dict[int, tuple[str, bool, torch.Tensor, list[tuple[nn.Module, str]]]] = {}
-        for i, mod in enumerate(modules_of(obj)):
-            for kind, items in (
-                ("p", mod.named_parameters(remove_duplicate=False)),
-                ("b", mod.named_buffers(remove_duplicate=False)),
-            ):
-                for name, t in items:
-                    if t is None:
-                        continue
-                    prefix, _, leaf = name.rpartition(".")
-                    owner = mod.get_submodule(prefix) if prefix else mod
-                    entry = found.setdefault(id(t), (f"{i}.{kind}.{name}", kind == "p", t, []))
-                    entry[3].append((owner, leaf))
-        return list(found.values())
-
-    def _pin(self, t: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cuda":
-            return t.pin_memory()
-        return t
+    def _host_block(self, nbytes: int) -> torch.Tensor:
+        # Pinned memory makes the restore copy asynchronous and about twice as fast; it needs CUDA.
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.cuda)
 
     def load(self) -> None:
         self.obj = self._build()
+        found = _collect(self.obj)
+        by_storage: dict[tuple[str, int], list[_Found]] = {}
+        for f in found:
+            by_storage.setdefault(_storage_id(f.tensor), []).append(f)
+        del found
         self.groups = []
-        for key, is_param, t, places in self._collect(self.obj):
-            host = self._pin(t.detach().to("cpu"))
-            g = _Group(key, is_param, host, places, t if is_param and isinstance(t, nn.Parameter) else None)
-            g.point_at(host)
+        for fs in by_storage.values():
+            spans = [_span(f.tensor) for f in fs]
+            lo = min(s for s, _ in spans) // _ALIGN * _ALIGN
+            hi = max(e for _, e in spans)
+            storage = fs[0].tensor.untyped_storage()
+            src = torch.empty(0, dtype=torch.uint8, device=fs[0].tensor.device).set_(
+                storage, lo, (max(0, hi - lo),), (1,)
+            )
+            host = self._host_block(max(0, hi - lo))
+            host.copy_(src)
+            members = []
+            for f, (start, _) in zip(fs, spans, strict=True):
+                t = f.tensor
+                param = t if isinstance(t, nn.Parameter) else None
+                m = _Member(
+                    f.key, t.dtype, tuple(t.shape), tuple(t.stride()), (start - lo) // t.element_size()
+                )
+                m.places, m.param = f.places, param
+                members.append(m)
+            g = _Group(fs[0].key, host, members)
+            g.point_at(host)  # the factory's tensors are freed as soon as nothing else holds them
             self.groups.append(g)
+            del src, storage, fs
+        by_storage.clear()
         self.restore()
 
     def adopt_host(self, blobs: list[Blob]) -> None:
         """Rebuild around a host copy in shared memory; ends in `cpu` (the caller restores)."""
-        by_key = {b.key: b for b in blobs}
         self.obj = self._build(meta=True)
-        self.groups = []
-        for key, is_param, t, places in self._collect(self.obj):
-            blob = by_key.get(key)
-            if blob is None:
+        hosts: dict[str, torch.Tensor] = {}
+        where: dict[str, tuple[str, dict[str, Any]]] = {}
+        for b in blobs:
+            hosts[b.key] = _bytes_tensor(b.data)
+            for m in b.meta["members"]:
+                where[m["key"]] = (b.key, m)
+        members: dict[str, list[_Member]] = {k: [] for k in hosts}
+        for f in _collect(self.obj):
+            if f.key not in where:
                 raise RuntimeError(
-                    f"shared host copy has no tensor {key!r}; the factory built a different model"
+                    f"shared host copy has no tensor {f.key!r}; the factory built a different model"
                 )
-            host = _tensor_from_blob(blob)
-            if host.shape != t.shape:
+            block, meta = where[f.key]
+            shape = tuple(meta["shape"])
+            if shape != tuple(f.tensor.shape):
                 raise RuntimeError(
-                    f"shared host copy of {key!r} has shape {tuple(host.shape)}, model wants {tuple(t.shape)}"
+                    f"shared host copy of {f.key!r} has shape {shape}, model wants {tuple(f.tensor.shape)}"
                 )
-            g = _Group(key, is_param, host, places)
-            if is_param:
+            dtype = getattr(torch, meta["dtype"])
+            m = _Member(f.key, dtype, shape, tuple(meta["stride"]), int(meta["offset"]), f.places)
+            if isinstance(f.tensor, nn.Parameter):
                 # A meta parameter cannot take CPU data in place: one new Parameter for all its places.
-                g.param = nn.Parameter(host, requires_grad=False)
-                for owner, leaf in places:
-                    owner._parameters[leaf] = g.param
-            else:
-                g.point_at(host)
-            self.groups.append(g)
+                m.param = nn.Parameter(m.view(hosts[block]), requires_grad=False)
+                for owner, leaf in f.places:
+                    owner._parameters[leaf] = m.param
+            members[block].append(m)
+        self.groups = [_Group(k, hosts[k], ms) for k, ms in members.items() if ms]
+        for g in self.groups:
+            g.point_at(g.host)
         self.on_device = False
 
     # -- memory verbs -----------------------------------------------------------------------------
@@ -163,27 +280,58 @@ class TorchBackend:
         if callable(hook):
             hook()
         self.on_device = False
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()  # give the freed blocks back to the driver, not just to torch's cache
+        if self.cuda:
+            self._free_cuda_cache()
+            left = torch.cuda.memory_allocated(self.device)
+            if left:
+                log.warning(
+                    "%s: this process still has %d bytes allocated on %s after offload: the model "
+                    "holds device tensors outside its parameters and buffers; drop them in "
+                    "residency_offload()",
+                    self.spec.name,
+                    left,
+                    self.device,
+                )
+
+    def _free_cuda_cache(self) -> None:
+        # The caching allocator keeps freed blocks for reuse; give them back to the driver so other
+        # processes (and NVML) see the memory free. cuBLAS keeps a workspace per handle from that same
+        # allocator, and cuFFT plans hold device memory: both come back on the next use.
+        with contextlib.suppress(Exception):
+            clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+            if clear is not None:
+                clear()
+        with contextlib.suppress(Exception):
+            torch.backends.cuda.cufft_plan_cache[self.device.index or 0].clear()
+        torch.cuda.empty_cache()
 
     def restore(self) -> None:
         dev = self.device
         try:
+            if self.cuda:
+                torch.cuda.set_device(dev)
             for g in self.groups:
                 if dev.type == "cpu":
                     work = g.host.clone()  # a CPU "device" still gets its own working copy
                 else:
-                    work = torch.empty_like(g.host, device=dev)
-                    work.copy_(g.host, non_blocking=True)
+                    work = torch.empty(g.host.shape, dtype=torch.uint8, device=dev)
+                    # Asynchronous only from pinned memory (a shared-memory block is not pinned).
+                    work.copy_(g.host, non_blocking=g.host.is_pinned())
                 g.point_at(work)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
+            if self.cuda:
+                torch.cuda.synchronize(dev)  # every copy has landed before the model is used
             hook = getattr(self.obj, "residency_restore", None)
             if callable(hook):
                 hook(str(dev))
-        except torch.cuda.OutOfMemoryError as e:
-            self.offload()
-            raise GpuOutOfMemory(f"CUDA out of memory while moving {self.spec.name} to {dev}: {e}") from None
+        except BaseException as e:
+            # Nothing half-moved: every tensor back on its host copy, the partial device copy freed.
+            with contextlib.suppress(Exception):
+                self.offload()
+            if is_oom(e):
+                raise GpuOutOfMemory(
+                    f"CUDA out of memory while moving {self.spec.name} to {dev}: {e}"
+                ) from None
+            raise
         self.on_device = True
 
     def synthesize(self, text: str, voice: str | None, speed: float) -> tuple[np.ndarray, int]:
@@ -201,12 +349,12 @@ class TorchBackend:
 
     def stats(self) -> Stats:
         vram = 0
-        if self.device.type == "cuda":
+        if self.cuda:
             vram = int(torch.cuda.memory_reserved(self.device))
         return Stats(
             device=str(self.device),
             vram_bytes=vram,
-            host_bytes=sum(g.host.numel() * g.host.element_size() for g in self.groups),
+            host_bytes=sum(g.host.numel() for g in self.groups),
             voices=self._voices(),
             sample_rate=int(getattr(self.obj, "sample_rate", 0) or 0),
         )
@@ -214,23 +362,19 @@ class TorchBackend:
     def host_blobs(self) -> list[Blob]:
         blobs = []
         for g in self.groups:
-            flat = g.host.contiguous().reshape(-1).view(torch.uint8)
-            meta = {"dtype": str(g.host.dtype).removeprefix("torch."), "shape": list(g.host.shape)}
-            blobs.append(Blob(g.key, meta, memoryview(flat.numpy())))  # type: ignore[arg-type]
+            meta = {"members": [m.to_json() for m in g.members]}
+            blobs.append(Blob(g.key, meta, memoryview(g.host.numpy())))  # type: ignore[arg-type]
         return blobs
 
     def close(self) -> None:
         self.groups = []
         self.obj = None
-        if self.device.type == "cuda":
+        if self.cuda:
             with contextlib.suppress(Exception):
-                torch.cuda.empty_cache()
+                self._free_cuda_cache()
 
 
-def _tensor_from_blob(blob: Blob) -> torch.Tensor:
-    dtype = getattr(torch, blob.meta["dtype"])
-    shape = tuple(blob.meta["shape"])
-    if blob.data.nbytes == 0:
-        return torch.empty(shape, dtype=dtype)
-    raw = torch.frombuffer(blob.data, dtype=torch.uint8)
-    return raw.view(dtype).reshape(shape)
+def _bytes_tensor(data: memoryview) -> torch.Tensor:
+    if data.nbytes == 0:
+        return torch.empty(0, dtype=torch.uint8)
+    return torch.frombuffer(data, dtype=torch.uint8)

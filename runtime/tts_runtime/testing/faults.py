@@ -49,16 +49,20 @@ def crashing_factory(**options: Any) -> CrashingTTS:
 
 
 class OomOnRestore(TinyTTS):
-    """Runs out of "GPU memory" on restores 2 .. 1 + fail_restores (restore 1 is the load's)."""
+    """Runs out of "GPU memory" on restores 2 .. 1 + fail_restores (restore 1 is the load's), after every
+    tensor has moved; with `error` set it raises RuntimeError(error) instead (a failure that is no OOM)."""
 
-    def __init__(self, fail_restores: int = 1, **options: Any) -> None:
+    def __init__(self, fail_restores: int = 1, error: str | None = None, **options: Any) -> None:
         super().__init__(**options)
         self.fail_restores = fail_restores
+        self.error = error
         self.restores = 0
 
     def residency_restore(self, device: str) -> None:
         self.restores += 1
         if 2 <= self.restores <= 1 + self.fail_restores:
+            if self.error is not None:
+                raise RuntimeError(self.error)
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
         super().residency_restore(device)
 

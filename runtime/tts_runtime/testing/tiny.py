@@ -124,3 +124,43 @@ class TinyPlugin:
 def plugin_factory(**options: Any) -> TinyPlugin:
     """`tts_runtime.testing.tiny:plugin_factory`."""
     return TinyPlugin(**options)
+
+
+class TiedTTS(nn.Module):
+    """Weights shared two ways, for the backend's tests: `head.weight` IS `embed.weight` (one Parameter in
+    two modules, as `tie_weights()` does) and `down` is a second Parameter viewing `up`'s storage
+    transposed; plus a non-persistent buffer (`window`) and an int64 buffer (`steps`), all in `dtype`."""
+
+    sample_rate = SAMPLE_RATE
+    voices = ("alto",)
+
+    def __init__(self, dtype: str = "float32", hidden: int = 16, seed: int = 0) -> None:
+        super().__init__()
+        dt = getattr(torch, dtype)
+        g = torch.Generator().manual_seed(seed)
+        self.embed = nn.Embedding(256, hidden, dtype=dt)
+        self.head = nn.Linear(hidden, 256, bias=False, dtype=dt)
+        self.head.weight = self.embed.weight
+        w = (torch.rand(hidden, HOP, generator=g) - 0.5).to(dt)
+        self.up = nn.Parameter(w, requires_grad=False)
+        self.down = nn.Parameter(w.t(), requires_grad=False)
+        self.window: torch.Tensor
+        self.steps: torch.Tensor
+        self.register_buffer("window", _window().to(dt), persistent=False)
+        self.register_buffer("steps", torch.arange(4))
+        with torch.no_grad():
+            self.embed.weight.copy_((torch.rand(256, hidden, generator=g) - 0.5).to(dt))
+
+    def synthesize(self, text: str, voice: str, speed: float) -> tuple[torch.Tensor, int]:
+        dev = self.embed.weight.device
+        codes = torch.tensor(list(text.encode("utf-8")), dtype=torch.long, device=dev)
+        h = torch.tanh(self.embed(codes))  # (n, hidden)
+        frames = torch.tanh(h @ self.up) * self.window  # (n, HOP)
+        score = self.head(frames @ self.down).mean(dim=1, keepdim=True)  # (n, 1)
+        wave = (frames * (1 + score)).reshape(-1) * (self.steps.sum() / 6)
+        return wave.float().clamp(-1.0, 1.0).to("cpu"), SAMPLE_RATE
+
+
+def tied_factory(**options: Any) -> TiedTTS:
+    """`tts_runtime.testing.tiny:tied_factory`; options: dtype (float32|float16|bfloat16), hidden, seed."""
+    return TiedTTS(**options)
