@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from tts_runtime.engine import Engine
-from tts_runtime.residency import InvalidRequestError, ModelLoadError, State, WorkerCrashedError
+from tts_runtime.residency import (
+    InsufficientGpuMemoryError,
+    InvalidRequestError,
+    ModelLoadError,
+    State,
+    WorkerCrashedError,
+)
 
 pytestmark = pytest.mark.slow
 FAULTS = "tts_runtime.testing.faults"
@@ -133,3 +139,27 @@ def test_hibari_in_a_worker(make_engine) -> None:
     with e.lease("hibari") as lease:
         again = lease.synthesize("Hello there.", voice="heart")
     assert again.samples.tobytes() == out.samples.tobytes()
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm")
+def test_exit_worker_failed_restore_stays_cpu_without_a_process(make_engine, tiny_spec, tmp_path) -> None:
+    options = {"counter_path": str(tmp_path / "restores")}
+    spec = tiny_spec(
+        execution="worker",
+        cpu_mode="exit-worker",
+        factory=f"{FAULTS}:oom_on_restore_factory",
+        options=options,
+        policy=KEEP,
+    )
+    e = make_engine([spec])
+    with e.lease("tiny") as lease:
+        before = lease.synthesize("again").samples
+    e.offload("tiny")
+    with pytest.raises(InsufficientGpuMemoryError):
+        e.acquire("tiny")  # the new worker runs out of memory restoring
+    r = e.model_report("tiny")
+    assert r.state == State.CPU and r.vram_bytes == 0 and r.host_bytes > 0
+    assert worker_pids(e) == []  # `cpu` in exit-worker mode: no process, no CUDA context
+    assert len(shm_blocks()) == 1  # the host copy is still there
+    with e.lease("tiny") as lease:
+        assert lease.synthesize("again").samples.tobytes() == before.tobytes()

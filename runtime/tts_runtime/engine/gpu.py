@@ -44,7 +44,9 @@ class NoGpu:
 
 
 class NvmlProbe:
-    """The GPU this runtime uses (first of CUDA_VISIBLE_DEVICES, else index `index`), read through NVML."""
+    """The GPU this runtime uses (first of CUDA_VISIBLE_DEVICES, else index `index`), read through NVML.
+
+    NVML numbers GPUs in PCI bus order; workers set CUDA_DEVICE_ORDER=PCI_BUS_ID so CUDA agrees."""
 
     def __init__(self, index: int = 0) -> None:
         self._index = index
@@ -58,11 +60,16 @@ class NvmlProbe:
             if self._tried:
                 return self._handle
             self._tried = True
+            raw = os.environ.get("CUDA_VISIBLE_DEVICES")
+            visible = (raw or "").split(",")[0].strip()
+            if raw is not None and not (visible.isdigit() or visible.startswith(("GPU-", "MIG-"))):
+                # "", "-1", "NoDevFiles": CUDA sees no GPU here, whatever NVML can see.
+                log.info("no GPU accounting (CUDA_VISIBLE_DEVICES=%r hides every GPU)", raw)
+                return None
             try:
                 import pynvml
 
                 pynvml.nvmlInit()
-                visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
                 if visible.startswith(("GPU-", "MIG-")):
                     handle = pynvml.nvmlDeviceGetHandleByUUID(visible)
                 else:

@@ -63,6 +63,8 @@ def worker_main(conn: Connection, spec_json: str, device: str, adopt: tuple[str,
     """The worker process: serve memory verbs and requests until told to exit or the engine goes away."""
     # Ctrl-C reaches the whole process group; the engine, not the signal, decides when a worker ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Before torch or onnxruntime starts CUDA: number GPUs as NVML does (the engine's accounting).
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     spec = ModelSpec.model_validate_json(spec_json)
     backend = make_backend(spec, device)
     shm: SharedMemory | None = None
@@ -214,7 +216,19 @@ class WorkerExecutor:
     def restore(self, timeout: float) -> Stats:
         if self._proc is None and self._shm is not None and self._layout is not None:
             self._spawn((self._shm_name, self._layout))
-        self.stats = self._call("restore", timeout=timeout)
+        try:
+            self.stats = self._call("restore", timeout=timeout)
+        except BaseException:
+            if self.exit_on_offload and self._shm is not None:
+                # The model stays `cpu`, and in this mode `cpu` holds no process and no CUDA context.
+                self._stop_worker()
+                self.stats = Stats(
+                    device=self.stats.device,
+                    host_bytes=self.stats.host_bytes,
+                    voices=self.stats.voices,
+                    sample_rate=self.stats.sample_rate,
+                )
+            raise
         return self.stats
 
     def synthesize(
@@ -251,7 +265,7 @@ class WorkerExecutor:
             conn.close()
         return code
 
-    def close(self) -> None:
+    def _stop_worker(self) -> None:
         # Ask politely (the worker frees CUDA and shared memory itself), then make sure.
         if self._proc is not None and self._lock.acquire(timeout=5.0):
             try:
@@ -263,6 +277,9 @@ class WorkerExecutor:
             finally:
                 self._lock.release()
         self._kill()
+
+    def close(self) -> None:
+        self._stop_worker()
         if self._shm is not None:
             self._shm.close()
             with contextlib.suppress(FileNotFoundError):

@@ -50,15 +50,26 @@ def crashing_factory(**options: Any) -> CrashingTTS:
 
 class OomOnRestore(TinyTTS):
     """Runs out of "GPU memory" on restores 2 .. 1 + fail_restores (restore 1 is the load's), after every
-    tensor has moved; with `error` set it raises RuntimeError(error) instead (a failure that is no OOM)."""
+    tensor has moved; with `error` set it raises RuntimeError(error) instead (a failure that is no OOM).
+    With `counter_path` the restores are counted in that file, across worker processes (exit-worker)."""
 
-    def __init__(self, fail_restores: int = 1, error: str | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        fail_restores: int = 1,
+        error: str | None = None,
+        counter_path: str | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(**options)
         self.fail_restores = fail_restores
         self.error = error
+        self.counter = Path(counter_path) if counter_path else None  # counts across worker processes
         self.restores = 0
 
     def residency_restore(self, device: str) -> None:
+        if self.counter is not None:
+            self.restores = int(self.counter.read_text() or 0) if self.counter.exists() else 0
+            self.counter.write_text(str(self.restores + 1))
         self.restores += 1
         if 2 <= self.restores <= 1 + self.fail_restores:
             if self.error is not None:
