@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import pytest
@@ -152,21 +153,24 @@ def test_failed_restore_leaves_nothing_half_moved(monkeypatch: pytest.MonkeyPatc
     before = b.synthesize("roll back", None, 1.0)[0]
     b.offload()
     assert len(b.groups) > 3
-    calls = {"n": 0}
+    made: list[weakref.ref[torch.Tensor]] = []
     real_clone = torch.Tensor.clone
 
     def clone_then_oom(self: torch.Tensor, *a: Any, **kw: Any) -> torch.Tensor:
-        calls["n"] += 1
-        if calls["n"] == 3:  # mid-way: some groups already have a working copy
+        if len(made) == 2:  # mid-way: some groups already have a working copy
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
-        return real_clone(self, *a, **kw)
+        t = real_clone(self, *a, **kw)
+        made.append(weakref.ref(t))
+        return t
 
     monkeypatch.setattr(torch.Tensor, "clone", clone_then_oom)
-    with pytest.raises(GpuOutOfMemory):
+    with pytest.raises(GpuOutOfMemory) as failed:
         b.restore()
     monkeypatch.undo()
     assert b.on_device is False
     assert all(in_block(t, host) for t, host in current_tensors(b))  # every tensor back on the host
+    # The partial working copies are gone while the error (and its traceback) is still held.
+    assert failed.value is not None and [r() for r in made] == [None, None]
     b.restore()
     assert b.synthesize("roll back", None, 1.0)[0].tobytes() == before.tobytes()
 

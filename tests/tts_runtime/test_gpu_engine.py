@@ -1,6 +1,14 @@
-"""On a real GPU: bytes freed by offload and release (NVML per process and mem_get_info), same outputs."""
+"""On a real GPU: bytes freed by offload and release (NVML per process and mem_get_info), same outputs.
+
+Run with `pytest -m gpu` (the last -m wins over the `-m 'not k8s'` in our addopts). Memory is compared
+as differences of `mem_get_info` taken in this test process (whose own CUDA context is created by the
+first measurement, before the baseline), so other tenants of the GPU only matter if they move meanwhile.
+"""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -9,6 +17,7 @@ from tts_runtime.residency import State
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 SIZE = 512 << 20
+SLACK = 64 << 20  # what may differ between two measurements without any model in memory
 TINY = "tts_runtime.testing.tiny:factory"
 
 
@@ -17,6 +26,14 @@ def free_bytes() -> int:
 
     torch.cuda.synchronize()
     return int(torch.cuda.mem_get_info()[0])
+
+
+def settle(ok: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Poll `ok()` until true: the driver frees an exited process's memory shortly after it is reaped."""
+    deadline = time.monotonic() + timeout
+    while not ok():
+        assert time.monotonic() < deadline, "GPU memory did not come back in time"
+        time.sleep(0.1)
 
 
 def spec(cpu_mode: str, execution: str = "worker") -> ModelSpec:
@@ -42,26 +59,32 @@ def test_offload_and_release_give_the_bytes_back(cpu_mode: str) -> None:
             before = lease.synthesize("gpu words").samples
         loaded = e.model_report("tiny")
         worker = e.pids()[1:]
+        free_loaded = free_bytes()
         assert loaded.state == State.GPU and loaded.device.startswith("cuda")
-        assert free0 - free_bytes() >= SIZE
-        assert loaded.vram_bytes >= SIZE  # NVML per process for the worker
+        assert free0 - free_loaded >= SIZE
+        assert loaded.vram_bytes >= SIZE  # NVML per process for the worker, or its memory_reserved
         assert e.report().gpu is not None
 
         off = e.offload("tiny")
-        assert free0 - free_bytes() < (600 << 20)  # at most a CUDA context stays
+        # The weights went back to the driver (empty_cache), not just to torch's caching allocator.
+        assert free_bytes() - free_loaded >= SIZE
         if cpu_mode == "exit-worker":
-            assert e.pids()[1:] == [] and probe.process_bytes(worker) == 0 and off.vram_bytes == 0
+            assert e.pids()[1:] == [] and off.vram_bytes == 0
+            settle(lambda: free0 - free_bytes() < SLACK)  # no process, no CUDA context
+            settle(lambda: probe.process_bytes(worker) == 0)
         else:
-            assert off.vram_bytes < loaded.vram_bytes - SIZE // 2
+            assert e.pids()[1:] == worker
+            assert off.vram_bytes < loaded.vram_bytes - SIZE // 2  # at most the CUDA context stays
 
         with e.lease("tiny") as lease:
             after = lease.synthesize("gpu words").samples
         assert before.tobytes() == after.tobytes()
+        restored = e.pids()[1:]
 
         e.release("tiny")
         assert e.pids()[1:] == []
-        assert probe.process_bytes(worker + e.pids()[1:]) == 0
-        assert free0 - free_bytes() < (64 << 20)  # zero-VRAM release: the worker's context is gone too
+        settle(lambda: probe.process_bytes(worker + restored) == 0)
+        settle(lambda: free0 - free_bytes() < SLACK)  # zero-VRAM release: the worker's context is gone too
     finally:
         e.shutdown(drain_timeout=5)
 
@@ -71,11 +94,13 @@ def test_inline_torch_offload_frees_allocations() -> None:
 
     e = Engine([spec("keep-worker", execution="inline")], device="cuda:0")
     try:
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
         with e.lease("tiny") as lease:
             before = lease.synthesize("inline").samples
-        assert torch.cuda.memory_allocated() >= SIZE
+        assert torch.cuda.memory_allocated() - base >= SIZE
         e.offload("tiny")
-        assert torch.cuda.memory_allocated() < SIZE // 8
+        assert torch.cuda.memory_allocated() - base < SIZE // 8
         with e.lease("tiny") as lease:
             assert lease.synthesize("inline").samples.tobytes() == before.tobytes()
     finally:

@@ -23,8 +23,17 @@ TINY = {
 
 
 def test_speech_on_the_gpu_then_release_frees_it() -> None:
-    settings = Settings(models_json=json.dumps({"models": [TINY]}), device="cuda", offload_after_use=False)
-    with serve_in_thread(create_app(settings)) as url, httpx.Client(base_url=url, timeout=120) as client:
+    settings = Settings(
+        models_json=json.dumps({"models": [TINY]}),
+        device="cuda",
+        offload_after_use=False,
+        admin_token="gpu-test",  # whatever TTS_RUNTIME_ADMIN_TOKEN* the GPU host's environment has
+    )
+    auth = {"Authorization": "Bearer gpu-test"}
+    with (
+        serve_in_thread(create_app(settings)) as url,
+        httpx.Client(base_url=url, timeout=120, headers=auth) as client,
+    ):
         body = {"model": "tiny", "input": "On the GPU.", "response_format": "wav"}
         assert client.post("/v1/audio/speech", json=body).status_code == 200
         report = client.get("/v1/residency").json()

@@ -307,6 +307,7 @@ class TorchBackend:
 
     def restore(self) -> None:
         dev = self.device
+        work: torch.Tensor | None = None
         try:
             if self.cuda:
                 torch.cuda.set_device(dev)
@@ -324,7 +325,9 @@ class TorchBackend:
             if callable(hook):
                 hook(str(dev))
         except BaseException as e:
-            # Nothing half-moved: every tensor back on its host copy, the partial device copy freed.
+            # Nothing half-moved: every tensor back on its host copy, the partial device copy freed
+            # (this frame outlives the raise in the traceback: drop its device tensor before freeing).
+            work = None
             with contextlib.suppress(Exception):
                 self.offload()
             if is_oom(e):
