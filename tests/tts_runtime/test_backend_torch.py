@@ -214,3 +214,13 @@ def test_ties_and_dtypes_survive_the_shared_memory_round_trip(dtype: str) -> Non
     assert_tied(b.obj)
     assert b.obj.up.dtype == getattr(torch, dtype)
     assert b.synthesize("shm", None, 1.0)[0].tobytes() == a.synthesize("shm", None, 1.0)[0].tobytes()
+
+
+def test_a_member_view_inside_a_block_that_starts_mid_storage() -> None:
+    from tts_runtime.engine.torch_backend import _Member
+
+    arena = torch.arange(256, dtype=torch.uint8)
+    block = arena[64:128]  # a host block carved from a larger allocation
+    view = _Member("k", torch.float32, (2,), (1,), 1).view(block)
+    assert view.data_ptr() - arena.data_ptr() == 64 + 4
+    assert view.untyped_storage().data_ptr() == arena.untyped_storage().data_ptr()

@@ -49,8 +49,10 @@ class _Member:
 
     def view(self, block: torch.Tensor) -> torch.Tensor:
         """This tensor inside `block` (a flat uint8 tensor: the host copy or the device copy)."""
+        # set_() counts the offset in elements of `dtype`; a block may start inside a larger storage.
+        start = block.storage_offset() // self.dtype.itemsize + self.offset
         return torch.empty(0, dtype=self.dtype, device=block.device).set_(
-            block.untyped_storage(), block.storage_offset() + self.offset, self.shape, self.stride
+            block.untyped_storage(), start, self.shape, self.stride
         )
 
     def point_at(self, t: torch.Tensor) -> None:
