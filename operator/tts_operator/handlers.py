@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -26,12 +27,14 @@ from tts_operator.reconcile import (
     ForeignChildError,
     apply_child,
     apply_children,
+    needs_patch,
     patch_annotations,
     sync_policy,
 )
 from tts_operator.sharing import plan_gpu_sharing, request_id
 from tts_operator.spec import InvalidSpecError, TTSServiceSpec, parse_spec
 from tts_operator.status import PodInfo, aggregate, status_changed
+from tts_operator.written import ObservedPod, Written
 
 G, V, P = ann.GROUP, ann.VERSION, ann.PLURAL
 MANAGED: dict[str, Any] = {
@@ -59,6 +62,10 @@ def _images(memo: kopf.Memo) -> Images:
     return cast(Images, memo["images"])
 
 
+def _written(memo: kopf.Memo) -> Written:
+    return cast(Written, memo["written"])
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Kopf's bookkeeping goes to annotations under our group, keeping `status` ours alone.
@@ -71,6 +78,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo["api"] = Api()
     memo["images"] = Images.from_env()
     memo["issued"] = set()
+    memo["written"] = Written()
+    memo["sharing"] = SharingPasses()
 
 
 @kopf.on.cleanup()
@@ -82,7 +91,7 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 @kopf.index("pods", labels=MANAGED)
 def pods_by_service(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
                     ) -> dict[tuple[str, str], PodInfo]:
-    return {(namespace or "", labels[ann.SERVICE_LABEL]): PodInfo.from_pod(body)}
+    return {(namespace or "", labels[ann.SERVICE_LABEL]): ObservedPod.from_pod(body)}
 
 
 @kopf.index(G, V, P)
@@ -123,7 +132,7 @@ async def _reconcile(name: str, namespace: str, uid: str, raw_spec: Any, memo: k
         await apply_children(_api(memo), owner, _images(memo))
     except ForeignChildError as exc:
         raise kopf.PermanentError(str(exc)) from None
-    await sync_policy(_api(memo), spec, pods)
+    await sync_policy(_api(memo), spec, pods, _written(memo))
 
 
 @kopf.on.resume(G, V, P)
@@ -165,6 +174,23 @@ def write_status(name: str, namespace: str | None, spec: kopf.Spec, meta: kopf.M
         patch.status.update(desired)
 
 
+def _owner_ref(body: kopf.Body) -> dict[str, Any] | None:
+    """The child's controlling TTSService reference (None: not one of ours, leave it alone)."""
+    refs = (body.get("metadata") or {}).get("ownerReferences") or []
+    return next((dict(r) for r in refs if r.get("controller") and r.get("kind") == "TTSService"
+                 and str(r.get("apiVersion", "")).startswith(f"{G}/")), None)
+
+
+async def _owner_alive(api: Api, namespace: str, name: str, uid: str) -> bool:
+    """Whether the TTSService `uid` still exists and is not being deleted, asked of the API server: when a
+    TTSService goes, the garbage collector deletes its children and their DELETED events can arrive before
+    its own, while kopf's index still holds it; re-creating then would make children of a deleted owner
+    (and block a TTSService applied again under the same name)."""
+    found = await api.get("TTSService", namespace, name)
+    meta = (found or {}).get("metadata") or {}
+    return meta.get("uid") == uid and not meta.get("deletionTimestamp")
+
+
 def _child_event(plural: str) -> None:
     group, version = {"deployments": ("apps", "v1"), "roles": ("rbac.authorization.k8s.io", "v1"),
                       "rolebindings": ("rbac.authorization.k8s.io", "v1")}.get(plural, ("", "v1"))
@@ -172,20 +198,32 @@ def _child_event(plural: str) -> None:
     @kopf.on.event(group, version, plural, labels=MANAGED, id=f"child-{plural}")
     async def child_changed(type: str, body: kopf.Body, namespace: str | None, labels: kopf.Labels,
                             memo: kopf.Memo, **kw: Any) -> None:
-        """A child deleted or edited by hand is put back at once (the timer would, later)."""
-        services = _service_index(kw)
+        """A child deleted or edited by hand is put back at once (the timer would, later).
+
+        ADDED and the initial listing (type None) are left alone: the create and resume handlers made or
+        checked those children, and acting on them too would race them (a second POST, answered 409)."""
+        if type not in ("DELETED", "MODIFIED"):
+            return
+        ref = _owner_ref(body)
+        meta = body.get("metadata") or {}
+        if ref is None or (type == "MODIFIED" and meta.get("deletionTimestamp")):
+            return
         service, ns = labels[ann.SERVICE_LABEL], namespace or ""
-        entries = list(services.get((ns, service), []))
-        if not entries or type not in ("DELETED", "MODIFIED", "ADDED", None):
+        entries = [e for e in _service_index(kw).get((ns, service), []) if e["uid"] == ref.get("uid")]
+        if not entries or ref.get("name") != service:
             return
         try:
             spec = parse_spec(entries[0]["spec"], service)
         except InvalidSpecError:
             return
         desired = CHILD_BUILDERS[plural](_owner(service, ns, entries[0]["uid"], spec), _images(memo))
-        if desired["metadata"]["name"] != body.get("metadata", {}).get("name"):
+        if desired["metadata"]["name"] != meta.get("name"):
             return
         observed = None if type == "DELETED" else dict(body)
+        if observed is not None and not needs_patch(desired, observed):
+            return  # status, or our own write coming back: nothing to put back
+        if not await _owner_alive(_api(memo), ns, service, entries[0]["uid"]):
+            return
         try:
             await apply_child(_api(memo), desired, observed)
         except ForeignChildError:
@@ -201,22 +239,50 @@ async def pod_changed(type: str, body: kopf.Body, namespace: str | None, labels:
                       **kw: Any) -> None:
     """A new pod gets its service's policy as soon as it appears; sharing state follows every report."""
     services, pods_by_service = _service_index(kw), _pod_index(kw)
-    api = _api(memo)
+    api, written = _api(memo), _written(memo)
     service = labels[ann.SERVICE_LABEL]
     entries = list(services.get((namespace or "", service), []))
-    if type != "DELETED" and entries:
+    pod = ObservedPod.from_pod(body)
+    if type == "DELETED":
+        written.forget(pod.key)
+    elif entries:
         try:
             spec = parse_spec(entries[0]["spec"], service)
         except InvalidSpecError:
             spec = None
         if spec is not None:
-            await sync_policy(api, spec, [PodInfo.from_pod(body)])
+            await sync_policy(api, spec, [pod], written)
     await _sync_sharing(api, memo, services, pods_by_service)
+
+
+@dataclass
+class SharingPasses:
+    """One sharing pass at a time. Every pod event asks for one; passes running side by side would plan from
+    different moments of the index and write each other's older values back."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    wanted: bool = False
 
 
 async def _sync_sharing(api: Api, memo: kopf.Memo, services: kopf.Index[tuple[str, str], Any],
                         pods_by_service: kopf.Index[tuple[str, str], PodInfo]) -> None:
-    pods = [pod for store in pods_by_service.values() for pod in store]
+    """Run a sharing pass, or, while one runs, have it run once more when it ends: the indexes are live, so
+    that pass sees every event that asked meanwhile (a burst of reports is a pass or two, not one each)."""
+    passes = cast(SharingPasses, memo["sharing"])
+    passes.wanted = True
+    if passes.lock.locked():
+        return
+    async with passes.lock:
+        while passes.wanted:
+            passes.wanted = False
+            await _sharing_pass(api, memo, services, pods_by_service)
+
+
+async def _sharing_pass(api: Api, memo: kopf.Memo, services: kopf.Index[tuple[str, str], Any],
+                        pods_by_service: kopf.Index[tuple[str, str], PodInfo]) -> None:
+    written = _written(memo)
+    # What the pods hold: the index, plus what this operator wrote that the index does not show yet.
+    pods = [written.effective(pod) for store in pods_by_service.values() for pod in store]
     budgets: dict[str, int | None] = {}
     for (namespace, name), store in services.items():
         for entry in store:
@@ -234,7 +300,7 @@ async def _sync_sharing(api: Api, memo: kopf.Memo, services: kopf.Index[tuple[st
     by_key = {pod.key: pod for pod in pods}
     for key, values in changes.items():
         if key in by_key:
-            await patch_annotations(api, by_key[key], values)
+            await patch_annotations(api, by_key[key], values, written)
             request = ann.parse(ann.OffloadRequestValue, values.get(ann.OFFLOAD_REQUEST))
             if request is not None:
                 issued.add(request.id)

@@ -11,6 +11,7 @@ from tts_operator.api import Api, ApiError
 from tts_operator.builders import Images, Manifest, Owner, build_children, differs
 from tts_operator.spec import TTSServiceSpec
 from tts_operator.status import PodInfo
+from tts_operator.written import Written
 
 log = logging.getLogger(__name__)
 
@@ -80,20 +81,35 @@ def stale_policy_pods(pods: Iterable[PodInfo], wanted: str) -> list[PodInfo]:
     return [p for p in pods if not p.terminating and p.policy != wanted]
 
 
-async def sync_policy(api: Api, spec: TTSServiceSpec, pods: Iterable[PodInfo]) -> int:
+async def sync_policy(api: Api, spec: TTSServiceSpec, pods: Iterable[PodInfo], written: Written) -> int:
     """Patch `tts.residency.dev/policy` on every pod that lacks the current policy; no restart, no rollout."""
     wanted = policy_value(spec)
     count = 0
-    for pod in stale_policy_pods(pods, wanted):
-        await patch_annotations(api, pod, {ann.POLICY: wanted})
-        count += 1
+    for pod in stale_policy_pods((written.effective(p) for p in pods), wanted):
+        count += await patch_annotations(api, pod, {ann.POLICY: wanted}, written)
     return count
 
 
-async def patch_annotations(api: Api, pod: PodInfo, values: dict[str, str | None]) -> None:
+async def patch_annotations(api: Api, pod: PodInfo, values: dict[str, str | None], written: Written) -> bool:
+    """Merge-patch the values the pod does not hold yet (as far as the watch and our own writes tell);
+    returns whether a PATCH was sent."""
+    values = written.unwritten(pod, values)
+    if not values:
+        return False
+    written.wrote(pod, values)
+    log.debug("pod %s (watched at version %s): writing %s", pod.key,
+              getattr(pod, "resource_version", "?"), values)
     body: dict[str, Any] = {"metadata": {"annotations": values}}
     try:
-        await api.patch("Pod", pod.namespace, pod.name, body)
+        patched = await api.patch("Pod", pod.namespace, pod.name, body)
     except ApiError as exc:
-        if exc.status != 404:  # the pod is gone: nothing to tell it
-            raise
+        written.unsent(pod, values)
+        if exc.status == 404:  # the pod is gone: nothing to tell it
+            written.forget(pod.key)
+            return False
+        raise
+    except BaseException:  # e.g. cancelled: whether it arrived is the watch's to tell
+        written.unsent(pod, values)
+        raise
+    written.wrote(pod, values, str((patched.get("metadata") or {}).get("resourceVersion") or ""))
+    return True

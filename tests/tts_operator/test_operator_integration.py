@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import kmock
 import pytest
 
 from support.kube import KubeAPI, Process, make_pod
@@ -96,3 +99,90 @@ def test_bad_spec_gets_a_clear_message(kube_api: KubeAPI, run_operator: Callable
     assert ready["status"] == "False"
     assert "spec.replicas" in ready["message"] and "model.factory" in ready["message"]
     assert kube_api.get("deployments", "default", "voice") is None
+
+
+CHILDREN = [("deployments", "voice"), ("services", "voice"), ("serviceaccounts", "voice-agent"),
+            ("roles", "voice-agent"), ("rolebindings", "voice-agent")]
+SETTLE = 1.5  # seconds given to the operator before asserting it did nothing more (its passes take ms)
+
+
+def _operator_requests(kube_api: KubeAPI, since: int = 0) -> list[Any]:
+    """Requests the operator sent, from the emulator's request history (the test's own go through httpx)."""
+    return [r for r in list(kube_api.emulator)[since:]
+            if not str(r.headers.get("User-Agent", "")).startswith("python-httpx")]
+
+
+def _child_posts(requests: list[Any]) -> Counter[tuple[str, str]]:
+    return Counter((str(r.resource.plural), str((r.data or {}).get("metadata", {}).get("name")))
+                   for r in requests if r.method == kmock.method.POST and r.resource is not None
+                   and r.resource.plural != "events")
+
+
+def _service_in(namespace: str) -> dict[str, Any]:
+    return {**SERVICE, "metadata": {"name": "voice", "namespace": namespace}}
+
+
+def _wait_children(kube_api: KubeAPI, namespace: str = "default") -> None:
+    for plural, name in CHILDREN:
+        kube_api.wait_for(lambda p=plural, n=name: kube_api.get(p, namespace, n), what=f"{plural}/{name}")
+
+
+def test_each_child_is_posted_exactly_once(kube_api: KubeAPI, run_operator: Callable[..., Process]) -> None:
+    """The create handler makes the children; the child watch sees them appear and must not race it."""
+    run_operator(**FAST)
+    kube_api.create("ttsservices", SERVICE)
+    _wait_children(kube_api)
+    time.sleep(SETTLE)
+    assert _child_posts(_operator_requests(kube_api)) == {child: 1 for child in CHILDREN}
+
+
+def test_children_of_a_deleted_service_stay_deleted(
+        kube_api: KubeAPI, run_operator: Callable[..., Process]) -> None:
+    """The garbage collector deletes the children; their DELETED events can come before the TTSService
+    leaves the operator's index, and must not bring back children owned by a deleted TTSService."""
+    run_operator(**FAST)
+    namespaces = [f"ns-{i}" for i in range(3)]
+    for namespace in namespaces:
+        kube_api.create("ttsservices", _service_in(namespace))
+    for namespace in namespaces:
+        _wait_children(kube_api, namespace)
+    time.sleep(SETTLE)  # past the creation: every later POST is a re-creation
+    before = len(list(kube_api.emulator))
+    for namespace in namespaces:
+        kube_api.delete("ttsservices", namespace, "voice")
+    time.sleep(SETTLE)
+    assert _child_posts(_operator_requests(kube_api, since=before)) == {}
+    left = [(ns, p, n) for ns in namespaces for p, n in CHILDREN if kube_api.get(p, ns, n) is not None]
+    assert left == []
+
+
+def test_a_service_deleted_and_applied_again_gets_its_children_once(
+        kube_api: KubeAPI, run_operator: Callable[..., Process]) -> None:
+    """Delete and re-apply at once: the old children's DELETED events arrive while the new TTSService is
+    being created. Each new child is POSTed once (by the create handler), owned by the new TTSService."""
+    run_operator(**FAST)
+    namespaces = [f"ns-{i}" for i in range(3)]
+    for namespace in namespaces:
+        kube_api.create("ttsservices", _service_in(namespace))
+    for namespace in namespaces:
+        _wait_children(kube_api, namespace)
+    time.sleep(SETTLE)
+    before = len(list(kube_api.emulator))
+    uids = {}
+    for namespace in namespaces:
+        kube_api.delete("ttsservices", namespace, "voice")
+        # The TTSService goes once the operator has released it (kopf's finalizer: it has timers).
+        kube_api.wait_for(lambda ns=namespace: kube_api.get("ttsservices", ns, "voice") is None, what="gone")
+        created = kube_api.create("ttsservices", _service_in(namespace))
+        uids[namespace] = created["metadata"]["uid"]
+    for namespace in namespaces:
+        _wait_children(kube_api, namespace)
+    time.sleep(SETTLE)
+    posts = Counter()
+    for r in _operator_requests(kube_api, since=before):
+        if r.method == kmock.method.POST and r.resource is not None and r.resource.plural != "events":
+            posts[(r.namespace, str(r.resource.plural), r.data["metadata"]["name"])] += 1
+    assert posts == {(ns, p, n): 1 for ns in namespaces for p, n in CHILDREN}
+    owners = {(ns, p): kube_api.get(p, ns, n)["metadata"]["ownerReferences"][0]["uid"]  # type: ignore[index]
+              for ns in namespaces for p, n in CHILDREN}
+    assert owners == {(ns, p): uids[ns] for ns in namespaces for p, _ in CHILDREN}

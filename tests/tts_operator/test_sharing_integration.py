@@ -8,10 +8,12 @@ import itertools
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import kmock
 import pytest
 
 from support.kube import KubeAPI, Process
@@ -141,6 +143,35 @@ class Cluster:
                     ids.setdefault(str(name), set()).add(json.loads(notes[OFFLOAD_REQUEST])["id"])
         return ids
 
+    def redundant_writes(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(pod, annotation) -> (operator PATCHes writing it, changes of it) wherever they differ: a PATCH
+        that changed nothing wrote the value already there. From the emulator's request and object
+        histories; the test writes none of these annotations (it only removes requests, as agents do)."""
+        writes: Counter[tuple[str, str]] = Counter()
+        for r in list(self.kube.emulator):
+            operator = not str(r.headers.get("User-Agent", "")).startswith("python-httpx")
+            if not operator or r.method != kmock.method.PATCH or r.resource is None:
+                continue
+            if r.resource.plural != "pods" or r.subresource is not None:
+                continue
+            for key, value in (((r.data or {}).get("metadata") or {}).get("annotations") or {}).items():
+                if key in (POLICY, GPU_SHARE) or (key == OFFLOAD_REQUEST and value is not None):
+                    writes[(str(r.name), key)] += 1
+        changed: Counter[tuple[str, str]] = Counter()
+        for (resource, _, name), obj in list(self.kube.emulator.objects.items()):
+            if resource.plural != "pods":
+                continue
+            before: dict[str, str] = {}
+            for index, version in enumerate(list(obj.history.raw)):
+                raw = version.raw if version is not None else None
+                notes = dict(((raw or {}).get("metadata") or {}).get("annotations") or {})
+                for key in (POLICY, GPU_SHARE, OFFLOAD_REQUEST):
+                    moved = index > 0 and notes.get(key) != before.get(key)
+                    if moved and (key != OFFLOAD_REQUEST or notes.get(key) is not None):
+                        changed[(str(name), key)] += 1
+                before = notes
+        return {k: (writes[k], changed[k]) for k in writes.keys() | changed.keys() if writes[k] != changed[k]}
+
 
 @pytest.fixture()
 def cluster(kube_api: KubeAPI, run_operator: Callable[..., Process]) -> Iterator[Cluster]:
@@ -215,6 +246,8 @@ def test_demand_asks_only_the_idle_lower_priority_peer_once(cluster: Cluster) ->
     cluster.publish("lo-idle", _report(_model("gpu", 2 * GiB, priority=0), GPU_A))
     again = cluster.kube.wait_for(cluster.requests, what="a second offload request")
     assert set(again) == {"lo-idle"} and again["lo-idle"]["id"] != request["id"]
+    time.sleep(SETTLE)
+    assert cluster.redundant_writes() == {}
 
 
 def test_one_idle_peer_enough_is_the_only_one_asked(cluster: Cluster) -> None:
@@ -250,3 +283,4 @@ def test_one_idle_peer_enough_is_the_only_one_asked(cluster: Cluster) -> None:
     cluster.wait_peers("mid-0", {"default/lo-0": 0, "default/hi-0": 128 * 2**20}, "mid-0 sees lo-0 on cpu")
     assert cluster.requests() == {}
     assert set(cluster.request_ids_ever()) == {"lo-0"}
+    assert cluster.redundant_writes() == {}
