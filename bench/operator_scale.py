@@ -3,7 +3,7 @@
     python bench/operator_scale.py                       # N = 10, 100, 500
     python bench/operator_scale.py --counts 10,100       # a quicker run
 
-For each N, on a fresh emulator (tests/support/kube.py, kmock) and a fresh operator subprocess:
+For each N, on a fresh emulator (tests/support/kube_emulator.py, kmock) and a fresh operator subprocess:
   1. apply N TTSServices at once: time from each apply to its five children created;
   2. one pod per service (as its Deployment would make it) with an agent's residency report, `pods-per-gpu`
      pods sharing each GPU: time to the first `status` showing the pod;
