@@ -135,6 +135,23 @@ def model_state(kube_api: KubeAPI) -> str | None:
     return value.models[0].state if value is not None and value.models else None
 
 
+def state_when_acknowledged(kube_api: KubeAPI) -> str | None:
+    """The published model state in the pod version that removed the offload request (the emulator keeps
+    every version of the pod)."""
+    pods = [obj for (res, _, name), obj in list(kube_api.emulator.objects.items())
+            if res.plural == "pods" and name == POD]
+    had_request = False
+    for version in list(pods[-1].history.raw):
+        raw = (version.raw if version is not None else None) or {}
+        notes = raw.get("metadata", {}).get("annotations") or {}
+        if ann.OFFLOAD_REQUEST in notes:
+            had_request = True
+        elif had_request:
+            value = ann.parse(ann.ResidencyValue, notes.get(ann.RESIDENCY))
+            return value.models[0].state if value is not None and value.models else None
+    return None
+
+
 def annotate(kube_api: KubeAPI, key: str, value: Any) -> None:
     text = None if value is None else json.dumps(value)
     kube_api.patch("pods", NS, POD, {"metadata": {"annotations": {key: text}}})
@@ -200,6 +217,9 @@ def test_agent_publishes_residency_applies_policy_and_serves_offload_requests(
 
         wait(served, timeout=10, what="the offload request removed")
         assert runtime.report()["models"][0]["state"] == "cpu"
+        # The acknowledgement carries the report after the offload: the operator never sees the request
+        # gone while the pod still reports its model on the GPU.
+        assert state_when_acknowledged(kube_api) == "cpu"
         wait(lambda: model_state(kube_api) == "cpu", what="offloaded state published")
 
         # A malformed request can never be served: it is removed too, with an error in the log.

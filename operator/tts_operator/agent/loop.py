@@ -6,7 +6,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,12 @@ class Timing:
     resync_seconds: float = 5.0  # a full read even with the stream (leases and lastUsed are not events)
     readiness_grace: float = 3.0  # no policy annotation after this long: ready without one
     tick: float = 0.5  # the longest the loop sleeps when nothing wakes it
+
+
+def _residency_annotation(report: Mapping[str, Any]) -> str:
+    """The `tts.residency.dev/residency` value: the runtime's report and when it was published."""
+    body = {**report, "updated": ann.now().isoformat().replace("+00:00", "Z")}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
 
 class _Retry:
@@ -242,11 +248,19 @@ class Agent:
             )
             self._refresh_report(force=True)
         # Removing the annotation is the acknowledgement (also for a malformed one: it can never be served).
+        # The report after the verbs goes in the same patch: the operator never sees the request gone while
+        # the report still shows the models on the GPU (it would have to guess whether they are leaving).
+        report = self._report if self._runtime_ok else None
+        patch: dict[str, str | None] = {ann.OFFLOAD_REQUEST: None}
+        if report is not None:
+            patch[ann.RESIDENCY] = _residency_annotation(report)
         try:
-            pod = self.pod.patch_annotations({ann.OFFLOAD_REQUEST: None})
+            pod = self.pod.patch_annotations(patch)
         except PodApiError as err:
             self._offload.failed(err)
             return
+        if report is not None:
+            self._coalescer.published(report)
         self._set_pod(pod)
         self._offload.ok()
 
@@ -260,11 +274,8 @@ class Agent:
         value = self._coalescer.due() if self._publish.ready() else None
         if value is None:
             return
-        body = {**value, "updated": ann.now().isoformat().replace("+00:00", "Z")}
         try:
-            pod = self.pod.patch_annotations(
-                {ann.RESIDENCY: json.dumps(body, sort_keys=True, separators=(",", ":"))}
-            )
+            pod = self.pod.patch_annotations({ann.RESIDENCY: _residency_annotation(value)})
         except PodApiError as err:
             self._coalescer.failed(self._publish.failed(err))
             return
