@@ -25,6 +25,7 @@ from tts_operator.builders import (
 )
 from tts_operator.reconcile import (
     ForeignChildError,
+    StaleChildError,
     apply_child,
     apply_children,
     needs_patch,
@@ -43,6 +44,8 @@ MANAGED: dict[str, Any] = {
 STATUS_SECONDS = float(os.environ.get("RESIDENCY_STATUS_SECONDS", "2"))
 # The level check: children and pod annotations are compared with what they should be this often.
 RECHECK_SECONDS = float(os.environ.get("RESIDENCY_RECHECK_SECONDS", "30"))
+# How soon to look again when a child still belongs to a deleted TTSService of the same name.
+STALE_RETRY_SECONDS = 1.0
 # Stands in, for the sharing plan only, for an offload request that is served but not yet reported on.
 ACKNOWLEDGED = "acknowledged; the peer has not reported since"
 CHILD_BUILDERS = {
@@ -130,6 +133,8 @@ async def _reconcile(name: str, namespace: str, uid: str, raw_spec: Any, memo: k
     owner = _owner(name, namespace, uid, spec)
     try:
         await apply_children(_api(memo), owner, _images(memo))
+    except StaleChildError as exc:  # deleted and applied again at once: the old children are on their way out
+        raise kopf.TemporaryError(str(exc), delay=STALE_RETRY_SECONDS) from None
     except ForeignChildError as exc:
         raise kopf.PermanentError(str(exc)) from None
     await sync_policy(_api(memo), spec, pods, _written(memo))
@@ -291,6 +296,8 @@ async def _sharing_pass(api: Api, memo: kopf.Memo, services: kopf.Index[tuple[st
     issued: set[str] = memo["issued"]
     # A peer that removed its request (the acknowledgement) but has not reported since is still freeing that
     # memory: the plan must see it as asked, or a pass in between would ask one more peer for the same bytes.
+    # Agents now acknowledge in the same patch as their new report, so this is a safety net: for an agent
+    # that could not read its runtime at that moment, and for older agents.
     current = {p.key: request_id(p) for p in pods}
     pods = [replace(p, offload_request=ACKNOWLEDGED) if not p.offload_request and current[p.key] in issued
             else p for p in pods]

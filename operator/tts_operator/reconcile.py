@@ -20,6 +20,10 @@ class ForeignChildError(Exception):
     """A child's name is taken by an object another controller (or a person) owns; we never steal it."""
 
 
+class StaleChildError(ForeignChildError):
+    """The child belongs to a deleted TTSService of the same name: the garbage collector is removing it."""
+
+
 def owned_part(desired: Manifest) -> Manifest:
     """The fields we set, as a merge patch: labels and owner references, and everything below metadata."""
     meta = desired["metadata"]
@@ -38,6 +42,11 @@ def _check_owner(desired: Manifest, observed: Manifest) -> None:
     ours = any(r.get("uid") == uid for r in controllers)
     if not ours:
         meta = desired["metadata"]
+        owner = desired["metadata"]["ownerReferences"][0]
+        if any(r.get("kind") == owner["kind"] and r.get("name") == owner["name"] for r in controllers):
+            raise StaleChildError(
+                f"{desired['kind']} {meta['namespace']}/{meta['name']} still belongs to a deleted TTSService "
+                f"{owner['name']!r}; waiting for the garbage collector to remove it")
         raise ForeignChildError(
             f"a {desired['kind']} named {meta['name']!r} already exists in {meta['namespace']!r} and is not "
             "owned by this TTSService: delete it or rename the TTSService")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ import kmock
 import pytest
 
 from support.kube import KubeAPI, Process, make_pod
+from tts_operator.builders import labels
 
 pytestmark = pytest.mark.slow
 
@@ -186,3 +188,23 @@ def test_a_service_deleted_and_applied_again_gets_its_children_once(
     owners = {(ns, p): kube_api.get(p, ns, n)["metadata"]["ownerReferences"][0]["uid"]  # type: ignore[index]
               for ns in namespaces for p, n in CHILDREN}
     assert owners == {(ns, p): uids[ns] for ns in namespaces for p, _ in CHILDREN}
+
+
+def test_a_child_of_a_deleted_namesake_is_waited_for_not_given_up_on(
+        kube_api: KubeAPI, run_operator: Callable[..., Process]) -> None:
+    """On a cluster the garbage collector removes a deleted TTSService's children a moment later, so a
+    TTSService applied again at once can find one. The operator waits for it to go, then creates its own."""
+    run_operator(RESIDENCY_STATUS_SECONDS="0.5")  # the level check (30 s) is not what must put it right
+    gone = {"apiVersion": "tts.residency.dev/v1alpha1", "kind": "TTSService", "name": "voice",
+            "uid": str(uuid.uuid4()), "controller": True}
+    stale = {"apiVersion": "v1", "kind": "Service", "spec": {"ports": [{"port": 8080}]},
+             "metadata": {"name": "voice", "namespace": "default", "labels": labels("voice"),
+                          "ownerReferences": [gone]}}
+    kube_api.create("services", stale)
+    uid = kube_api.create("ttsservices", SERVICE)["metadata"]["uid"]
+    time.sleep(SETTLE)  # the operator has met the stale Service by now
+    kube_api.delete("services", "default", "voice")  # what the garbage collector does
+    for plural, name in CHILDREN:
+        child = kube_api.wait_for(lambda p=plural, n=name: kube_api.get(p, "default", n), timeout=10,
+                                  what=f"{plural}/{name}")
+        assert child["metadata"]["ownerReferences"][0]["uid"] == uid
