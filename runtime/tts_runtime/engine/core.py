@@ -97,6 +97,12 @@ class Engine:
     def spec(self, name: str) -> ModelSpec:
         return self._slot(name).spec
 
+    def voices(self, name: str) -> list[str]:
+        """The model's voices: what its backend reported once loaded, else what is known before a load."""
+        slot = self._slot(name)
+        with slot.cond:
+            return list((slot.stats.voices if slot.stats else None) or slot.voices)
+
     def _slot(self, name: str) -> Slot:
         try:
             return self._slots[name]
