@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kubernetes
 
 MERGE_PATCH = "application/merge-patch+json"
+# Blocking calls in flight at once. asyncio's default executor has min(32, cores + 4) threads, 6 on a 2-core
+# pod: a burst of creates at hundreds of services would queue behind it.
+THREADS = int(os.environ.get("RESIDENCY_API_THREADS", "32"))
 
 # kind -> (API prefix, plural)
 PATHS = {
@@ -41,7 +46,10 @@ class Api:
             kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
         except kubernetes.config.ConfigException:
             kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-        self._client = kubernetes.client.ApiClient()
+        config = kubernetes.client.Configuration.get_default_copy()
+        config.connection_pool_maxsize = THREADS  # one pooled connection per thread, none thrown away
+        self._client = kubernetes.client.ApiClient(config)
+        self._executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="kube-api")
 
     def _call(self, method: str, url: str, body: Any = None, content_type: str | None = None) -> Any:
         headers = {"Accept": "application/json"}
@@ -59,7 +67,8 @@ class Api:
         return json.loads(response.data) if response.data else None
 
     async def request(self, method: str, url: str, body: Any = None, content_type: str | None = None) -> Any:
-        return await asyncio.to_thread(self._call, method, url, body, content_type)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._call, method, url, body, content_type)
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -83,4 +92,5 @@ class Api:
         return patched
 
     def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
         self._client.close()  # type: ignore[no-untyped-call]

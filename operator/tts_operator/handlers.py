@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -13,7 +14,7 @@ from typing import Any, cast
 import kopf
 
 from tts_operator import annotations as ann
-from tts_operator.api import Api
+from tts_operator.api import PATHS, Api
 from tts_operator.builders import (
     Images,
     Owner,
@@ -29,25 +30,29 @@ from tts_operator.reconcile import (
     apply_child,
     apply_children,
     needs_patch,
+    observed_part,
     patch_annotations,
     sync_policy,
 )
 from tts_operator.sharing import plan_gpu_sharing, request_id
 from tts_operator.spec import InvalidSpecError, TTSServiceSpec, parse_spec
-from tts_operator.status import PodInfo, aggregate, status_changed
+from tts_operator.status import PodInfo
+from tts_operator.statuswriter import Debouncer, ServiceKey, StatusWriter
 from tts_operator.written import ObservedPod, Written
 
 G, V, P = ann.GROUP, ann.VERSION, ann.PLURAL
 MANAGED: dict[str, Any] = {
     ann.MANAGED_BY_LABEL: ann.MANAGED_BY, ann.SERVICE_LABEL: kopf.PRESENT}
-# Status is recomputed from the pod index at most this often: a storm of agent reports is one write.
-STATUS_SECONDS = float(os.environ.get("RESIDENCY_STATUS_SECONDS", "2"))
+# A service's status is recomputed this long after the first event that may change it (a pod's report, a
+# spec change): the events of a storm within it are one write.
+STATUS_SECONDS = float(os.environ.get("RESIDENCY_STATUS_SECONDS", "0.5"))
 # The level check: children and pod annotations are compared with what they should be this often.
 RECHECK_SECONDS = float(os.environ.get("RESIDENCY_RECHECK_SECONDS", "30"))
 # How soon to look again when a child still belongs to a deleted TTSService of the same name.
 STALE_RETRY_SECONDS = 1.0
 # Stands in, for the sharing plan only, for an offload request that is served but not yet reported on.
 ACKNOWLEDGED = "acknowledged; the peer has not reported since"
+PLURAL_KINDS = {plural: kind for kind, (_, plural) in PATHS.items()}
 CHILD_BUILDERS = {
     "deployments": lambda o, i: build_deployment(o, i),
     "services": lambda o, i: build_service(o),
@@ -69,6 +74,10 @@ def _written(memo: kopf.Memo) -> Written:
     return cast(Written, memo["written"])
 
 
+def _status(memo: kopf.Memo) -> Debouncer[ServiceKey]:
+    return cast(Debouncer[ServiceKey], memo["status"])
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Kopf's bookkeeping goes to annotations under our group, keeping `status` ours alone.
@@ -85,8 +94,19 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo["sharing"] = SharingPasses()
 
 
+@kopf.on.startup()
+async def start_status(memo: kopf.Memo, **kw: Any) -> None:
+    """The status writer reads the indexes kopf gives every handler; they are live views, so it keeps them."""
+    services, pods = _service_index(kw), _pod_index(kw)
+    writer = StatusWriter(_api(memo), lambda key: list(services.get(key, [])),
+                          lambda key: list(pods.get(key, [])))
+    memo["status"] = Debouncer(writer.write, STATUS_SECONDS)
+
+
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    if "status" in memo:
+        await _status(memo).close()
     if "api" in memo:
         _api(memo).close()
 
@@ -100,11 +120,16 @@ def pods_by_service(body: kopf.Body, namespace: str | None, labels: kopf.Labels,
 @kopf.index(G, V, P)
 def services(body: kopf.Body, namespace: str | None, name: str, uid: str, **_: Any
              ) -> dict[tuple[str, str], Any]:
-    return {(namespace or "", name): {"uid": uid, "spec": dict(body.get("spec") or {})}}
+    meta = body.get("metadata") or {}
+    return {(namespace or "", name): {
+        "uid": uid, "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {}),
+        "generation": meta.get("generation"), "version": meta.get("resourceVersion"),
+        "deleting": bool(meta.get("deletionTimestamp"))}}
 
 
 PodIndex = kopf.Index[tuple[str, str], PodInfo]
 ServiceIndex = kopf.Index[tuple[str, str], Any]
+ChildIndex = kopf.Index[tuple[str, str], dict[str, Any]]
 
 
 def _pod_index(kwargs: dict[str, Any]) -> PodIndex:
@@ -124,15 +149,22 @@ def _owner(name: str, namespace: str, uid: str, spec: TTSServiceSpec) -> Owner:
     return Owner(name=name, namespace=namespace, uid=uid, spec=spec)
 
 
+def _known_children(kw: dict[str, Any], namespace: str, name: str) -> dict[str, list[dict[str, Any]]]:
+    """The children of service `name` as the watches show them, by kind (kopf indexes them by service)."""
+    return {PLURAL_KINDS[plural]: list(cast(ChildIndex, kw[f"children_{plural}"]).get((namespace, name), []))
+            for plural in CHILD_BUILDERS}
+
+
 async def _reconcile(name: str, namespace: str, uid: str, raw_spec: Any, memo: kopf.Memo,
-                     pods: list[PodInfo]) -> None:
+                     pods: list[PodInfo], known: dict[str, list[dict[str, Any]]]) -> None:
+    _status(memo).mark((namespace, name))  # a spec change is a status change too (generation, replicas)
     try:
         spec = parse_spec(raw_spec, name)
     except InvalidSpecError as exc:
         raise kopf.PermanentError(f"invalid TTSService spec: {exc}") from None
     owner = _owner(name, namespace, uid, spec)
     try:
-        await apply_children(_api(memo), owner, _images(memo))
+        await apply_children(_api(memo), owner, _images(memo), known)
     except StaleChildError as exc:  # deleted and applied again at once: the old children are on their way out
         raise kopf.TemporaryError(str(exc), delay=STALE_RETRY_SECONDS) from None
     except ForeignChildError as exc:
@@ -146,37 +178,28 @@ async def _reconcile(name: str, namespace: str, uid: str, raw_spec: Any, memo: k
 async def reconcile_service(name: str, namespace: str | None, uid: str, spec: kopf.Spec, memo: kopf.Memo,
                             **kw: Any) -> None:
     ns, pods_by_service = namespace or "", _pod_index(kw)
-    await _reconcile(name, ns, uid, dict(spec), memo, _pods(pods_by_service, ns, name))
+    await _reconcile(name, ns, uid, dict(spec), memo, _pods(pods_by_service, ns, name),
+                     _known_children(kw, ns, name))
 
 
-@kopf.timer(G, V, P, interval=RECHECK_SECONDS, initial_delay=RECHECK_SECONDS)
+def _spread(memo: kopf.Memo, name: str, namespace: str | None, **_: Any) -> float:
+    """Called once per service, when the operator first meets it: its first level check comes at a random
+    point of the interval, so services applied (or found at startup) together are not all checked in the same
+    second, every interval after. Its status is brought up to date now: a new service shows a status at once,
+    and that write is an event for kopf, which after a patch of its own conflicted waits for the next one."""
+    _status(memo).mark((namespace or "", name))
+    return random.uniform(0.5, 1.5) * RECHECK_SECONDS
+
+
+@kopf.timer(G, V, P, interval=RECHECK_SECONDS, initial_delay=_spread)
 async def recheck_service(name: str, namespace: str | None, uid: str, spec: kopf.Spec, memo: kopf.Memo,
                           **kw: Any) -> None:
+    """The level check: children compared with what the watches show (no reads), pods' policy, status."""
     ns, pods_by_service = namespace or "", _pod_index(kw)
     # A permanent problem is already reported by the create/update handler and in the status conditions.
     with contextlib.suppress(kopf.PermanentError):
-        await _reconcile(name, ns, uid, dict(spec), memo, _pods(pods_by_service, ns, name))
-
-
-@kopf.timer(G, V, P, interval=STATUS_SECONDS)
-def write_status(name: str, namespace: str | None, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status,
-                 patch: kopf.Patch, **kw: Any) -> None:
-    pods_by_service = _pod_index(kw)
-    invalid: str | None = None
-    replicas, port = 0, 8000
-    try:
-        parsed = parse_spec(dict(spec), name)
-        replicas, port = parsed.replicas, parsed.port
-    except InvalidSpecError as exc:
-        invalid = str(exc)
-    current = dict(status)
-    ns = namespace or ""
-    desired = aggregate(
-        _pods(pods_by_service, ns, name), replicas=replicas, generation=int(meta.get("generation", 0)),
-        endpoint=f"http://{name}.{ns}.svc.cluster.local:{port}",
-        conditions=list(current.get("conditions") or []), now=datetime.now(UTC), invalid=invalid)
-    if status_changed(current, desired):
-        patch.status.update(desired)
+        await _reconcile(name, ns, uid, dict(spec), memo, _pods(pods_by_service, ns, name),
+                         _known_children(kw, ns, name))
 
 
 def _owner_ref(body: kopf.Body) -> dict[str, Any] | None:
@@ -199,6 +222,12 @@ async def _owner_alive(api: Api, namespace: str, name: str, uid: str) -> bool:
 def _child_event(plural: str) -> None:
     group, version = {"deployments": ("apps", "v1"), "roles": ("rbac.authorization.k8s.io", "v1"),
                       "rolebindings": ("rbac.authorization.k8s.io", "v1")}.get(plural, ("", "v1"))
+
+    @kopf.index(group, version, plural, labels=MANAGED, id=f"children_{plural}")
+    def index_child(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
+                    ) -> dict[tuple[str, str], dict[str, Any]]:
+        """The level check compares children with these instead of reading them from the API server."""
+        return {(namespace or "", labels[ann.SERVICE_LABEL]): observed_part(body)}
 
     @kopf.on.event(group, version, plural, labels=MANAGED, id=f"child-{plural}")
     async def child_changed(type: str, body: kopf.Body, namespace: str | None, labels: kopf.Labels,
@@ -248,6 +277,7 @@ async def pod_changed(type: str, body: kopf.Body, namespace: str | None, labels:
     service = labels[ann.SERVICE_LABEL]
     entries = list(services.get((namespace or "", service), []))
     pod = ObservedPod.from_pod(body)
+    _status(memo).mark((namespace or "", service))
     if type == "DELETED":
         written.forget(pod.key)
     elif entries:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tts_operator import annotations as ann
@@ -52,18 +52,36 @@ def _check_owner(desired: Manifest, observed: Manifest) -> None:
             "owned by this TTSService: delete it or rename the TTSService")
 
 
-async def apply_child(api: Api, desired: Manifest, observed: Manifest | None = None) -> str:
-    """Create the child if missing, patch it if it drifted from what we set. Returns what was done."""
+def observed_part(body: Any) -> Manifest:
+    """What the operator keeps of a watched child (its index value): all it compares, not status or
+    managedFields, which are most of an object's bytes and change on their own."""
+    meta = body.get("metadata") or {}
+    kept = {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "labels", "ownerReferences",
+                                 "deletionTimestamp") if k in meta}
+    rest = {k: v for k, v in body.items() if k not in ("metadata", "status")}
+    return {**rest, "metadata": kept}
+
+
+async def apply_child(api: Api, desired: Manifest, observed: Manifest | None = None, *,
+                      known: bool = False) -> str:
+    """Create the child if missing, patch it if it drifted from what we set. Returns what was done.
+
+    `observed` is the child as the watch shows it; `known` says that None means it does not exist (the
+    children index), otherwise None means: ask the API server."""
     meta = desired["metadata"]
-    if observed is None:
+    if observed is None and not known:
         observed = await api.get(desired["kind"], meta["namespace"], meta["name"])
     if observed is None:
         try:
             await api.create(desired)
+            return "created"
         except ApiError as exc:
-            if exc.status != 409:  # created meanwhile (e.g. by the event handler): next pass compares it
+            if exc.status != 409:
                 raise
-        return "created"
+        # Created meanwhile (the index lags behind our own POSTs, or the event handler made it): compare it.
+        observed = await api.get(desired["kind"], meta["namespace"], meta["name"])
+        if observed is None:
+            return "created"
     _check_owner(desired, observed)
     if not needs_patch(desired, observed):
         return "unchanged"
@@ -71,10 +89,20 @@ async def apply_child(api: Api, desired: Manifest, observed: Manifest | None = N
     return "patched"
 
 
-async def apply_children(api: Api, owner: Owner, images: Images) -> dict[str, str]:
+async def apply_children(api: Api, owner: Owner, images: Images,
+                         known: Mapping[str, Iterable[Manifest]] | None = None) -> dict[str, str]:
+    """Bring every child to what it should be. `known` maps a kind to its watched children of this owner (the
+    children index): compared without a GET; without it, each child is read from the API server."""
     done: dict[str, str] = {}
     for child in build_children(owner, images):
-        done[f"{child['kind']}/{child['metadata']['name']}"] = await apply_child(api, child)
+        name = child["metadata"]["name"]
+        if known is None:
+            result = await apply_child(api, child)
+        else:
+            observed = next((o for o in known.get(child["kind"], ())
+                             if (o.get("metadata") or {}).get("name") == name), None)
+            result = await apply_child(api, child, observed, known=True)
+        done[f"{child['kind']}/{name}"] = result
     changed = {k: v for k, v in done.items() if v != "unchanged"}
     if changed:
         log.info("%s/%s children: %s", owner.namespace, owner.name, changed)

@@ -32,7 +32,7 @@ def _version(value: str) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def _includes(observed: str, written: str) -> bool:
+def includes(observed: str, written: str) -> bool:
     """Whether a pod at version `observed` already shows a write answered with version `written`.
 
     resourceVersion is opaque to clients; every API server we know numbers it from one increasing counter,
@@ -83,7 +83,7 @@ class Written:
             del self._pods[pod.key]
             return {}
         observed = pod.resource_version if isinstance(pod, ObservedPod) else ""
-        return {k: e for k, e in entries.items() if not _includes(observed, e.version)}
+        return {k: e for k, e in entries.items() if not includes(observed, e.version)}
 
     def effective(self, pod: PodInfo) -> PodInfo:
         """The pod as it is on the API server: what the watch shows, plus our writes it does not show yet."""

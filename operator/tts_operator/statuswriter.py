@@ -1,0 +1,131 @@
+"""Debounced status writes: each TTSService's status is written once per change, not once per event."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from tts_operator.api import Api, ApiError
+from tts_operator.spec import InvalidSpecError, parse_spec
+from tts_operator.status import PodInfo, aggregate, status_changed
+from tts_operator.written import includes
+
+log = logging.getLogger(__name__)
+K = TypeVar("K", bound=Hashable)
+
+
+class Debouncer(Generic[K]):
+    """Per key: run `action(key)` `delay` seconds after the first `mark`; marks until then fold into it,
+    marks during it cause one more run after another `delay`. Runs of one key never overlap, and every
+    mark is followed by a run that starts after it (so the run sees what the mark was about)."""
+
+    def __init__(self, action: Callable[[K], Awaitable[object]], delay: float) -> None:
+        self.delay = delay
+        self._action = action
+        self._scheduled: set[K] = set()
+        self._running: set[K] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def mark(self, key: K) -> None:
+        if key in self._scheduled:
+            return
+        self._scheduled.add(key)
+        if key not in self._running:
+            self._running.add(key)
+            task = asyncio.get_running_loop().create_task(self._run(key))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, key: K) -> None:
+        try:
+            while key in self._scheduled:
+                await asyncio.sleep(self.delay)
+                self._scheduled.discard(key)
+                try:
+                    await self._action(key)
+                except Exception:  # the level check marks every service again later: it is retried then
+                    log.exception("writing the status of %s failed", key)
+        finally:
+            self._running.discard(key)
+            self._scheduled.discard(key)
+
+    def pending(self) -> int:
+        return len(self._tasks)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@dataclass
+class _Wrote:
+    status: dict[str, Any]
+    version: str
+    at: float
+
+
+ServiceKey = tuple[str, str]  # (namespace, name)
+
+
+class StatusWriter:
+    """Computes a service's status from the indexes and patches `/status` when it differs from what the
+    service holds: what the watch shows, or what this writer wrote and the watch does not show yet (the
+    index lags behind our own writes; comparing with it alone would write the same status twice)."""
+
+    def __init__(self, api: Api, services: Callable[[ServiceKey], list[dict[str, Any]]],
+                 pods: Callable[[ServiceKey], list[PodInfo]], ttl: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._api = api
+        self._services = services
+        self._pods = pods
+        self._ttl = ttl
+        self._clock = clock
+        self._wrote: dict[ServiceKey, _Wrote] = {}
+        self.writes = 0
+
+    def _current(self, key: ServiceKey, entry: dict[str, Any]) -> dict[str, Any]:
+        wrote = self._wrote.get(key)
+        if wrote is not None and (self._clock() - wrote.at > self._ttl
+                                  or includes(str(entry.get("version") or ""), wrote.version)):
+            del self._wrote[key]
+            wrote = None
+        return dict(wrote.status if wrote is not None else entry.get("status") or {})
+
+    async def write(self, key: ServiceKey) -> bool:
+        """Write the status of service `key` if it changed; returns whether a PATCH was sent."""
+        live = [e for e in self._services(key) if not e.get("deleting")]
+        if not live:
+            self._wrote.pop(key, None)
+            return False
+        entry, (namespace, name) = live[-1], key
+        invalid: str | None = None
+        replicas, port = 0, 8000
+        try:
+            parsed = parse_spec(entry["spec"], name)
+            replicas, port = parsed.replicas, parsed.port
+        except InvalidSpecError as exc:
+            invalid = str(exc)
+        current = self._current(key, entry)
+        desired = aggregate(
+            self._pods(key), replicas=replicas, generation=int(entry.get("generation") or 0),
+            endpoint=f"http://{name}.{namespace}.svc.cluster.local:{port}",
+            conditions=list(current.get("conditions") or []), now=datetime.now(UTC), invalid=invalid)
+        if not status_changed(current, desired):
+            return False
+        try:
+            patched = await self._api.patch("TTSService", namespace, name, {"status": desired}, sub="status")
+        except ApiError as exc:
+            if exc.status == 404:  # deleted meanwhile: nothing to report on
+                self._wrote.pop(key, None)
+                return False
+            raise
+        version = str(((patched or {}).get("metadata") or {}).get("resourceVersion") or "")
+        self._wrote[key] = _Wrote({**current, **desired}, version, self._clock())
+        self.writes += 1
+        return True
