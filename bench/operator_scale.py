@@ -13,7 +13,7 @@ For each N, on a fresh emulator (tests/support/kube_emulator.py, kmock) and a fr
      requests net of the idle rate);
   5. the operator's memory (VmRSS / VmHWM from /proc) after each phase.
 Times come from the emulator itself (each stored change is stamped when it happens), so polling adds nothing.
-The operator runs with its production defaults (status every 2 s, level check every 30 s) unless
+The operator runs with its production defaults (status 0.5 s after a change, level check every 30 s) unless
 --status-seconds / --recheck-seconds say otherwise.
 """
 
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pods-per-gpu", type=int, default=4, help="pods sharing one GPU (default 4)")
     p.add_argument("--idle-seconds", type=float, default=31.0,
                    help="idle window for the background rate (default 31: one level check of every service)")
-    p.add_argument("--status-seconds", help="RESIDENCY_STATUS_SECONDS for the operator (default: its 2)")
+    p.add_argument("--status-seconds", help="RESIDENCY_STATUS_SECONDS for the operator (default: its 0.5)")
     p.add_argument("--recheck-seconds", help="RESIDENCY_RECHECK_SECONDS for the operator (default: its 30)")
     p.add_argument("--json", help="write results here (default bench/results/operator-<time>.json)")
     args = p.parse_args(argv)
