@@ -2,30 +2,101 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from tts_runtime.engine import ModelSpec
-from tts_runtime.engine.hibari_backend import HibariBackend, available_voices
+from tts_runtime.engine.backends import Blob
+from tts_runtime.engine.hibari_backend import CPU_ONLY, HibariBackend, available_voices, deep_sizeof
 from tts_runtime.residency import InvalidRequestError
 
+TEXT = "Good morning, Zorblatt."  # an unknown word: the OOV net runs too
 
-def test_offload_drops_the_session_and_restore_rebuilds_it() -> None:
+
+@pytest.fixture(scope="module")
+def loaded() -> Iterator[HibariBackend]:
     b = HibariBackend(ModelSpec(name="hibari"), "cpu")
     b.load()
-    assert "heart" in b.engines and b.stats().host_bytes > 7_000_000 and b.stats().sample_rate == 24000
-    first, sr = b.synthesize("Good morning.", "heart", 1.0)
+    yield b
+    b.close()
+
+
+def test_offload_drops_the_session_and_restore_rebuilds_it(loaded: HibariBackend) -> None:
+    b = loaded
+    model = len(b.model_bytes["heart"])
+    assert "heart" in b.engines and model > 7_000_000 and b.stats().sample_rate == 24000
+    first, sr = b.synthesize(TEXT, "heart", 1.0)
     assert sr == 24000 and first.dtype.name == "float32" and first.size > 0
+    session, g2p = b.engines["heart"].sess, b.g2p[False]
     b.offload()
-    assert b.engines == {} and b.stats().host_bytes > 7_000_000  # bytes stay in RAM
+    assert b.engines == {} and b.stats().host_bytes > model  # bytes stay in RAM
     b.restore()
-    again, _ = b.synthesize("Good morning.", "heart", 1.0)
+    assert b.engines["heart"].sess is not session  # a new session...
+    assert b.engines["heart"]._g2p is g2p and g2p._oov is not None  # ...the same G2P and OOV net
+    again, _ = b.synthesize(TEXT, "heart", 1.0)
     assert again.tobytes() == first.tobytes()
-    faster, _ = b.synthesize("Good morning.", None, 1.5)
+    faster, _ = b.synthesize(TEXT, None, 1.5)
     assert faster.size < first.size
     with pytest.raises(InvalidRequestError, match="unknown voice"):
         b.synthesize("x", "zz", 1.0)
+
+
+def test_host_bytes_count_the_optimised_graph_and_the_g2p(loaded: HibariBackend) -> None:
+    b = loaded
+    assert b.optimised_for == CPU_ONLY and b.optimised["heart"] != b.model_bytes["heart"]
+    onnx = len(b.model_bytes["heart"]) + len(b.optimised["heart"])
+    g2p = deep_sizeof(b.g2p[False])
+    assert g2p > 20_000_000  # the lexicons and tagger are tens of MB of Python objects
+    assert b.stats().host_bytes >= onnx + g2p
+    assert deep_sizeof({"a": "x" * 1000}) > 1000 > deep_sizeof({"a": 1})
+
+
+def test_optimised_bytes_are_used_only_for_the_providers_they_were_made_for(loaded: HibariBackend) -> None:
+    b = loaded
+    good, target = dict(b.optimised), b.optimised_for
+    try:
+        b.offload()
+        b.optimised = {"heart": b"not a model"}
+        b.optimised_for = ("CUDAExecutionProvider", "CPUExecutionProvider")
+        b.restore()  # not made for the CPU: the original bytes are used
+        assert "heart" in b.engines
+        b.offload()
+        b.optimised_for = CPU_ONLY
+        with pytest.raises(Exception, match="INVALID_PROTOBUF"):
+            b.restore()  # made for the CPU: used (and these are broken)
+        assert b.engines == {}  # rolled back
+    finally:
+        b.optimised, b.optimised_for = good, target
+        b.restore()
+
+
+def test_a_fresh_backend_adopting_the_host_copy_speaks_the_same(loaded: HibariBackend) -> None:
+    want, _ = loaded.synthesize(TEXT, "heart", 1.0)
+    blobs = [Blob(x.key, dict(x.meta), memoryview(bytes(x.data))) for x in loaded.host_blobs()]
+    assert {x.key for x in blobs} == {"heart", "heart@optimised"}
+    fresh = HibariBackend(ModelSpec(name="hibari"), "cpu")
+    fresh.adopt_host(blobs)
+    assert fresh.engines == {} and fresh.optimised_for == CPU_ONLY
+    assert fresh.optimised["heart"] == loaded.optimised["heart"]
+    fresh.restore()  # builds the host side it did not get (G2P) and the session from the optimised bytes
+    got, _ = fresh.synthesize(TEXT, "heart", 1.0)
+    assert got.tobytes() == want.tobytes()
+    assert fresh.stats().host_bytes == loaded.stats().host_bytes
+    fresh.close()
+    assert fresh.stats().host_bytes == 0 and fresh.g2p == {}
+
+
+def test_cuda_asked_without_a_cuda_provider_runs_on_cpu() -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this host has the CUDA provider")
+    b = HibariBackend(ModelSpec(name="hibari"), "cuda:0")
+    b.load()
+    assert b.providers == ["CPUExecutionProvider"] and b.stats().device == "cpu"
+    assert b.optimised_for == CPU_ONLY and "heart" in b.optimised
     b.close()
-    assert b.stats().host_bytes == 0
 
 
 def test_only_offline_voices_are_offered() -> None:
