@@ -26,6 +26,9 @@ class Stats:
     device: str
     vram_bytes: int = 0
     host_bytes: int = 0
+    # What the weights take on the device, i.e. what a load or restore must find free; 0 means the host
+    # copy's size (torch). Less than host_bytes when the host also keeps helpers (hibari's G2P).
+    device_bytes: int = 0
     voices: list[str] = field(default_factory=list)
     sample_rate: int = 0
 

@@ -226,6 +226,7 @@ class HibariBackend:
             device="cuda:0" if on_gpu else "cpu",
             vram_bytes=0,  # onnxruntime does not say; the engine measures the worker with NVML
             host_bytes=kept + self.host_side_bytes,
+            device_bytes=sum(len(b) for b in self.model_bytes.values()),
             voices=list(self.model_bytes),
             sample_rate=SAMPLE_RATE,
         )

@@ -34,7 +34,7 @@ class Slot:
     last_used: float = 0.0  # monotonic of the last lease end (eviction order)
     last_used_wall: datetime | None = None
     used_since_restore: bool = False
-    known_bytes: int = 0  # host-copy size from the last load: what a restore needs on the GPU
+    known_bytes: int = 0  # the weights' device size from the last load: what a restore needs on the GPU
     demand_bytes: int = 0
     demand_until: float = 0.0
     transitions: dict[str, float] = field(default_factory=dict)

@@ -137,7 +137,7 @@ class VerbRunner:
                 ex.close()
                 return self._failed_load(slot, e)
             slot.executor, slot.error, slot.failures = ex, None, 0
-            slot.known_bytes = slot.stats.host_bytes
+            slot.known_bytes = slot.stats.device_bytes or slot.stats.host_bytes
             return State.GPU, None, None
         ex = slot.executor  # RESTORE
         assert ex is not None

@@ -18,6 +18,7 @@ import threading
 import time
 import traceback
 import uuid
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
@@ -205,12 +206,7 @@ class WorkerExecutor:
                 self._shm = SharedMemory(name=self._shm_name)
             self._call_locked("exit", (), 30.0)
             self._reap()
-        self.stats = Stats(
-            device=self.stats.device,
-            host_bytes=self.stats.host_bytes,
-            voices=self.stats.voices,
-            sample_rate=self.stats.sample_rate,
-        )
+        self.stats = replace(self.stats, vram_bytes=0)
         return self.stats
 
     def restore(self, timeout: float) -> Stats:
@@ -222,12 +218,7 @@ class WorkerExecutor:
             if self.exit_on_offload and self._shm is not None:
                 # The model stays `cpu`, and in this mode `cpu` holds no process and no CUDA context.
                 self._stop_worker()
-                self.stats = Stats(
-                    device=self.stats.device,
-                    host_bytes=self.stats.host_bytes,
-                    voices=self.stats.voices,
-                    sample_rate=self.stats.sample_rate,
-                )
+                self.stats = replace(self.stats, vram_bytes=0)
             raise
         return self.stats
 
