@@ -138,18 +138,23 @@ def test_each_child_is_posted_exactly_once(kube_api: KubeAPI, run_operator: Call
     assert _child_posts(_operator_requests(kube_api)) == {child: 1 for child in CHILDREN}
 
 
-def test_children_of_a_deleted_service_stay_deleted(
-        kube_api: KubeAPI, run_operator: Callable[..., Process]) -> None:
-    """The garbage collector deletes the children; their DELETED events can come before the TTSService
-    leaves the operator's index, and must not bring back children owned by a deleted TTSService."""
+def _three_services_applied(kube_api: KubeAPI, run_operator: Callable[..., Process]) -> tuple[list[str], int]:
+    """Three TTSServices with all their children, settled; requests after the mark are re-creations."""
     run_operator(**FAST)
     namespaces = [f"ns-{i}" for i in range(3)]
     for namespace in namespaces:
         kube_api.create("ttsservices", _service_in(namespace))
     for namespace in namespaces:
         _wait_children(kube_api, namespace)
-    time.sleep(SETTLE)  # past the creation: every later POST is a re-creation
-    before = len(list(kube_api.emulator))
+    time.sleep(SETTLE)
+    return namespaces, len(list(kube_api.emulator))
+
+
+def test_children_of_a_deleted_service_stay_deleted(
+        kube_api: KubeAPI, run_operator: Callable[..., Process]) -> None:
+    """The garbage collector deletes the children; their DELETED events can come before the TTSService
+    leaves the operator's index, and must not bring back children owned by a deleted TTSService."""
+    namespaces, before = _three_services_applied(kube_api, run_operator)
     for namespace in namespaces:
         kube_api.delete("ttsservices", namespace, "voice")
     time.sleep(SETTLE)
@@ -162,14 +167,7 @@ def test_a_service_deleted_and_applied_again_gets_its_children_once(
         kube_api: KubeAPI, run_operator: Callable[..., Process]) -> None:
     """Delete and re-apply at once: the old children's DELETED events arrive while the new TTSService is
     being created. Each new child is POSTed once (by the create handler), owned by the new TTSService."""
-    run_operator(**FAST)
-    namespaces = [f"ns-{i}" for i in range(3)]
-    for namespace in namespaces:
-        kube_api.create("ttsservices", _service_in(namespace))
-    for namespace in namespaces:
-        _wait_children(kube_api, namespace)
-    time.sleep(SETTLE)
-    before = len(list(kube_api.emulator))
+    namespaces, before = _three_services_applied(kube_api, run_operator)
     uids = {}
     for namespace in namespaces:
         kube_api.delete("ttsservices", namespace, "voice")
