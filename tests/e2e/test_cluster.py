@@ -118,6 +118,18 @@ def _start(args: list[str], log: Path, **env: str) -> Process:
     return Process(args, {**os.environ, "KUBECONFIG": KUBECONFIG, "PYTHONUNBUFFERED": "1", **env}, log)
 
 
+def _models_env(cluster: Cluster, name: str) -> dict[str, str]:
+    """The models the operator gave the pod's `runtime` container, for a local stand-in of it."""
+    deployment = cluster.apps.read_namespaced_deployment(name, cluster.namespace)
+    return {
+        env.name: env.value
+        for container in deployment.spec.template.spec.containers
+        if container.name == "runtime"
+        for env in container.env or []
+        if env.name == "TTS_RUNTIME_MODELS_JSON" and env.value
+    }
+
+
 def _stand_in_pod(cluster: Cluster, service: str) -> str:
     """A pod as the Deployment would make it, for a server without controllers: it stays Pending."""
     deployment = cluster.apps.read_namespaced_deployment(service, cluster.namespace, _preload_content=False)
@@ -198,7 +210,12 @@ def test_operator_agent_and_runtime_on_a_real_cluster(cluster: Cluster, tmp_path
             pod_name = cluster.pods(name)[0]["metadata"]["name"]
             token = tmp_path / "admin-token"
             runtime = start_runtime(
-                tmp_path / "runtime.log", "--host", "127.0.0.1", "--admin-token-file", str(token)
+                tmp_path / "runtime.log",
+                "--host",
+                "127.0.0.1",
+                "--admin-token-file",
+                str(token),
+                env=_models_env(cluster, name),  # what the pod's runtime container would serve
             )
             procs.append(runtime)
             runtime_url = runtime.url
