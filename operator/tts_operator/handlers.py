@@ -34,7 +34,7 @@ from tts_operator.reconcile import (
     patch_annotations,
     sync_policy,
 )
-from tts_operator.sharing import plan_gpu_sharing, request_id
+from tts_operator.sharing import Touched, plan_gpu_sharing, request_id
 from tts_operator.spec import InvalidSpecError, TTSServiceSpec, parse_spec
 from tts_operator.status import PodInfo
 from tts_operator.statuswriter import Debouncer, ServiceKey, StatusWriter
@@ -89,7 +89,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.server_timeout = 600
     memo["api"] = Api()
     memo["images"] = Images.from_env()
-    memo["issued"] = set()
     memo["written"] = Written()
     memo["sharing"] = SharingPasses()
 
@@ -180,6 +179,7 @@ async def reconcile_service(name: str, namespace: str | None, uid: str, spec: ko
     ns, pods_by_service = namespace or "", _pod_index(kw)
     await _reconcile(name, ns, uid, dict(spec), memo, _pods(pods_by_service, ns, name),
                      _known_children(kw, ns, name))
+    await _resync_sharing(memo, ns, name, kw)
 
 
 def _spread(memo: kopf.Memo, name: str, namespace: str | None, **_: Any) -> float:
@@ -200,6 +200,17 @@ async def recheck_service(name: str, namespace: str | None, uid: str, spec: kopf
     with contextlib.suppress(kopf.PermanentError):
         await _reconcile(name, ns, uid, dict(spec), memo, _pods(pods_by_service, ns, name),
                          _known_children(kw, ns, name))
+    await _resync_sharing(memo, ns, name, kw)
+
+
+async def _resync_sharing(memo: kopf.Memo, namespace: str, name: str, kw: dict[str, Any]) -> None:
+    """Re-plan the groups of a service's pods: its budget may have changed, and a pass whose PATCH failed
+    is retried here (pod events re-plan only their own groups)."""
+    services, pods_by_service = _service_index(kw), _pod_index(kw)
+    touched = cast(SharingPasses, memo["sharing"]).touched
+    for pod in _pods(pods_by_service, namespace, name):
+        touched.pod_event(pod)
+    await _sync_sharing(_api(memo), memo, services, pods_by_service)
 
 
 def _owner_ref(body: kopf.Body) -> dict[str, Any] | None:
@@ -278,6 +289,7 @@ async def pod_changed(type: str, body: kopf.Body, namespace: str | None, labels:
     entries = list(services.get((namespace or "", service), []))
     pod = ObservedPod.from_pod(body)
     _status(memo).mark((namespace or "", service))
+    cast(SharingPasses, memo["sharing"]).touched.pod_event(pod, gone=type == "DELETED")
     if type == "DELETED":
         written.forget(pod.key)
     elif entries:
@@ -293,37 +305,45 @@ async def pod_changed(type: str, body: kopf.Body, namespace: str | None, labels:
 @dataclass
 class SharingPasses:
     """One sharing pass at a time. Every pod event asks for one; passes running side by side would plan from
-    different moments of the index and write each other's older values back."""
+    different moments of the index and write each other's older values back. A pass plans only the GPU
+    groups the events since the last pass touched: the cost of an event is its group, not the cluster."""
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    wanted: bool = False
+    touched: Touched = field(default_factory=Touched)
+    # request id -> the pod it was sent to: a pass prunes only the ids of the pods it planned.
+    issued: dict[str, str] = field(default_factory=dict)
 
 
 async def _sync_sharing(api: Api, memo: kopf.Memo, services: kopf.Index[tuple[str, str], Any],
                         pods_by_service: kopf.Index[tuple[str, str], PodInfo]) -> None:
-    """Run a sharing pass, or, while one runs, have it run once more when it ends: the indexes are live, so
-    that pass sees every event that asked meanwhile (a burst of reports is a pass or two, not one each)."""
+    """Run a sharing pass, or, while one runs, leave what was touched to the next one, run when it ends: the
+    indexes are live, so that pass sees every event that asked meanwhile (a burst of reports is a pass or
+    two, not one each)."""
     passes = cast(SharingPasses, memo["sharing"])
-    passes.wanted = True
     if passes.lock.locked():
         return
     async with passes.lock:
-        while passes.wanted:
-            passes.wanted = False
-            await _sharing_pass(api, memo, services, pods_by_service)
+        while passes.touched:
+            await _sharing_pass(api, memo, passes, passes.touched.take(), services, pods_by_service)
 
 
-async def _sharing_pass(api: Api, memo: kopf.Memo, services: kopf.Index[tuple[str, str], Any],
+def _budgets(services: kopf.Index[tuple[str, str], Any], pods: list[PodInfo]) -> dict[str, int | None]:
+    budgets: dict[str, int | None] = {}
+    for namespace, name in {(p.namespace, p.service) for p in pods}:
+        for entry in services.get((namespace, name), []):
+            gpu = (entry["spec"].get("gpu") or {}) if isinstance(entry["spec"], dict) else {}
+            budgets[f"{namespace}/{name}"] = gpu.get("memoryBudgetBytes")
+    return budgets
+
+
+async def _sharing_pass(api: Api, memo: kopf.Memo, passes: SharingPasses, touched: Touched,
+                        services: kopf.Index[tuple[str, str], Any],
                         pods_by_service: kopf.Index[tuple[str, str], PodInfo]) -> None:
     written = _written(memo)
     # What the pods hold: the index, plus what this operator wrote that the index does not show yet.
-    pods = [written.effective(pod) for store in pods_by_service.values() for pod in store]
-    budgets: dict[str, int | None] = {}
-    for (namespace, name), store in services.items():
-        for entry in store:
-            gpu = (entry["spec"].get("gpu") or {}) if isinstance(entry["spec"], dict) else {}
-            budgets[f"{namespace}/{name}"] = gpu.get("memoryBudgetBytes")
-    issued: set[str] = memo["issued"]
+    pods = [written.effective(pod) for pod in touched.select(
+        pod for store in pods_by_service.values() for pod in store)]
+    issued = passes.issued
     # A peer that removed its request (the acknowledgement) but has not reported since is still freeing that
     # memory: the plan must see it as asked, or a pass in between would ask one more peer for the same bytes.
     # Agents now acknowledge in the same patch as their new report, so this is a safety net: for an agent
@@ -331,13 +351,17 @@ async def _sharing_pass(api: Api, memo: kopf.Memo, services: kopf.Index[tuple[st
     current = {p.key: request_id(p) for p in pods}
     pods = [replace(p, offload_request=ACKNOWLEDGED) if not p.offload_request and current[p.key] in issued
             else p for p in pods]
-    changes = plan_gpu_sharing(pods, budgets, datetime.now(UTC), frozenset(issued))
-    # An id names one report of one pod, and reports only move forward: ids of superseded reports go.
-    issued.intersection_update(current.values())
+    changes = plan_gpu_sharing(pods, _budgets(services, pods), datetime.now(UTC), frozenset(issued))
+    # An id names one report of one pod, and reports only move forward: ids of superseded reports go (of the
+    # pods planned here, and of touched pods that are gone; any other pod's report has not moved).
+    planned = touched.pods | current.keys()
+    live = set(current.values())
+    for rid in [rid for rid, key in issued.items() if key in planned and rid not in live]:
+        del issued[rid]
     by_key = {pod.key: pod for pod in pods}
     for key, values in changes.items():
         if key in by_key:
             await patch_annotations(api, by_key[key], values, written)
             request = ann.parse(ann.OffloadRequestValue, values.get(ann.OFFLOAD_REQUEST))
             if request is not None:
-                issued.add(request.id)
+                issued[request.id] = key

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from tts_operator import annotations as ann
@@ -14,7 +15,8 @@ from tts_operator.status import PodInfo
 Changes = dict[str, dict[str, str | None]]
 
 
-def _group(pod: PodInfo) -> str | None:
+def gpu_group(pod: PodInfo) -> str | None:
+    """The GPU a pod shares ("node/gpu-uuid"), or None: terminating, not placed, or not on a GPU."""
     if pod.terminating or pod.residency is None or pod.residency.gpu is None or not pod.node:
         return None
     return f"{pod.node}/{pod.residency.gpu.uuid}"
@@ -48,15 +50,53 @@ def request_id(peer: PodInfo) -> str:
     return hashlib.sha256(f"{peer.key}|{report}".encode()).hexdigest()[:16]
 
 
+@dataclass
+class Touched:
+    """What the pod events since the last sharing pass touched: GPU groups, and pods in none.
+
+    Groups do not interact, so a pass that plans only these sees all that can have changed. A pod's group
+    before the event counts too (it moved, stopped reporting a GPU or went), so its old peers drop it."""
+
+    groups: set[str] = field(default_factory=set)
+    pods: set[str] = field(default_factory=set)
+    # pod key -> the group its last event showed; the index only holds the new one.
+    _last: dict[str, str | None] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.groups or self.pods)
+
+    def pod_event(self, pod: PodInfo, gone: bool = False) -> None:
+        group = None if gone else gpu_group(pod)
+        old = self._last.pop(pod.key, None)
+        if not gone:
+            self._last[pod.key] = group
+        self.groups.update(g for g in (old, group) if g is not None)
+        # A pod outside every group may hold a stale `gpu-share` to remove; its key also scopes the
+        # pruning of the request ids issued to it.
+        self.pods.add(pod.key)
+
+    def take(self) -> Touched:
+        """Hand the touched set to a pass and start a new one (the group memory stays)."""
+        taken = Touched(self.groups, self.pods)
+        self.groups, self.pods = set(), set()
+        return taken
+
+    def select(self, pods: Iterable[PodInfo]) -> list[PodInfo]:
+        """The pods a pass plans: every member of a touched group (a pod's peers come with it) and the
+        touched pods."""
+        return [p for p in pods if p.key in self.pods or gpu_group(p) in self.groups]
+
+
 def plan_gpu_sharing(pods: list[PodInfo], budgets: Mapping[str, int | None], now: datetime,
                      issued: frozenset[str] = frozenset()) -> Changes:
     """Annotation changes that bring every pod's `gpu-share` and `offload-request` to what the pods' reports
-    call for. `budgets` maps "ns/service" to its memory budget; `issued` holds request ids already sent
-    (so an acknowledged request is not sent again for the same demand report). Deterministic."""
+    call for. A pod's peers are the pods given with it: give whole groups (`Touched.select`). `budgets`
+    maps "ns/service" to its memory budget; `issued` holds request ids already sent (so an
+    acknowledged request is not sent again for the same demand report). Deterministic."""
     changes: Changes = {}
     groups: dict[str, list[PodInfo]] = defaultdict(list)
     for pod in sorted(pods, key=lambda p: p.key):
-        group = _group(pod)
+        group = gpu_group(pod)
         if group is not None:
             groups[group].append(pod)
         elif pod.gpu_share is not None and not pod.terminating:

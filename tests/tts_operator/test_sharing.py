@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from tts_operator import annotations as ann
-from tts_operator.sharing import plan_gpu_sharing
+from tts_operator.sharing import Touched, plan_gpu_sharing
 from tts_operator.status import PodInfo
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -68,3 +69,57 @@ def test_pending_request_is_not_duplicated() -> None:
     pods = [_pod("hi", "s1", [_model("unloaded", demand=100)]),
             _pod("idle", "s2", [_model("gpu", 300)], offload_request='{"id":"x"}')]
     assert all(ann.OFFLOAD_REQUEST not in c for c in plan_gpu_sharing(pods, {}, NOW).values())
+
+
+def _peers(changes: dict[str, dict[str, str | None]], key: str) -> list[str]:
+    share = ann.parse(ann.GpuShareValue, changes[key][ann.GPU_SHARE])
+    assert share is not None
+    return [p.pod for p in share.peers]
+
+
+def test_a_pass_plans_only_the_groups_its_events_touched() -> None:
+    pods = [_pod("a", "s1", [_model("gpu", 1)]), _pod("b", "s2", [_model("gpu", 2)]),
+            _pod("c", "s3", [_model("gpu", 3)], gpu="GPU-2"),
+            _pod("d", "s4", [_model("gpu", 4)], gpu="GPU-2")]
+    # Every pod lacks its share annotation: planning the whole cluster would write all four.
+    assert set(plan_gpu_sharing(pods, {}, NOW)) == {"ns/a", "ns/b", "ns/c", "ns/d"}
+    touched = Touched()
+    touched.pod_event(pods[0])
+    taken = touched.take()
+    assert not touched and taken.groups == {"n1/GPU-1"}
+    selected = taken.select(pods)
+    assert [p.key for p in selected] == ["ns/a", "ns/b"]  # the untouched pod's peer comes with it
+    changes = plan_gpu_sharing(selected, {}, NOW)
+    assert set(changes) == {"ns/a", "ns/b"} and _peers(changes, "ns/b") == ["ns/a"]
+
+
+def test_a_pod_that_moves_or_goes_replans_its_old_group_too() -> None:
+    a, b = _pod("a", "s1", [_model("gpu", 1)]), _pod("b", "s2", [_model("gpu", 2)])
+    c = _pod("c", "s3", [_model("gpu", 3)], gpu="GPU-2")
+    touched = Touched()
+    for pod in (a, b, c):
+        touched.pod_event(pod)
+    b = replace(b, gpu_share=plan_gpu_sharing([a, b], {}, NOW)["ns/b"][ann.GPU_SHARE])
+    touched.take()
+    moved = _pod("a", "s1", [_model("gpu", 1)], gpu="GPU-2")
+    touched.pod_event(moved)
+    taken = touched.take()
+    assert taken.groups == {"n1/GPU-1", "n1/GPU-2"}
+    changes = plan_gpu_sharing(taken.select([moved, b, c]), {}, NOW)
+    assert _peers(changes, "ns/b") == [] and _peers(changes, "ns/a") == ["ns/c"]
+
+    touched.pod_event(c, gone=True)  # deleted: its peers drop it, and it is not remembered
+    taken = touched.take()
+    assert taken.groups == {"n1/GPU-2"} and [p.key for p in taken.select([moved, b])] == ["ns/a"]
+    touched.pod_event(c)
+    assert touched.take().groups == {"n1/GPU-2"}  # a new pod under the name: only its own group
+
+
+def test_a_touched_pod_outside_every_group_loses_its_stale_share() -> None:
+    off = _pod("a", "s1", [_model("cpu")], gpu=None, gpu_share="stale")
+    other = _pod("b", "s2", [_model("cpu")], gpu=None, gpu_share="stale")
+    touched = Touched()
+    touched.pod_event(off)
+    taken = touched.take()
+    assert taken.groups == set()
+    assert plan_gpu_sharing(taken.select([off, other]), {}, NOW) == {"ns/a": {ann.GPU_SHARE: None}}
