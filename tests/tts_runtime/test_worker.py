@@ -1,7 +1,8 @@
-"""Models executing in worker processes: lifecycle, shared-memory host copy, crashes, hangs, hibari."""
+"""Models executing in worker processes: lifecycle, shared memory, standby, crashes, hangs, hibari."""
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import signal
 import threading
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tts_runtime.engine import Engine
+from tts_runtime.engine import Engine, ModelSpec
+from tts_runtime.engine.worker import WorkerExecutor
 from tts_runtime.residency import (
     InsufficientGpuMemoryError,
     InvalidRequestError,
@@ -38,6 +40,26 @@ def worker_pids(e: Engine) -> list[int]:
 
 def shm_blocks() -> set[str]:
     return {p.name for p in Path("/dev/shm").glob(f"tts-{os.getpid()}-*")}
+
+
+def executor(e: Engine, name: str = "tiny") -> WorkerExecutor:
+    ex = e._slot(name).executor
+    assert isinstance(ex, WorkerExecutor)
+    return ex
+
+
+def gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        mp.active_children()  # reaps exited children, so a dead one stops answering os.kill
+        if not alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def model_children() -> list[str]:
+    return [c.name for c in mp.active_children() if c.name.startswith("tts-")]
 
 
 def test_keep_worker_lifecycle_and_release_ends_the_worker(make_engine, tiny_spec) -> None:
@@ -159,7 +181,80 @@ def test_exit_worker_failed_restore_stays_cpu_without_a_process(make_engine, tin
         e.acquire("tiny")  # the new worker runs out of memory restoring
     r = e.model_report("tiny")
     assert r.state == State.CPU and r.vram_bytes == 0 and r.host_bytes > 0
-    assert worker_pids(e) == []  # `cpu` in exit-worker mode: no process, no CUDA context
+    assert worker_pids(e) == []  # `cpu` in exit-worker mode: no CUDA context, only a standby
+    standby = executor(e).standby_pid()
+    assert standby is not None and alive(standby)
     assert len(shm_blocks()) == 1  # the host copy is still there
     with e.lease("tiny") as lease:
         assert lease.synthesize("again").samples.tobytes() == before.tobytes()
+    assert worker_pids(e) == [standby]
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm")
+def test_exit_worker_standby_is_warm_without_cuda_and_serves_the_restore(make_engine, tiny_spec) -> None:
+    e = make_engine([tiny_spec(execution="worker", cpu_mode="exit-worker", policy=KEEP)])
+    with e.lease("tiny") as lease:
+        before = lease.synthesize("warm").samples
+    [pid] = worker_pids(e)
+    ex = executor(e)
+    assert ex.standby_pid() is None  # no standby while a worker serves
+    e.offload("tiny")
+    standby = ex.standby_pid()
+    assert standby is not None and standby != pid and alive(standby) and gone(pid)
+    assert worker_pids(e) == []  # the standby can hold no GPU memory, so it is not a GPU process
+    status = ex.standby_status()
+    assert status["pid"] == standby and status["cuda_initialized"] is False
+    assert {"torch", "tts_runtime.engine.torch_backend", "tts_runtime.testing.tiny"} <= set(status["modules"])
+    [block] = shm_blocks()
+    assert block not in Path(f"/proc/{standby}/maps").read_text()  # maps nothing until restore
+    with e.lease("tiny") as lease:
+        after = lease.synthesize("warm").samples
+    assert worker_pids(e) == [standby] and ex.standby_pid() is None  # the restore ran in the standby
+    assert after.tobytes() == before.tobytes()
+    e.offload("tiny")
+    second = ex.standby_pid()
+    assert second is not None and second != standby
+    e.release("tiny")
+    assert gone(second) and gone(standby) and model_children() == [] and shm_blocks() == set()
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm")
+def test_a_dead_standby_is_replaced_by_a_cold_spawn(make_engine, tiny_spec) -> None:
+    e = make_engine([tiny_spec(execution="worker", cpu_mode="exit-worker", policy=KEEP)])
+    with e.lease("tiny") as lease:
+        before = lease.synthesize("cold").samples
+    e.offload("tiny")
+    standby = executor(e).standby_pid()
+    assert standby is not None
+    os.kill(standby, signal.SIGKILL)
+    assert gone(standby)
+    with e.lease("tiny") as lease:
+        assert lease.synthesize("cold").samples.tobytes() == before.tobytes()
+    [pid] = worker_pids(e)
+    assert pid != standby and e.model_report("tiny").error is None
+    e.offload("tiny")
+    assert executor(e).standby_pid() not in (None, standby, pid)
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm")
+def test_standby_worker_off_leaves_no_process_and_shutdown_reaps_a_standby(make_engine, tiny_spec) -> None:
+    spec = ModelSpec.model_validate(
+        {
+            "name": "off",
+            "backend": "torch",
+            "factory": "tts_runtime.testing.tiny:factory",
+            "cpuMode": "exit-worker",
+            "standbyWorker": False,
+            "policy": KEEP,
+        }
+    )
+    assert spec.standby_worker is False and tiny_spec().standby_worker is True
+    e = make_engine([spec, tiny_spec(execution="worker", cpu_mode="exit-worker", policy=KEEP)])
+    for name in ("off", "tiny"):
+        e.load(name)
+        e.offload(name)
+    assert executor(e, "off").standby_pid() is None
+    standby = executor(e, "tiny").standby_pid()
+    assert standby is not None and model_children() == ["tts-standby-tiny"]
+    e.shutdown(drain_timeout=5.0)
+    assert gone(standby) and model_children() == []

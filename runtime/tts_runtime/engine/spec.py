@@ -44,6 +44,9 @@ class ModelSpec(BaseModel):
     load_timeout_seconds: float = Field(120.0, gt=0)
     request_timeout_seconds: float | None = Field(300.0, gt=0)
     cpu_mode: CpuMode = "auto"
+    # exit-worker only: keep a warm standby process (imports done, no CUDA, nothing mapped) while `cpu`, so
+    # restore skips the spawn and `import torch`; it costs host RAM (~the imports' RSS), never GPU bytes.
+    standby_worker: bool = True
     execution: Execution = "worker"
     device: str | None = None  # overrides the engine's device for this model ("cpu", "cuda:1")
     estimated_bytes: int | None = Field(None, ge=0)  # GPU bytes a first load needs (budget check)
