@@ -23,8 +23,6 @@ MANAGED_BY = "tts-operator"
 NAME_LABEL = "app.kubernetes.io/name"
 NAME = "residency"
 
-STATES = ("unloaded", "loading", "gpu", "offloading", "cpu", "restoring", "failed")
-
 
 class _Lenient(BaseModel):
     """Annotations come from other processes (maybe other versions): unknown keys are kept, not fatal."""

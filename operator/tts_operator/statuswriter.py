@@ -87,7 +87,6 @@ class StatusWriter:
         self._ttl = ttl
         self._clock = clock
         self._wrote: dict[ServiceKey, _Wrote] = {}
-        self.writes = 0
 
     def _current(self, key: ServiceKey, entry: dict[str, Any]) -> dict[str, Any]:
         wrote = self._wrote.get(key)
@@ -127,5 +126,4 @@ class StatusWriter:
             raise
         version = str(((patched or {}).get("metadata") or {}).get("resourceVersion") or "")
         self._wrote[key] = _Wrote({**current, **desired}, version, self._clock())
-        self.writes += 1
         return True

@@ -5,22 +5,17 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tts_runtime import __version__
 from tts_runtime.engine.spec import ModelsFileError, ModelSpec, load_model_specs, parse_model_specs
 from tts_runtime.residency import PolicyPatch
 
-# From the installed distribution: `tts_runtime.__version__` is unreachable when a test folder named
-# tts_runtime turns the package into a namespace package on sys.path.
-try:
-    VERSION = metadata.version("residency")
-except metadata.PackageNotFoundError:
-    VERSION = "0+unknown"
+VERSION = __version__
 
 DEFAULT_MODEL = "hibari"
 MAX_INPUT_CHARS = 4096

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from tts_runtime.engine import Engine
 from tts_runtime.residency import PolicyPatch, Verb
 from tts_runtime.server.state import AdminDep, EngineDep, RuntimeDep
 
@@ -56,7 +57,7 @@ async def get_model(model: str, engine: EngineDep) -> dict[str, Any]:
     }
 
 
-async def perform(engine: Any, model: str, verb: Verb) -> dict[str, Any]:
+async def perform(engine: Engine, model: str, verb: Verb) -> dict[str, Any]:
     """Run a blocking admin verb off the event loop; answer the model's new residency line."""
     name = engine.resolve(model)
     report = await run_in_threadpool(getattr(engine, verb.value), name)
