@@ -6,6 +6,9 @@ import os
 
 import pytest
 
+# A real API server for every test that asks for `kube_cluster` or `namespace` (support/cluster.py).
+pytest_plugins = ["support.cluster"]
+
 # Captured before any test module sets KUBECONFIG for the emulator: the e2e suite needs a real one.
 REAL_KUBECONFIG = os.environ.get("KUBECONFIG")
 
