@@ -1,16 +1,12 @@
-"""Suite-wide markers: gpu tests skip without CUDA; k8s tests skip without a real cluster."""
+"""Suite-wide fixtures and markers: gpu tests skip without CUDA; the real API server for Kubernetes tests."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-# A real API server for every test that asks for `kube_cluster` or `namespace` (support/cluster.py).
-pytest_plugins = ["support.cluster"]
-
-# Captured before any test module sets KUBECONFIG for the emulator: the e2e suite needs a real one.
-REAL_KUBECONFIG = os.environ.get("KUBECONFIG")
+# A real API server for every test that asks for `kube_cluster`, `namespace`, `kube_api` or `run_operator`
+# (support/cluster.py, support/kube.py): without one, those tests skip with one line saying how to run them.
+pytest_plugins = ["support.cluster", "support.kube"]
 
 
 def _cuda_available() -> bool:
@@ -26,5 +22,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords and not cuda:
             item.add_marker(pytest.mark.skip(reason="needs CUDA (run on a GPU machine)"))
-        if "k8s" in item.keywords and not REAL_KUBECONFIG:
-            item.add_marker(pytest.mark.skip(reason="needs KUBECONFIG pointing at a real cluster"))

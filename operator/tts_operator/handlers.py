@@ -43,6 +43,7 @@ from tts_operator.written import ObservedPod, Written
 G, V, P = ann.GROUP, ann.VERSION, ann.PLURAL
 MANAGED: dict[str, Any] = {
     ann.MANAGED_BY_LABEL: ann.MANAGED_BY, ann.SERVICE_LABEL: kopf.PRESENT}
+log = logging.getLogger(__name__)
 # A service's status is recomputed this long after the first event that may change it (a pod's report, a
 # spec change): the events of a storm within it are one write.
 STATUS_SECONDS = float(os.environ.get("RESIDENCY_STATUS_SECONDS", "0.5"))
@@ -242,37 +243,48 @@ def _child_event(plural: str) -> None:
 
     @kopf.on.event(group, version, plural, labels=MANAGED, id=f"child-{plural}")
     async def child_changed(type: str, body: kopf.Body, namespace: str | None, labels: kopf.Labels,
-                            memo: kopf.Memo, **kw: Any) -> None:
+                            memo: kopf.Memo, logger: kopf.Logger, **kw: Any) -> None:
         """A child deleted or edited by hand is put back at once (the timer would, later).
 
         ADDED and the initial listing (type None) are left alone: the create and resume handlers made or
-        checked those children, and acting on them too would race them (a second POST, answered 409)."""
-        if type not in ("DELETED", "MODIFIED"):
-            return
-        ref = _owner_ref(body)
+        checked those children, and acting on them too would race them (a second POST, answered 409).
+        Each event ends with one DEBUG line `child event TYPE PLURAL NS/NAME: OUTCOME` (what tests wait for
+        to know that the operator is done with an event)."""
         meta = body.get("metadata") or {}
-        if ref is None or (type == "MODIFIED" and meta.get("deletionTimestamp")):
-            return
-        service, ns = labels[ann.SERVICE_LABEL], namespace or ""
-        entries = [e for e in _service_index(kw).get((ns, service), []) if e["uid"] == ref.get("uid")]
-        if not entries or ref.get("name") != service:
-            return
-        try:
-            spec = parse_spec(entries[0]["spec"], service)
-        except InvalidSpecError:
-            return
-        desired = CHILD_BUILDERS[plural](_owner(service, ns, entries[0]["uid"], spec), _images(memo))
-        if desired["metadata"]["name"] != meta.get("name"):
-            return
-        observed = None if type == "DELETED" else dict(body)
-        if observed is not None and not needs_patch(desired, observed):
-            return  # status, or our own write coming back: nothing to put back
-        if not await _owner_alive(_api(memo), ns, service, entries[0]["uid"]):
-            return
-        try:
-            await apply_child(_api(memo), desired, observed)
-        except ForeignChildError:
-            return
+        outcome = await _child_outcome(plural, type, body, namespace, labels, memo, kw)
+        logger.debug(f"child event {type} {plural} {namespace}/{meta.get('name')}: {outcome}")
+
+
+async def _child_outcome(plural: str, type: str, body: kopf.Body, namespace: str | None, labels: kopf.Labels,
+                         memo: kopf.Memo, kw: dict[str, Any]) -> str:
+    """What `child_changed` did about one event of a child, in words."""
+    if type not in ("DELETED", "MODIFIED"):
+        return "left alone"
+    ref = _owner_ref(body)
+    meta = body.get("metadata") or {}
+    if ref is None or (type == "MODIFIED" and meta.get("deletionTimestamp")):
+        return "not ours or going"
+    service, ns = labels[ann.SERVICE_LABEL], namespace or ""
+    entries = [e for e in _service_index(kw).get((ns, service), []) if e["uid"] == ref.get("uid")]
+    if not entries or ref.get("name") != service:
+        return "owner gone"
+    try:
+        spec = parse_spec(entries[0]["spec"], service)
+    except InvalidSpecError:
+        return "owner spec invalid"
+    desired = CHILD_BUILDERS[plural](_owner(service, ns, entries[0]["uid"], spec), _images(memo))
+    if desired["metadata"]["name"] != meta.get("name"):
+        return "not a child the owner wants"
+    observed = None if type == "DELETED" else dict(body)
+    if observed is not None and not needs_patch(desired, observed):
+        return "as desired"  # status, or our own write coming back: nothing to put back
+    if not await _owner_alive(_api(memo), ns, service, entries[0]["uid"]):
+        return "owner deleted"
+    try:
+        await apply_child(_api(memo), desired, observed)
+    except ForeignChildError:
+        return "owned by another"
+    return "put back"
 
 
 for _plural in CHILD_BUILDERS:
@@ -281,8 +293,12 @@ for _plural in CHILD_BUILDERS:
 
 @kopf.on.event("pods", labels=MANAGED)
 async def pod_changed(type: str, body: kopf.Body, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo,
-                      **kw: Any) -> None:
-    """A new pod gets its service's policy as soon as it appears; sharing state follows every report."""
+                      logger: kopf.Logger, **kw: Any) -> None:
+    """A new pod gets its service's policy as soon as it appears; sharing state follows every report.
+
+    Logs `pod event TYPE NS/NAME at RV` at DEBUG once the policy is synced, before the sharing pass that
+    plans it; each run of sharing passes ends with `sharing passes done` (a test waits for both to know
+    that the operator is done with a pod's version)."""
     services, pods_by_service = _service_index(kw), _pod_index(kw)
     api, written = _api(memo), _written(memo)
     service = labels[ann.SERVICE_LABEL]
@@ -299,6 +315,8 @@ async def pod_changed(type: str, body: kopf.Body, namespace: str | None, labels:
             spec = None
         if spec is not None:
             await sync_policy(api, spec, [pod], written)
+    meta = body.get("metadata") or {}
+    logger.debug(f"pod event {type} {namespace}/{meta.get('name')} at {meta.get('resourceVersion')}")
     await _sync_sharing(api, memo, services, pods_by_service)
 
 
@@ -325,6 +343,7 @@ async def _sync_sharing(api: Api, memo: kopf.Memo, services: kopf.Index[tuple[st
     async with passes.lock:
         while passes.touched:
             await _sharing_pass(api, memo, passes, passes.touched.take(), services, pods_by_service)
+        log.debug("sharing passes done")
 
 
 def _budgets(services: kopf.Index[tuple[str, str], Any], pods: list[PodInfo]) -> dict[str, int | None]:

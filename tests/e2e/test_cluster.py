@@ -1,12 +1,11 @@
-"""End to end on the real cluster in KUBECONFIG: operator, agent and runtime around one TTSService.
+"""End to end on a real cluster: operator, agent and runtime around one TTSService.
 
-Works on a full cluster and on a bare API server alike: when no pod of the service runs (no kubelet, no
-controller-manager, no GPU), the test runs `tts-runtime serve` and `tts-operator agent --pod` as local
-processes for one pod, creating that pod itself (unscheduled, it stays Pending) if the Deployment never
-made one (at once when the cluster has no node). Everything it creates lives in a fresh namespace that it
-deletes at the end. CI runs this file unchanged against the strict API emulator
-(tests/tts_operator/test_e2e_on_emulator.py); by hand: `PYTHONPATH=tests python -m support.kube --strict DIR`,
-then `KUBECONFIG=DIR/kubeconfig pytest -m k8s tests/e2e`. What the emulator lacks goes into the emulator.
+The cluster is the session's (support/cluster.py): in CI the control plane of ../shared/k8s, by hand any
+cluster in KUBECONFIG (`pytest -m k8s tests/e2e`). Works on a full cluster and on a bare control plane alike:
+when no pod of the service runs (no kubelet, no GPU), the test runs `tts-runtime serve` and
+`tts-operator agent --pod` as local processes for one pod, creating that pod itself (unscheduled, it stays
+Pending) if the Deployment never made one (at once when the cluster has no node). Everything it creates lives
+in a fresh namespace that it deletes at the end.
 """
 
 from __future__ import annotations
@@ -22,23 +21,25 @@ import httpx
 import pytest
 import yaml
 
+from support.cluster import TEST_LABEL
+from support.cluster import Cluster as KubeCluster
 from support.procs import Process, executable, free_port, start_runtime, wait_for
 from tts_operator import annotations as ann
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-KUBECONFIG = os.environ.get("KUBECONFIG", "")
 GROUP, VERSION, PLURAL = ann.GROUP, ann.VERSION, ann.PLURAL
 
 
 class Cluster:
     """The real API server through the official client, plus what the test created (for clean-up)."""
 
-    def __init__(self) -> None:
+    def __init__(self, kubeconfig: Path) -> None:
         from kubernetes import client, config
 
-        self.api_client = config.new_client_from_config(config_file=KUBECONFIG)
+        self.kubeconfig = kubeconfig
+        self.api_client = config.new_client_from_config(config_file=str(kubeconfig))
         self.core = client.CoreV1Api(self.api_client)
         self.apps = client.AppsV1Api(self.api_client)
         self.crds = client.ApiextensionsV1Api(self.api_client)
@@ -83,11 +84,12 @@ class Cluster:
         return items
 
     def can_run_pods(self) -> bool:
-        """False on a bare API server: without a node (no kubelet) no pod ever runs."""
+        """False on a bare API server: without a node (no kubelet) no pod ever runs. The Nodes other tests
+        of this session made (support/cluster.py, kept Ready by the test session itself) run nothing."""
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return bool(self.core.list_node(limit=1).items)
+            return bool(self.core.list_node(label_selector=f"!{TEST_LABEL}", limit=1).items)
         except ApiException as err:
             if err.status in (401, 403):  # not allowed to look: assume a full cluster and wait for pods
                 return True
@@ -100,8 +102,8 @@ class Cluster:
 
 
 @pytest.fixture()
-def cluster() -> Iterator[Cluster]:
-    c = Cluster()
+def cluster(kube_cluster: KubeCluster) -> Iterator[Cluster]:
+    c = Cluster(kube_cluster.kubeconfig)
     c.core.create_namespace({"metadata": {"name": c.namespace, "labels": {"residency-e2e": "true"}}})
     try:
         yield c
@@ -114,8 +116,9 @@ def cluster() -> Iterator[Cluster]:
         c.api_client.close()
 
 
-def _start(args: list[str], log: Path, **env: str) -> Process:
-    return Process(args, {**os.environ, "KUBECONFIG": KUBECONFIG, "PYTHONUNBUFFERED": "1", **env}, log)
+def _start(cluster: Cluster, args: list[str], log: Path, **env: str) -> Process:
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "PYTHONUNBUFFERED": "1", **env}
+    return Process(args, env, log)
 
 
 def _models_env(cluster: Cluster, name: str) -> dict[str, str]:
@@ -173,6 +176,7 @@ def test_operator_agent_and_runtime_on_a_real_cluster(cluster: Cluster, tmp_path
     _create_when_served(cluster, example)
     procs: list[Process] = []
     operator = _start(
+        cluster,
         [executable("tts-operator"), "run", "--standalone", "--namespace", cluster.namespace],
         tmp_path / "operator.log",
     )
@@ -221,6 +225,7 @@ def test_operator_agent_and_runtime_on_a_real_cluster(cluster: Cluster, tmp_path
             runtime_url = runtime.url
             procs.append(
                 _start(
+                    cluster,
                     [
                         executable("tts-operator"),
                         "agent",

@@ -1,170 +1,303 @@
-"""Kubernetes for tests: the emulator served on a free port with a kubeconfig, blocking helpers, fixtures.
+"""Blocking helpers for tests on the real API server (support/cluster.py), scoped to one test's namespace.
 
-API (import as `from support.kube import ...`; fixtures are registered by `pytest_plugins = ["support.kube"]`
-in a conftest or test module):
+API (import as `from support.kube import ...`; the fixtures are registered for the whole suite by
+tests/conftest.py):
 
-- `KubeAPI(directory, strict=False)` — the emulator (`support.kube_emulator.Emulator`, see its docstring for
-  what it serves and how faithfully; strict mode is a fresh API server) running in a background thread on a
-  free port, with a kubeconfig file pointing at it (`.kubeconfig`, `.url`) and blocking helpers that go over
-  HTTP like any client:
-  `create(res, obj)` (a `status` in obj is then written through `/status`, as a controller would),
+- `KubeAPI(cluster, namespace, directory)` — blocking helpers that go over HTTPS like any client:
+  `create(res, obj)` (the namespace defaults to the test's; a `status` in obj is then written through
+  `/status`, as a controller would; a pod bound to a node gets that Node, kept Ready),
   `get(res, ns, name)` (None when absent), `list(res, ns=None, selector=None)`,
-  `patch(res, ns, name, patch, status=False)` (merge patch; a list is a JSON patch), `delete(res, ns, name)`,
-  `events(ns)`, `wait_for(fn, timeout=...)` (polls `fn()` until truthy, returns its value).
-  `res` is a plural from `RESOURCES` ("ttsservices", "pods", "deployments", "services", "serviceaccounts",
-  "roles", "rolebindings", "events", "namespaces", "nodes", "customresourcedefinitions"); `ns` is None for
-  cluster-scoped ones. `emulator=`, `user_agent=` and `timeout=` let a caller (the bench) bring its own
-  `Emulator` subclass and mark its own requests.
-- `make_pod(...)` — a running, ready pod of a TTSService as a Deployment would create it (labels, node).
-- Fixtures: `kube_api` (a fresh emulator per test, `KUBECONFIG` NOT set in this process),
-  `run_operator` (a factory: `run_operator(**env)` starts `tts-operator run --standalone --all-namespaces`
-  as a subprocess against `kube_api`, waits for its liveness endpoint, stops it at teardown; returns a
-  `Process` with `.logs()`).
-- Re-exported for existing importers: `Emulator`, `RESOURCES`, `selector_matches` (support.kube_emulator),
-  `Process`, `free_port`, `_executable` (support.procs).
+  `patch(res, ns, name, patch, status=False)` (merge patch; a list is a JSON patch), `delete(res, ns, name)`
+  (a pod is then removed at once, as its kubelet would once the containers stopped),
+  `events(ns)`, `wait_for(fn, timeout=..., what=...)` (polls `fn()` until truthy, returns its value),
+  `more_namespaces(count)` (fresh namespaces deleted with the test's).
+  `ns=None` means the test's namespace (`.namespace`). `res` is a plural from `RESOURCES`.
+  What a kubelet would do for a pod the Deployment made (it stays Pending on a control plane without
+  nodes): `run_pod(name, node="node-a", ready=True)` binds it to `node` as the scheduler does and writes its
+  status as the kubelet does; `run_service_pods(service, count, node=...)` waits for `count` pods of the
+  service and runs them. `.kubeconfig` (admin) and `.cluster` (the `Cluster`) for processes and kubectl.
+  `writes(user, since)`: the audit events (create/update/patch/delete) of `user` after `cluster.audit_mark()`.
+  `pod_versions(name=None)` -> `PodVersions`: every version of a pod (or of every pod of the namespace) from
+  now on, from a watch (`.seen(name=None)`).
+- `make_pod(service, name, namespace, node="node-a", annotations=None, ready=True)` — a running pod of a
+  TTSService as its Deployment would make it (the labels the operator selects on), for `create("pods", ...)`.
+- Fixtures: `kube_api` (a `KubeAPI` on a fresh namespace of the session's cluster), `run_operator` (a factory:
+  `run_operator(*more_namespaces, **env)` starts `tts-operator run --standalone -n NS` as a subprocess
+  watching the test's namespace (and `more_namespaces`, globs allowed) as its own ServiceAccount, waits for
+  its liveness endpoint, stops it at teardown; returns an `OperatorProcess` with `.logs()` and `.user`, the
+  audit user of its API calls, and `.wait_logged(text, count)`, a wait for the operator to say that it is
+  done with something: the positive signal a test waits for before checking that nothing else happened).
 """
 
 from __future__ import annotations
 
-import asyncio
 import builtins
-import json
+import copy
 import os
-import signal
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-import kmock
 import pytest
 
-from support.kube_emulator import RESOURCES, Emulator, selector_matches
-from support.procs import Process, free_port, wait_for
-from support.procs import executable as _executable
+from support.cluster import Cluster
+from support.procs import Process, executable, free_port, wait_for
 
-__all__ = ["RESOURCES", "Emulator", "KubeAPI", "Process", "_executable", "free_port", "kube_api", "make_pod",
-           "run_operator", "selector_matches"]
+__all__ = ["RESOURCES", "KubeAPI", "OperatorProcess", "PodVersions", "Process", "kube_api", "make_pod",
+           "run_operator"]
+
+# plural -> (group, version, kind, namespaced)
+RESOURCES: dict[str, tuple[str, str, str, bool]] = {
+    "ttsservices": ("tts.residency.dev", "v1alpha1", "TTSService", True),
+    "pods": ("", "v1", "Pod", True),
+    "services": ("", "v1", "Service", True),
+    "serviceaccounts": ("", "v1", "ServiceAccount", True),
+    "events": ("", "v1", "Event", True),
+    "namespaces": ("", "v1", "Namespace", False),
+    "nodes": ("", "v1", "Node", False),
+    "deployments": ("apps", "v1", "Deployment", True),
+    "replicasets": ("apps", "v1", "ReplicaSet", True),
+    "roles": ("rbac.authorization.k8s.io", "v1", "Role", True),
+    "rolebindings": ("rbac.authorization.k8s.io", "v1", "RoleBinding", True),
+    "customresourcedefinitions": ("apiextensions.k8s.io", "v1", "CustomResourceDefinition", False),
+}
+SERVICE_LABEL = "tts.residency.dev/service"
 
 
-
-def _path(plural: str, namespace: str | None = None, name: str | None = None, sub: str | None = None) -> str:
-    group, version, _, namespaced, _ = RESOURCES[plural]
+def path(plural: str, namespace: str | None = None, name: str | None = None, sub: str | None = None) -> str:
+    group, version, _, namespaced = RESOURCES[plural]
     base = f"/apis/{group}/{version}" if group else f"/api/{version}"
     if namespaced and namespace:
         base += f"/namespaces/{namespace}"
-    base += f"/{plural}"
-    if name:
-        base += f"/{name}"
-    if sub:
-        base += f"/{sub}"
-    return base
+    return "/".join(p for p in (f"{base}/{plural}", name, sub) if p)
 
 
 class KubeAPI:
-    """The emulator served from a background thread, with blocking HTTP helpers for tests."""
+    """Blocking helpers over the session's real API server, defaulting to one test's namespace."""
 
-    def __init__(self, directory: Path, strict: bool = False, *, emulator: Emulator | None = None,
-                 user_agent: str | None = None, timeout: float = 10.0) -> None:
-        self.emulator = Emulator() if emulator is None else emulator
-        self.emulator.strict = strict
-        self.emulator.declare_resources()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="kube-emulator", daemon=True)
-        self._thread.start()
-        self._server = kmock.Server(self.emulator)
-        self._run(self.emulator.__aenter__())
-        self._run(self._server.__aenter__())
-        self.url = str(self._server.url).rstrip("/")
-        self.kubeconfig = directory / "kubeconfig"
-        self.kubeconfig.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
-            "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
-            "users": [{"name": "tester", "user": {"token": "emulator"}}],
-            "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester",
-                                                          "namespace": "default"}}],
-        }))
-        headers = {"User-Agent": user_agent} if user_agent else None
-        self.http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
+    def __init__(self, cluster: Cluster, namespace: str, directory: Path) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.directory = directory
+        self.kubeconfig = cluster.kubeconfig
+        self._more: builtins.list[str] = []
+        self._watches: builtins.list[PodVersions] = []
 
-    def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
+    def more_namespaces(self, count: int) -> builtins.list[str]:
+        """`count` more fresh namespaces (`<namespace>-<i>`), deleted with the test's own."""
+        names = [f"{self.namespace}-{len(self._more) + i}" for i in range(count)]
+        for name in names:
+            self.cluster.kubectl("create", "namespace", name)
+            self._more.append(name)
+        return names
+
+    def pod_versions(self, name: str | None = None) -> PodVersions:
+        """Every version of pod `name` (or of every pod here) from now on, as a watch sees them (stopped with
+        the test)."""
+        versions = PodVersions(self, name)
+        self._watches.append(versions)
+        return versions
 
     def close(self) -> None:
-        self.http.close()
-        try:
-            self._run(self._server.__aexit__(None, None, None))
-            self._run(self.emulator.__aexit__(None, None, None))
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
+        for watch in self._watches:
+            watch.stop()
+        for name in self._more:
+            self.cluster.delete_namespace(name)
 
-    @staticmethod
-    def _check(response: httpx.Response) -> dict[str, Any]:
-        if response.status_code >= 400:
-            raise AssertionError(f"{response.request.method} {response.request.url}: "
-                                 f"{response.status_code} {response.text[:500]}")
-        data: dict[str, Any] = response.json()
+    def _ns(self, plural: str, namespace: str | None) -> str | None:
+        return (namespace or self.namespace) if RESOURCES[plural][3] else None
+
+    def _check(self, method: str, url: str, status: int, body: Any) -> dict[str, Any]:
+        if status >= 400:
+            raise AssertionError(f"{method} {url}: {status} {str(body)[:800]}")
+        data: dict[str, Any] = body or {}
         return data
 
+    def request(self, method: str, url: str, body: Any = None, content_type: str | None = None,
+                query: dict[str, str] | None = None) -> dict[str, Any]:
+        status, data = self.cluster.request(method, url, body, content_type, query)
+        return self._check(method, url, status, data)
+
     def create(self, plural: str, obj: dict[str, Any]) -> dict[str, Any]:
-        namespace = obj.get("metadata", {}).get("namespace", "default")
-        created = self._check(self.http.post(_path(plural, namespace), json=obj))
-        if obj.get("status") and "status" in RESOURCES[plural][4]:
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        namespace = self._ns(plural, meta.get("namespace"))
+        if namespace:
+            meta["namespace"] = namespace
+        if plural == "pods" and obj.get("spec", {}).get("nodeName"):
+            self.cluster.ensure_node(obj["spec"]["nodeName"])
+        created = self.request("POST", path(plural, namespace), obj)
+        if obj.get("status") and plural in ("pods", "ttsservices", "deployments"):
             # The API ignores status on create; a test's status is what a controller would write next.
-            created = self.patch(plural, namespace, created["metadata"]["name"], {"status": obj["status"]},
-                                 status=True)
+            created = self.patch(plural, namespace, meta["name"], {"status": obj["status"]}, status=True)
         return created
 
     def get(self, plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
-        response = self.http.get(_path(plural, namespace, name))
-        return None if response.status_code == 404 else self._check(response)
+        url = path(plural, self._ns(plural, namespace), name)
+        status, data = self.cluster.request("GET", url)
+        return None if status == 404 else self._check("GET", url, status, data)
 
     def list(self, plural: str, namespace: str | None = None, selector: str | None = None
-             ) -> list[dict[str, Any]]:
-        params = {"labelSelector": selector} if selector else {}
-        response = self.http.get(_path(plural, namespace), params=params)
-        items: list[dict[str, Any]] = self._check(response)["items"]
+             ) -> builtins.list[dict[str, Any]]:
+        query = {"labelSelector": selector} if selector else None
+        items: builtins.list[dict[str, Any]] = self.request(
+            "GET", path(plural, self._ns(plural, namespace)), query=query)["items"]
         return items
 
-    def patch(self, plural: str, namespace: str | None, name: str, patch: dict[str, Any] | builtins.list[Any],
-              status: bool = False) -> dict[str, Any]:
+    def patch(self, plural: str, namespace: str | None, name: str,
+              patch: dict[str, Any] | builtins.list[Any], status: bool = False) -> dict[str, Any]:
         kind = "json-patch+json" if isinstance(patch, list) else "merge-patch+json"
-        return self._check(self.http.patch(
-            _path(plural, namespace, name, "status" if status else None), content=json.dumps(patch),
-            headers={"Content-Type": f"application/{kind}"}))
+        url = path(plural, self._ns(plural, namespace), name, "status" if status else None)
+        return self.request("PATCH", url, patch, f"application/{kind}")
 
     def delete(self, plural: str, namespace: str | None, name: str) -> None:
-        self._check(self.http.delete(_path(plural, namespace, name)))
+        url = path(plural, self._ns(plural, namespace), name)
+        self.request("DELETE", url)
+        if plural == "pods":
+            # A pod on a node is only marked for deletion; its kubelet stops the containers and then removes
+            # it (grace period 0). There is no kubelet here: do its part at once.
+            status, body = self.cluster.request("DELETE", url, {"gracePeriodSeconds": 0})
+            if status not in (200, 404):
+                self._check("DELETE", url, status, body)
 
     def events(self, namespace: str | None = None) -> builtins.list[dict[str, Any]]:
         return self.list("events", namespace)
 
     wait_for = staticmethod(wait_for)
 
+    # --- what a scheduler and a kubelet would do ------------------------------------------------------------
+    def run_pod(self, name: str, node: str = "node-a", ready: bool = True, namespace: str | None = None
+                ) -> dict[str, Any]:
+        """Bind pod `name` to `node` (unless bound) and write its status as that node's kubelet would."""
+        ns = self._ns("pods", namespace)
+        self.cluster.ensure_node(node)
+        pod = self.get("pods", ns, name)
+        assert pod is not None, f"pod {ns}/{name} not found"
+        if not pod["spec"].get("nodeName"):
+            self.request("POST", path("pods", ns, name, "binding"), {
+                "apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": node}})
+        return self.patch("pods", ns, name, {"status": _running_status(pod, ready)}, status=True)
 
-def make_pod(service: str, name: str, namespace: str = "default", node: str = "node-a",
+    def run_service_pods(self, service: str, count: int, node: str = "node-a", ready: bool = True,
+                         namespace: str | None = None) -> builtins.list[dict[str, Any]]:
+        """Wait for `count` pods of `service` (made by its Deployment), then run each on `node`."""
+        ns = self._ns("pods", namespace)
+
+        def pods() -> builtins.list[dict[str, Any]]:
+            found = [p for p in self.list("pods", ns, f"{SERVICE_LABEL}={service}")
+                     if not p["metadata"].get("deletionTimestamp")]
+            return found if len(found) >= count else []
+
+        found = self.wait_for(pods, timeout=60, what=f"{count} pods of {service}")
+        return [self.run_pod(p["metadata"]["name"], node, ready, ns) for p in found[:count]]
+
+    def writes(self, user: str, since: int = 0) -> builtins.list[dict[str, Any]]:
+        """The writes `user` made after audit mark `since`, as the API server's audit log saw them."""
+        if not self.cluster.audited:
+            pytest.skip("this cluster keeps no audit log that the tests can read (see support/cluster.py)")
+        return self.cluster.audit(user=user, since=since)
+
+
+class PodVersions:
+    """A watch on one pod (or every pod of the namespace), from now on: every version the API server stored,
+    in order, the version of the moment first."""
+
+    def __init__(self, api: KubeAPI, name: str | None = None) -> None:
+        from kubernetes import client
+
+        self._versions: builtins.list[dict[str, Any]] = []
+        if name is None:
+            listed = api.request("GET", path("pods", api.namespace))
+            self._versions += listed["items"]
+            since = listed["metadata"]["resourceVersion"]
+        else:
+            pod = api.get("pods", None, name)
+            assert pod is not None, f"pod {name} not found"
+            self._versions.append(pod)
+            since = pod["metadata"]["resourceVersion"]
+        self._stopped = threading.Event()
+        core = client.CoreV1Api(api.cluster.client)
+        selector = {"field_selector": f"metadata.name={name}"} if name else {}
+        self._thread = threading.Thread(target=self._follow, args=(core, api.namespace, since, selector),
+                                        name=f"watch-{name or 'pods'}", daemon=True)
+        self._thread.start()
+
+    def _follow(self, core: Any, namespace: str, since: str, selector: dict[str, str]) -> None:
+        from kubernetes import watch
+
+        while not self._stopped.is_set():
+            self._watch = watch.Watch()
+            try:
+                for event in self._watch.stream(core.list_namespaced_pod, namespace, resource_version=since,
+                                                timeout_seconds=30, **selector):
+                    if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                        self._versions.append(event["raw_object"])
+                        since = event["raw_object"]["metadata"]["resourceVersion"]
+                    if self._stopped.is_set():
+                        return
+            except Exception:
+                self._stopped.wait(0.5)
+
+    def seen(self, name: str | None = None) -> builtins.list[dict[str, Any]]:
+        """The versions seen so far (of pod `name` only, if given)."""
+        return [v for v in list(self._versions) if name is None or v["metadata"]["name"] == name]
+
+    def stop(self) -> None:
+        self._stopped.set()
+        watcher = getattr(self, "_watch", None)
+        if watcher is not None:
+            watcher.stop()
+
+
+def _running_status(pod: dict[str, Any], ready: bool) -> dict[str, Any]:
+    flag = "True" if ready else "False"
+    conditions = [{"type": t, "status": "True"} for t in ("PodScheduled", "Initialized")]
+    conditions += [{"type": t, "status": flag} for t in ("ContainersReady", "Ready")]
+    containers = [{"name": c["name"], "image": c["image"], "imageID": "", "ready": ready, "restartCount": 0,
+                   "started": True, "state": {"running": {}}} for c in pod["spec"]["containers"]]
+    return {"phase": "Running", "conditions": conditions, "containerStatuses": containers,
+            "podIP": "127.0.0.1", "hostIP": "127.0.0.1"}
+
+
+def make_pod(service: str, name: str, namespace: str | None = None, node: str = "node-a",
              annotations: dict[str, str] | None = None, ready: bool = True) -> dict[str, Any]:
-    """A pod as the service's Deployment would make it (labels the operator selects on)."""
-    return {
+    """A running pod of `service` as its Deployment would make it (the labels the operator selects on)."""
+    pod: dict[str, Any] = {
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "annotations": dict(annotations or {}),
+        "metadata": {"name": name, "annotations": dict(annotations or {}),
                      "labels": {"app.kubernetes.io/name": "residency",
                                 "app.kubernetes.io/managed-by": "tts-operator",
-                                "tts.residency.dev/service": service}},
+                                SERVICE_LABEL: service}},
         "spec": {"nodeName": node, "containers": [{"name": "runtime", "image": "runtime:test"},
                                                   {"name": "agent", "image": "agent:test"}]},
-        "status": {"phase": "Running",
-                   "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
     }
+    if namespace:
+        pod["metadata"]["namespace"] = namespace
+    pod["status"] = _running_status(pod, ready)
+    return pod
 
+
+class OperatorProcess(Process):
+    """`tts-operator run` as a child process, with the audit user its API calls are made as."""
+
+    user: str
+
+    def logged(self, text: str) -> int:
+        """How many lines of the operator's output contain `text`."""
+        return sum(text in line for line in self.logs().splitlines())
+
+    def wait_logged(self, text: str, count: int = 1, timeout: float = 30) -> None:
+        """Wait until `count` lines of the output contain `text`: the operator says it is done with something
+        (e.g. `child event DELETED services NS/voice:` or `Timer 'recheck_service' succeeded`)."""
+        wait_for(lambda: self.logged(text) >= count, timeout=timeout,
+                 what=f"{count}x {text!r} in the operator log")
 
 
 @pytest.fixture()
-def kube_api(tmp_path: Path) -> Iterator[KubeAPI]:
-    api = KubeAPI(tmp_path)
+def kube_api(kube_cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[KubeAPI]:
+    api = KubeAPI(kube_cluster, namespace, tmp_path)
     try:
         yield api
     finally:
@@ -172,20 +305,24 @@ def kube_api(tmp_path: Path) -> Iterator[KubeAPI]:
 
 
 @pytest.fixture()
-def run_operator(kube_api: KubeAPI, tmp_path: Path) -> Iterator[Callable[..., Process]]:
-    started: list[Process] = []
+def run_operator(kube_api: KubeAPI, tmp_path: Path) -> Iterator[Callable[..., OperatorProcess]]:
+    started: list[OperatorProcess] = []
 
-    def start(**extra_env: str) -> Process:
+    def start(*more_namespaces: str, **extra_env: str) -> OperatorProcess:
+        name = f"operator-{len(started)}"
+        kubeconfig = kube_api.cluster.identity(kube_api.namespace, name, tmp_path)
         port = free_port()
-        env = {**os.environ, "KUBECONFIG": str(kube_api.kubeconfig),
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig),
                "RESIDENCY_RUNTIME_IMAGE": "ghcr.io/residency-dev/residency-runtime:test",
                "RESIDENCY_AGENT_IMAGE": "ghcr.io/residency-dev/residency-operator:test",
                "PYTHONUNBUFFERED": "1", **extra_env}
-        args = [_executable("tts-operator"), "run", "--standalone", "--all-namespaces", "--verbose",
+        scope = [arg for ns in (kube_api.namespace, *more_namespaces) for arg in ("-n", ns)]
+        args = [executable("tts-operator"), "run", "--standalone", *scope, "--verbose",
                 "--liveness", f"http://127.0.0.1:{port}/healthz"]
-        proc = Process(args, env, tmp_path / f"operator-{len(started)}.log")
+        proc = OperatorProcess(args, env, tmp_path / f"{name}.log")
+        proc.user = Cluster.username(kube_api.namespace, name)
         started.append(proc)
-        proc.wait_until_ok(f"http://127.0.0.1:{port}/healthz", timeout=30, what="the operator")
+        proc.wait_until_ok(f"http://127.0.0.1:{port}/healthz", timeout=60, what="the operator")
         return proc
 
     try:
@@ -193,27 +330,3 @@ def run_operator(kube_api: KubeAPI, tmp_path: Path) -> Iterator[Callable[..., Pr
     finally:
         for proc in started:
             proc.stop()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`PYTHONPATH=tests python -m support.kube [--strict] DIR`: serve the emulator until Ctrl-C, so that
-    the e2e suite can be run by hand against it (`KUBECONFIG=DIR/kubeconfig pytest -m k8s tests/e2e`)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m support.kube", description=main.__doc__)
-    parser.add_argument("directory", type=Path, help="where to write the kubeconfig")
-    parser.add_argument("--strict", action="store_true", help="like a fresh API server (see the module doc)")
-    args = parser.parse_args(argv)
-    args.directory.mkdir(parents=True, exist_ok=True)
-    api = KubeAPI(args.directory, strict=args.strict)
-    print(f"serving {api.url}\nexport KUBECONFIG={api.kubeconfig}", flush=True)
-    try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
-    finally:
-        api.close()
-    return 0
-
-
-if __name__ == "__main__":
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    sys.exit(main())

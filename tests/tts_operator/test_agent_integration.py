@@ -1,4 +1,4 @@
-"""The agent as a real process between a real `tts-runtime serve` and the emulated Kubernetes API."""
+"""The agent as a real process between a real `tts-runtime serve` and the real Kubernetes API server."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
-from support.kube import KubeAPI, make_pod
+from support.kube import KubeAPI, OperatorProcess, PodVersions, make_pod
 from support.procs import Process, RuntimeProcess, executable, free_port, start_runtime
 from tts_operator import annotations as ann
 
 pytestmark = pytest.mark.slow
 
-NS = "default"
 POD = "voice-0"
 
 
@@ -87,18 +86,18 @@ class Agent:
 
 
 @pytest.fixture()
-def start_agent(kube_api: KubeAPI, runtime: Runtime, tmp_path: Path) -> Iterator[Callable[[], Agent]]:
+def start_agent(kube_api: KubeAPI, runtime: Runtime, tmp_path: Path) -> Iterator[Callable[..., Agent]]:
     started: list[Process] = []
 
-    def start() -> Agent:
+    def start(pod: str = POD) -> Agent:
         port = free_port()
         args = [
             executable("tts-operator"),
             "agent",
             "--pod",
-            POD,
+            pod,
             "--namespace",
-            NS,
+            kube_api.namespace,
             "--runtime-url",
             runtime.url,
             "--admin-token-file",
@@ -125,7 +124,7 @@ def start_agent(kube_api: KubeAPI, runtime: Runtime, tmp_path: Path) -> Iterator
 
 
 def residency(kube_api: KubeAPI) -> ann.ResidencyValue | None:
-    pod = kube_api.get("pods", NS, POD)
+    pod = kube_api.get("pods", None, POD)
     raw = ((pod or {}).get("metadata", {}).get("annotations") or {}).get(ann.RESIDENCY)
     return ann.parse(ann.ResidencyValue, raw)
 
@@ -135,14 +134,11 @@ def model_state(kube_api: KubeAPI) -> str | None:
     return value.models[0].state if value is not None and value.models else None
 
 
-def state_when_acknowledged(kube_api: KubeAPI) -> str | None:
-    """The published model state in the pod version that removed the offload request (the emulator keeps
-    every version of the pod)."""
-    pods = [obj for (res, _, name), obj in list(kube_api.emulator.objects.items())
-            if res.plural == "pods" and name == POD]
+def state_when_acknowledged(versions: PodVersions) -> str | None:
+    """The published model state in the pod version that removed the offload request (a watch sees every
+    version of the pod)."""
     had_request = False
-    for version in list(pods[-1].history.raw):
-        raw = (version.raw if version is not None else None) or {}
+    for raw in versions.seen():
         notes = raw.get("metadata", {}).get("annotations") or {}
         if ann.OFFLOAD_REQUEST in notes:
             had_request = True
@@ -154,13 +150,14 @@ def state_when_acknowledged(kube_api: KubeAPI) -> str | None:
 
 def annotate(kube_api: KubeAPI, key: str, value: Any) -> None:
     text = None if value is None else json.dumps(value)
-    kube_api.patch("pods", NS, POD, {"metadata": {"annotations": {key: text}}})
+    kube_api.patch("pods", None, POD, {"metadata": {"annotations": {key: text}}})
 
 
 def test_agent_publishes_residency_applies_policy_and_serves_offload_requests(
-    kube_api: KubeAPI, runtime: Runtime, start_agent: Callable[[], Agent]
+    kube_api: KubeAPI, runtime: Runtime, start_agent: Callable[..., Agent]
 ) -> None:
     kube_api.create("pods", make_pod("voice", POD))
+    versions = kube_api.pod_versions(POD)
     runtime.start()
     agent = start_agent()
     wait = kube_api.wait_for
@@ -212,18 +209,18 @@ def test_agent_publishes_residency_applies_policy_and_serves_offload_requests(
         )
 
         def served() -> bool:
-            pod = kube_api.get("pods", NS, POD) or {}
+            pod = kube_api.get("pods", None, POD) or {}
             return ann.OFFLOAD_REQUEST not in (pod["metadata"].get("annotations") or {})
 
         wait(served, timeout=10, what="the offload request removed")
         assert runtime.report()["models"][0]["state"] == "cpu"
         # The acknowledgement carries the report after the offload: the operator never sees the request
         # gone while the pod still reports its model on the GPU.
-        assert state_when_acknowledged(kube_api) == "cpu"
+        assert state_when_acknowledged(versions) == "cpu"
         wait(lambda: model_state(kube_api) == "cpu", what="offloaded state published")
 
         # A malformed request can never be served: it is removed too, with an error in the log.
-        kube_api.patch("pods", NS, POD, {"metadata": {"annotations": {ann.OFFLOAD_REQUEST: "{nope"}}})
+        kube_api.patch("pods", None, POD, {"metadata": {"annotations": {ann.OFFLOAD_REQUEST: "{nope"}}})
         wait(served, timeout=10, what="the malformed offload request removed")
         assert "is not a valid OffloadRequestValue" in agent.proc.logs()
     except AssertionError:
@@ -235,7 +232,7 @@ def test_agent_publishes_residency_applies_policy_and_serves_offload_requests(
 
 
 def test_agent_survives_a_missing_pod_and_runtime_restarts(
-    kube_api: KubeAPI, runtime: Runtime, start_agent: Callable[[], Agent]
+    kube_api: KubeAPI, runtime: Runtime, start_agent: Callable[..., Agent]
 ) -> None:
     agent = start_agent()  # neither the pod nor the runtime exists yet
     wait = kube_api.wait_for
@@ -265,7 +262,7 @@ def test_agent_survives_a_missing_pod_and_runtime_restarts(
         wait(lambda: agent.status("/readyz") == 200, timeout=15, what="ready again")
 
         # The pod is replaced under the same name: the agent publishes again on the new one.
-        kube_api.delete("pods", NS, POD)
+        kube_api.delete("pods", None, POD)
         kube_api.create("pods", make_pod("voice", POD, annotations={ann.POLICY: json.dumps(policy)}))
         wait(lambda: model_state(kube_api) == "unloaded", timeout=30, what="residency on the new pod")
         assert agent.proc.popen.poll() is None
@@ -278,25 +275,26 @@ def test_agent_survives_a_missing_pod_and_runtime_restarts(
 def test_operator_status_and_policy_follow_a_real_agent_and_runtime(
     kube_api: KubeAPI,
     runtime: Runtime,
-    start_agent: Callable[[], Agent],
-    run_operator: Callable[..., Process],
+    start_agent: Callable[..., Agent],
+    run_operator: Callable[..., OperatorProcess],
 ) -> None:
     """The whole loop: runtime, agent, pod annotation, operator status; and spec, operator, agent, runtime."""
     run_operator(RESIDENCY_STATUS_SECONDS="0.5", RESIDENCY_RECHECK_SECONDS="2")
     service = {
         "apiVersion": f"{ann.GROUP}/{ann.VERSION}",
         "kind": "TTSService",
-        "metadata": {"name": "voice", "namespace": NS},
+        "metadata": {"name": "voice"},
         "spec": {"model": {"name": "hibari"}, "replicas": 1},
     }
     kube_api.create("ttsservices", service)
-    kube_api.create("pods", make_pod("voice", POD))  # as the Deployment controller would
+    # The Deployment's pod runs here: bound and started as a kubelet would, its runtime and agent local.
+    (pod,) = kube_api.run_service_pods("voice", 1)
     runtime.start()
-    agent = start_agent()
+    agent = start_agent(pod["metadata"]["name"])
     wait = kube_api.wait_for
 
     def counts() -> dict[str, int]:
-        obj = kube_api.get("ttsservices", NS, "voice") or {}
+        obj = kube_api.get("ttsservices", None, "voice") or {}
         return dict((obj.get("status") or {}).get("pods") or {})
 
     try:
@@ -308,7 +306,7 @@ def test_operator_status_and_policy_follow_a_real_agent_and_runtime(
 
         # A policy edit on the TTSService reaches the pod annotation (operator), then the runtime (agent).
         edit = {"spec": {"residency": {"offloadAfterUse": False, "idleOffloadSeconds": 77, "priority": 4}}}
-        kube_api.patch("ttsservices", NS, "voice", edit)
+        kube_api.patch("ttsservices", None, "voice", edit)
         wait(
             lambda: runtime.report()["models"][0]["policy"]["idleOffloadSeconds"] == 77,
             timeout=30,

@@ -1,4 +1,4 @@
-"""The agent's pod client against the emulated API: its own pod only, merge patches, clear errors."""
+"""The agent's pod client against the real API server: its own pod only, merge patches, clear errors."""
 
 from __future__ import annotations
 
@@ -27,17 +27,17 @@ def test_patch_adds_and_removes_annotations_without_touching_others(
     kube_api: KubeAPI, api_client: Any
 ) -> None:
     kube_api.create("pods", make_pod("svc", "p", annotations={"keep": "me", "drop": "x"}))
-    pods = PodClient("p", "default", api_client=api_client)
+    pods = PodClient("p", kube_api.namespace, api_client=api_client)
     patched = pods.patch_annotations({"new": '{"a":1}', "drop": None})
     assert annotations_of(patched) == {"keep": "me", "new": '{"a":1}'}
-    stored = kube_api.get("pods", "default", "p")
+    stored = kube_api.get("pods", None, "p")
     assert stored is not None and stored["metadata"]["annotations"] == {"keep": "me", "new": '{"a":1}'}
     assert annotations_of(pods.get()) == {"keep": "me", "new": '{"a":1}'}
 
 
 def test_missing_pod_is_not_found(kube_api: KubeAPI, api_client: Any) -> None:
-    pods = PodClient("ghost", "default", api_client=api_client)
-    with pytest.raises(PodNotFound, match="default/ghost"):
+    pods = PodClient("ghost", kube_api.namespace, api_client=api_client)
+    with pytest.raises(PodNotFound, match=f"{kube_api.namespace}/ghost"):
         pods.get()
     with pytest.raises(PodNotFound):
         pods.patch_annotations({"a": "b"})
@@ -45,7 +45,7 @@ def test_missing_pod_is_not_found(kube_api: KubeAPI, api_client: Any) -> None:
 
 def test_watch_lists_then_follows_only_its_own_pod(kube_api: KubeAPI, api_client: Any) -> None:
     kube_api.create("pods", make_pod("svc", "other"))
-    pods = PodClient("mine", "default", api_client=api_client)
+    pods = PodClient("mine", kube_api.namespace, api_client=api_client)
     stop = threading.Event()
     seen: list[dict[str, str] | None] = []
 
@@ -60,12 +60,12 @@ def test_watch_lists_then_follows_only_its_own_pod(kube_api: KubeAPI, api_client
     kube_api.wait_for(lambda: seen, what="the initial listing")
     assert seen == [None]  # listed: not there yet (the other pod is not mistaken for it)
     kube_api.create("pods", make_pod("svc", "mine", annotations={"k": "1"}))
-    kube_api.patch("pods", "default", "other", {"metadata": {"annotations": {"noise": "yes"}}})
-    kube_api.patch("pods", "default", "mine", {"metadata": {"annotations": {"k": "2"}}})
+    kube_api.patch("pods", None, "other", {"metadata": {"annotations": {"noise": "yes"}}})
+    kube_api.patch("pods", None, "mine", {"metadata": {"annotations": {"k": "2"}}})
     thread.join(timeout=20)
     stop.set()
-    # The emulator may replay an event (the agent is level-based, so a repeat is harmless): compare the
-    # distinct successive values.
+    # A watch may replay an event after a reconnect (the agent is level-based, so a repeat is harmless):
+    # compare the distinct successive values.
     distinct = [value for i, value in enumerate(seen) if i == 0 or value != seen[i - 1]]
     assert distinct == [None, {"k": "1"}, {"k": "2"}]
 
