@@ -5,9 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
+
+import numpy as np
+import pytest
+import torch
 
 from tts_runtime.engine import Engine
-from tts_runtime.residency import State, Verb
+from tts_runtime.residency import BusyError, InvalidRequestError, PolicyPatch, State, Verb
+from tts_runtime.testing.tiny import TinyTTS
 
 
 def test_concurrent_first_requests_cause_one_load(make_engine, tiny_spec, events) -> None:
@@ -122,3 +128,161 @@ async def test_cancelled_async_lease_does_not_leak(make_engine, tiny_spec) -> No
 async def _take(e: Engine) -> None:
     async with e.alease("tiny") as lease:
         await lease.asynthesize("never")
+
+
+# -- several requests in one worker (engine/dispatch.py) -------------------------------------------
+def _expected(text: str, voice: str = "alto") -> np.ndarray:
+    with torch.inference_mode():
+        samples, _ = TinyTTS().synthesize(text, voice, 1.0)
+    return samples.numpy()
+
+
+def _peak(e: Engine, name: str = "tiny") -> int:
+    with e.lease(name) as lease:
+        return int(lease.synthesize("peak?").samples[0])
+
+
+@pytest.mark.slow
+def test_requests_run_together_in_one_worker_up_to_its_concurrency(make_engine, tiny_spec) -> None:
+    opts = {"delay_seconds": 0.3, "concurrency": 3}
+    e = make_engine([tiny_spec(execution="worker", options=opts, policy={"offloadAfterUse": False})])
+    e.load("tiny")
+    start = threading.Barrier(6)
+    outs: dict[int, np.ndarray] = {}
+
+    def request(i: int) -> None:
+        start.wait(10)
+        with e.lease("tiny") as lease:
+            outs[i] = lease.synthesize(f"words {i}").samples
+
+    threads = [threading.Thread(target=request, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(outs) == list(range(6))
+    for i, got in outs.items():
+        np.testing.assert_allclose(got, _expected(f"words {i}"), rtol=0, atol=1e-6)
+    assert _peak(e) == 3  # six requests, three at a time: never more than the plug-in takes
+    assert len(e.pids()) == 2  # still one worker
+
+
+@pytest.mark.slow
+def test_memory_verb_in_a_worker_waits_for_requests_in_flight(make_engine, tiny_spec) -> None:
+    # Straight to the executor, past the engine's leases: the worker itself must not offload under a request.
+    e = make_engine([tiny_spec(execution="worker", options={"delay_seconds": 0.5, "concurrency": 2})])
+    e.load("tiny")
+    ex = e._slot("tiny").executor
+    assert ex is not None
+    got: list[np.ndarray] = []
+    sent = threading.Event()
+
+    def request() -> None:
+        sent.set()
+        got.append(ex.synthesize("in flight", None, 1.0, 30.0)[0])
+
+    t = threading.Thread(target=request)
+    t.start()
+    sent.wait(5)
+    time.sleep(0.05)  # let the request reach the worker before the offload does
+    ex.offload()  # TinyTTS raises if it is offloaded while it synthesizes
+    t.join(30)
+    assert len(got) == 1
+    np.testing.assert_allclose(got[0], _expected("in flight"), rtol=0, atol=1e-6)
+    ex.restore(30.0)
+
+
+@pytest.mark.slow
+def test_dynamic_batching_in_a_worker(make_engine, tiny_spec) -> None:
+    spec = tiny_spec(
+        execution="worker",
+        factory="tts_runtime.testing.tiny:batch_factory",
+        options={"delay_seconds": 0.3, "max_batch_size": 4},
+        policy={"offloadAfterUse": False},
+    )
+    e = make_engine([spec])
+    e.load("tiny")
+    start = threading.Barrier(10)  # nine clients and this thread
+    outs: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def request(i: int) -> None:
+        start.wait(10)
+        try:
+            with e.lease("tiny") as lease:
+                voice = "bass" if i % 2 else None
+                outs[i] = lease.synthesize(f"batch {i}", voice=voice).samples
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=request, args=(i,)) for i in range(9)]
+    for t in threads:
+        t.start()
+    start.wait(10)
+    # A bad request in the crowd fails alone.
+    with e.lease("tiny") as lease, pytest.raises(InvalidRequestError, match="unknown voice"):
+        lease.synthesize("bad", voice="soprano")
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    for i, got in outs.items():
+        want = _expected(f"batch {i}", "bass" if i % 2 else "alto")
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    with e.lease("tiny") as lease:
+        batches = [int(b) for b in lease.synthesize("batches?").samples]
+    assert max(batches) > 1 and max(batches) <= 4  # requests that waited together ran as one call
+    assert len(batches) < 10
+
+
+@pytest.mark.slow
+def test_many_requests_in_a_worker_with_verbs_and_policy_changes(make_engine, tiny_spec, events) -> None:
+    opts = {"delay_seconds": 0.003, "concurrency": 4}
+    e = make_engine([tiny_spec(execution="worker", options=opts)], admin_timeout=20.0)
+    got = events(e)
+    e.start()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def client(k: int) -> None:
+        for i in range(10):
+            text = f"c{k} r{i}"
+            try:
+                with e.lease("tiny") as lease:
+                    out = lease.synthesize(text).samples
+                np.testing.assert_allclose(out, _expected(text), rtol=0, atol=1e-6)
+            except BaseException as err:
+                errors.append(err)
+            time.sleep(0.01)  # clients pause, so admin verbs find the model free now and then
+
+    def admin() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                if i % 6 == 0:
+                    e.release("tiny", timeout=20)
+                elif i % 3 == 1:
+                    e.set_policy("tiny", PolicyPatch(offload_after_use=bool(i % 8 == 1)))
+                else:
+                    e.offload("tiny", timeout=20)
+            except BusyError:
+                pass  # requests kept the model leased for the whole wait: allowed, nothing lost
+            except BaseException as err:
+                errors.append(err)
+            time.sleep(0.02)
+
+    clients = [threading.Thread(target=client, args=(k,)) for k in range(5)]
+    a = threading.Thread(target=admin)
+    for t in [*clients, a]:
+        t.start()
+    for t in clients:
+        t.join(120)
+    stop.set()
+    a.join(60)
+    assert errors == []
+    verbs = [t.verb for t in got]
+    assert all(t.ok for t in got), [t for t in got if not t.ok]
+    assert Verb.OFFLOAD in verbs and Verb.RELEASE in verbs
+    r = e.model_report("tiny")
+    assert r.leases == 0
+    assert len(e.pids()) == (2 if r.state in (State.GPU, State.CPU) else 1)

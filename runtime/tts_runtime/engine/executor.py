@@ -8,6 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from tts_runtime.engine.backends import Backend, Stats, make_backend
+from tts_runtime.engine.dispatch import Dispatcher
 from tts_runtime.engine.spec import ModelSpec
 
 
@@ -16,7 +17,8 @@ class ExecutionTimeout(Exception):
 
 
 class Executor(Protocol):
-    """The memory verbs of one model plus requests; calls are thread-safe and serialised per model.
+    """The memory verbs of one model plus requests; calls are thread-safe. Requests run concurrently up to
+    the backend's `max_concurrency`; a memory verb waits for the requests in flight and runs alone.
 
     Errors: `GpuOutOfMemory` (rolled back to the host copy), `InvalidRequestError` (the client's
     mistake), `WorkerCrashedError`, `ExecutionTimeout`, anything else = the model's own failure.
@@ -48,7 +50,7 @@ class InlineExecutor:
         self.spec = spec
         self.backend: Backend = make_backend(spec, device)
         self.stats = Stats(device="cpu" if not device.startswith("cuda") else device)
-        self._lock = threading.Lock()
+        self._dispatch = Dispatcher(self.backend, spec.name)
         self._loaded = False
         self._closed = False
 
@@ -87,20 +89,20 @@ class InlineExecutor:
         return self.stats
 
     def offload(self) -> Stats:
-        with self._lock:
+        with self._dispatch.exclusive():
             self.backend.offload()
             return self._refresh()
 
     def restore(self, timeout: float) -> Stats:
-        with self._lock:
+        with self._dispatch.exclusive():
             self.backend.restore()
             return self._refresh()
 
     def synthesize(
         self, text: str, voice: str | None, speed: float, timeout: float | None
     ) -> tuple[np.ndarray, int]:
-        with self._lock:
-            return self.backend.synthesize(text, voice, speed)
+        samples, sr = self._dispatch.call("synthesize", text, voice, speed)
+        return samples, sr
 
     def host_intact(self) -> bool:
         return self._loaded and not self._closed
@@ -108,6 +110,7 @@ class InlineExecutor:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            with self._lock:
+            with self._dispatch.exclusive():
                 self.backend.close()
+            self._dispatch.close()
             self.stats = Stats(device=self.stats.device)

@@ -82,6 +82,9 @@ class HibariBackend:
         self.providers: list[str] = ["CPUExecutionProvider"]
         self.seed: int | None = spec.options.get("seed", 0)
         self.threads = int(spec.options.get("threads", 1))
+        # Requests in flight at once: an ONNX Runtime session may be run from several threads, and the
+        # G2P keeps no per-call state. One per core by default (each session run uses `threads` cores).
+        self.max_concurrency = int(spec.options.get("concurrency", min(8, os.cpu_count() or 1)))
 
     def _voices(self) -> list[str]:
         have = available_voices()

@@ -347,6 +347,43 @@ class TorchBackend:
             samples, sr = self.obj.synthesize(text, voice, float(speed))
         return as_samples(samples), int(sr)
 
+    @property
+    def max_concurrency(self) -> int:
+        """What the plug-in declares (`max_concurrency`); 1 when it says nothing."""
+        return int(getattr(self.obj, "max_concurrency", 1) or 1)
+
+    @property
+    def max_batch_size(self) -> int:
+        """Requests per `synthesize_batch` call: the plug-in's `max_batch_size` (8) if it has one, else 1."""
+        if not callable(getattr(self.obj, "synthesize_batch", None)):
+            return 1
+        return int(getattr(self.obj, "max_batch_size", 8) or 1)
+
+    def synthesize_batch(
+        self, requests: list[tuple[str, str | None, float]]
+    ) -> list[tuple[np.ndarray, int] | Exception]:
+        """Several requests in one call of the plug-in's `synthesize_batch`; a bad request fails alone."""
+        voices = self._voices()
+        out: list[tuple[np.ndarray, int] | Exception] = []
+        good: list[tuple[int, tuple[str, str, float]]] = []
+        for text, voice, speed in requests:
+            try:
+                check_request(text, voice, speed, voices)
+            except Exception as e:
+                out.append(e)
+                continue
+            v = voice or self.spec.default_voice or (voices[0] if voices else "default")
+            good.append((len(out), (text, v, float(speed))))
+            out.append(RuntimeError("not synthesized"))
+        if good:
+            with torch.inference_mode():
+                results = list(self.obj.synthesize_batch([r for _, r in good]))
+            if len(results) != len(good):
+                raise RuntimeError(f"synthesize_batch gave {len(results)} results for {len(good)} requests")
+            for (i, _), (samples, sr) in zip(good, results, strict=True):
+                out[i] = (as_samples(samples), int(sr))
+        return out
+
     def _voices(self) -> list[str]:
         if self.spec.voices:
             return list(self.spec.voices)

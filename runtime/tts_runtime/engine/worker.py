@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import itertools
 import logging
 import multiprocessing as mp
+import multiprocessing.connection
 import os
+import queue
 import signal
 import sys
 import threading
@@ -28,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from tts_runtime.engine.backends import Blob, GpuOutOfMemory, Stats, make_backend
+from tts_runtime.engine.dispatch import Dispatcher, Job, Reply
 from tts_runtime.engine.executor import ExecutionTimeout
 from tts_runtime.engine.spec import ModelSpec
 from tts_runtime.residency import InvalidRequestError, WorkerCrashedError
@@ -35,6 +39,7 @@ from tts_runtime.residency import InvalidRequestError, WorkerCrashedError
 log = logging.getLogger(__name__)
 _ALIGN = 64
 Layout = list[tuple[str, dict[str, Any], int, int]]  # key, meta, offset, nbytes
+REQUEST_OPS = frozenset({"synthesize"})  # run concurrently; every other op is a memory verb or a query
 
 
 # -- inside the worker -----------------------------------------------------------------------------
@@ -87,83 +92,123 @@ def _standby_status() -> dict[str, Any]:
     return {"pid": os.getpid(), "cuda_initialized": cuda, "modules": sorted(sys.modules)}
 
 
-def _wait_as_standby(conn: Connection, spec: ModelSpec) -> tuple[str, Layout] | None:
+def _outcome(e: BaseException) -> tuple[str, str]:
+    """An exception in the worker -> the reply kind the engine maps back to its error type."""
+    if isinstance(e, GpuOutOfMemory):
+        return "oom", str(e)
+    if isinstance(e, InvalidRequestError):
+        return "invalid", str(e)
+    tb = "".join(traceback.format_exception(e, limit=-3))
+    return "error", f"{type(e).__name__}: {e}\n{tb}"
+
+
+class _Replies:
+    """The worker's end of the pipe: replies tagged with their request id, sent from any thread."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._lock = threading.Lock()
+
+    def send(self, rid: int, kind: str, value: Any) -> None:
+        # If the engine went away, the read loop sees EOF and ends the process.
+        with self._lock, contextlib.suppress(OSError, ValueError):
+            self.conn.send((rid, kind, value))
+
+    def reply_for(self, rid: int) -> Reply:
+        def reply(value: Any, error: BaseException | None, final: bool) -> None:
+            if error is not None:
+                self.send(rid, *_outcome(error))
+            else:
+                self.send(rid, "ok" if final else "chunk", value)
+
+        return reply
+
+
+def _wait_as_standby(conn: Connection, out: _Replies, spec: ModelSpec) -> tuple[str, Layout] | None:
     """Pre-import, then wait for the shared block to adopt; None: told to exit, or the engine went away."""
     _preimport(spec)
     while True:
         try:
-            op, args = conn.recv()
+            rid, op, args = conn.recv()
         except (EOFError, OSError):
             return None
         if op == "adopt":
-            conn.send(("ok", None))
+            out.send(rid, "ok", None)
             return args[0]  # type: ignore[no-any-return]
         if op == "exit":
-            conn.send(("ok", None))
+            out.send(rid, "ok", None)
             return None
         if op == "status":
-            conn.send(("ok", _standby_status()))
+            out.send(rid, "ok", _standby_status())
         else:
-            conn.send(("error", f"a standby worker takes adopt, status or exit, not {op!r}"))
+            out.send(rid, "error", f"a standby worker takes adopt, status or exit, not {op!r}")
 
 
 def worker_main(
     conn: Connection, spec_json: str, device: str, adopt: tuple[str, Layout] | None, standby: bool = False
 ) -> None:
-    """The worker process: serve memory verbs and requests until told to exit or the engine goes away."""
+    """The worker process: serve memory verbs and requests until told to exit or the engine goes away.
+
+    Protocol: the engine sends `(id, op, args)`; the worker answers `(id, kind, value)`, where kind is
+    `chunk` (more to come) or a final `ok` / `oom` / `invalid` / `error`. Requests (`REQUEST_OPS`) run on the
+    dispatcher's threads, so several are in flight; any other op is a memory verb (or a query) run on this
+    thread after the requests received before it have finished.
+    """
     # Ctrl-C reaches the whole process group; the engine, not the signal, decides when a worker ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Before torch or onnxruntime starts CUDA: number GPUs as NVML does (the engine's accounting).
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     spec = ModelSpec.model_validate_json(spec_json)
+    out = _Replies(conn)
     if standby:
-        adopt = _wait_as_standby(conn, spec)
+        adopt = _wait_as_standby(conn, out, spec)
         if adopt is None:
             os._exit(0)
     backend = make_backend(spec, device)
+    pool = Dispatcher(backend, spec.name)
     shm: SharedMemory | None = None
     while True:
         try:
-            op, args = conn.recv()
+            rid, op, args = conn.recv()
         except (EOFError, OSError):
             break  # the engine died or closed the pipe: nothing left to serve
+        if op in REQUEST_OPS:
+            pool.submit(Job(op, tuple(args), out.reply_for(rid)))
+            continue
         try:
-            if op == "exit":
-                conn.send(("ok", None))
-                break
-            result: Any
-            if op == "load":
-                backend.load()
-                result = backend.stats()
-            elif op == "restore":
-                if adopt is not None:
-                    shm = SharedMemory(name=adopt[0])
-                    backend.adopt_host(_blobs(shm, adopt[1]))
-                    adopt = None
-                backend.restore()
-                result = backend.stats()
-            elif op == "offload":
-                backend.offload()
-                result = backend.stats()
-            elif op == "synthesize":
-                result = backend.synthesize(*args)
-            elif op == "export":
-                result = _export(backend, args[0])
-            elif op == "stats":
-                result = backend.stats()
-            else:
-                raise ValueError(f"unknown worker op {op!r}")
-            conn.send(("ok", result))
-        except GpuOutOfMemory as e:
-            conn.send(("oom", str(e)))
-        except InvalidRequestError as e:
-            conn.send(("invalid", str(e)))
+            result: Any = None
+            if op == "stats":  # a query: no need to wait for requests
+                out.send(rid, "ok", backend.stats())
+                continue
+            with pool.exclusive():
+                if op == "exit":
+                    pass
+                elif op == "load":
+                    backend.load()
+                    result = backend.stats()
+                elif op == "restore":
+                    if adopt is not None:
+                        shm = SharedMemory(name=adopt[0])
+                        backend.adopt_host(_blobs(shm, adopt[1]))
+                        adopt = None
+                    backend.restore()
+                    result = backend.stats()
+                elif op == "offload":
+                    backend.offload()
+                    result = backend.stats()
+                elif op == "export":
+                    result = _export(backend, args[0])
+                else:
+                    raise ValueError(f"unknown worker op {op!r}")
+            out.send(rid, "ok", result)
         except Exception as e:
-            tb = traceback.format_exc(limit=-3)
-            conn.send(("error", f"{type(e).__name__}: {e}\n{tb}"))
+            out.send(rid, *_outcome(e))
+        if op == "exit":
+            break
+    pool.close()
     backend.close()
     # Drop tensor views into the shared block before closing it, or close() fails on exported buffers.
-    del backend
+    del backend, pool
     if shm is not None:
         with contextlib.suppress(BufferError):
             shm.close()
@@ -174,8 +219,103 @@ def worker_main(
 
 
 # -- in the engine ---------------------------------------------------------------------------------
+Inbox = queue.SimpleQueue[tuple[str, Any] | None]  # one request's replies; None: the worker is gone
+
+
+class _Gone(Exception):
+    """The worker process ended (or its pipe broke) before it answered."""
+
+
+class Channel:
+    """The engine's end of one worker: requests tagged with ids, replies routed to their callers by a
+    reader thread, so many requests can wait on one worker at once. When the process ends, every caller
+    still waiting is told (`None` on its queue)."""
+
+    def __init__(self, proc: Any, conn: Connection, name: str) -> None:
+        self.proc = proc
+        self.conn = conn
+        self.pid: int | None = proc.pid
+        self._send_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._waiting: dict[int, Inbox] = {}
+        self._ids = itertools.count(1)
+        self._gone = False
+        self._reaped = False
+        self.exitcode: int | None = None
+        self._reader = threading.Thread(target=self._read, name=f"pipe-{name}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        sentinel = self.proc.sentinel
+        try:
+            while True:
+                ready = mp.connection.wait([self.conn, sentinel])
+                if self.conn not in ready:
+                    break  # the process ended and left nothing unread
+                rid, kind, value = self.conn.recv()
+                with self._lock:
+                    q = self._waiting.get(rid)
+                    if q is not None and kind != "chunk":
+                        del self._waiting[rid]
+                if q is not None:
+                    q.put((kind, value))
+        except (EOFError, OSError, ValueError):
+            pass
+        with self._lock:
+            self._gone = True
+            waiting, self._waiting = self._waiting, {}
+        for q in waiting.values():
+            q.put(None)
+
+    def request(self, op: str, args: tuple[Any, ...]) -> tuple[int, Inbox]:
+        q: Inbox = queue.SimpleQueue()
+        with self._lock:
+            if self._gone:
+                raise _Gone
+            rid = next(self._ids)
+            self._waiting[rid] = q
+        try:
+            with self._send_lock:
+                self.conn.send((rid, op, args))
+        except (OSError, ValueError):
+            self.forget(rid)
+            raise _Gone from None
+        return rid, q
+
+    def forget(self, rid: int) -> None:
+        with self._lock:
+            self._waiting.pop(rid, None)
+
+    def alive(self) -> bool:
+        return not self._gone and self.proc.is_alive()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            if self.proc.is_alive():
+                self.proc.kill()
+
+    def reap(self, timeout: float = 10.0) -> int | None:
+        """Wait for the process to end (killing it after `timeout`), then free the pipe; idempotent."""
+        with self._lock:
+            if self._reaped:
+                return self.exitcode
+            self._reaped = True
+        p = self.proc
+        with contextlib.suppress(ValueError):
+            p.join(timeout)
+            if p.is_alive():
+                p.kill()
+                p.join(5.0)
+            self.exitcode = p.exitcode
+        self._reader.join(5.0)
+        with contextlib.suppress(ValueError):
+            p.close()
+        self.conn.close()
+        return self.exitcode
+
+
 class WorkerExecutor:
-    """Thread-safe proxy to one model's worker process."""
+    """Thread-safe proxy to one model's worker process: requests in flight together, verbs one at a time."""
 
     def __init__(self, spec: ModelSpec, device: str, cpu_mode: str) -> None:
         self.spec = spec
@@ -184,39 +324,31 @@ class WorkerExecutor:
         self.use_standby = self.exit_on_offload and spec.standby_worker
         self.stats = Stats(device=device)
         self._ctx = mp.get_context("spawn")
-        self._lock = threading.Lock()
-        self._proc: Any = None
-        self._conn: Connection | None = None
+        self._lock = threading.Lock()  # memory verbs and process changes, one at a time
+        self._chan: Channel | None = None
         self._shm_name = f"tts-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._shm: SharedMemory | None = None
         self._layout: Layout | None = None
-        self._standby: tuple[Any, Connection] | None = None
+        self._standby: Channel | None = None
 
     def pids(self) -> list[int]:
         """The serving worker: the only process of this model that can hold GPU memory."""
-        p = self._proc
-        return [p.pid] if p is not None and p.pid is not None else []
+        c = self._chan
+        return [c.pid] if c is not None and c.pid is not None else []
 
     def standby_pid(self) -> int | None:
         """The warm standby while `cpu` in exit-worker mode (never initialises CUDA: not in `pids()`)."""
         s = self._standby
-        return s[0].pid if s is not None else None
+        return s.pid if s is not None else None
 
     def standby_status(self, timeout: float = 30.0) -> dict[str, Any]:
         """What the standby has imported and whether CUDA is initialised in it (for tests and debugging)."""
         s = self._standby
         if s is None:
             raise WorkerCrashedError(f"model {self.spec.name!r} has no standby worker")
-        with self._lock:
-            s[1].send(("status", ()))
-            if not s[1].poll(timeout):
-                raise ExecutionTimeout(f"the standby of {self.spec.name!r} did not answer in {timeout:g}s")
-            kind, value = s[1].recv()
-        if kind != "ok":
-            raise RuntimeError(value)
-        return value  # type: ignore[no-any-return]
+        return self._ask(s, "status", (), timeout)  # type: ignore[no-any-return]
 
-    def _start(self, adopt: tuple[str, Layout] | None, standby: bool, role: str) -> tuple[Any, Connection]:
+    def _start(self, adopt: tuple[str, Layout] | None, standby: bool, role: str) -> Channel:
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(
             target=worker_main,
@@ -226,14 +358,14 @@ class WorkerExecutor:
         )
         proc.start()
         child.close()
-        return proc, parent
+        return Channel(proc, parent, f"{role}-{self.spec.name}")
 
     def _spawn(self, adopt: tuple[str, Layout] | None) -> None:
-        self._proc, self._conn = self._start(adopt, False, "worker")
+        self._chan = self._start(adopt, False, "worker")
 
     def _spawn_standby(self) -> None:
         # Only while `cpu` (the block exists, no worker): a standby costs host RAM, so at most one.
-        if self.use_standby and self._standby is None and self._proc is None and self._shm is not None:
+        if self.use_standby and self._standby is None and self._chan is None and self._shm is not None:
             self._standby = self._start(None, True, "standby")
 
     def _adopt_standby(self, timeout: float) -> bool:
@@ -241,10 +373,10 @@ class WorkerExecutor:
         s, self._standby = self._standby, None
         if s is None:
             return False
-        self._proc, self._conn = s
+        self._chan = s
         try:
             # It may still be importing (a restore right after offload): that wait is the cold spawn's too.
-            self._call_locked("adopt", ((self._shm_name, self._layout),), timeout)
+            self._call("adopt", ((self._shm_name, self._layout),), timeout)
         except WorkerCrashedError:
             log.info("the standby worker of %s had exited; starting a worker cold", self.spec.name)
             return False
@@ -253,138 +385,132 @@ class WorkerExecutor:
     def _stop_standby(self) -> None:
         # It holds nothing yet (no CUDA, no block mapped): killing it loses nothing, never waits on imports.
         s, self._standby = self._standby, None
-        if s is None:
-            return
-        proc, conn = s
-        if proc.is_alive():
-            proc.kill()
-        proc.join(10.0)
-        with contextlib.suppress(ValueError):
-            proc.close()
-        conn.close()
+        if s is not None:
+            s.kill()
+            s.reap()
 
-    def _call(self, op: str, *args: Any, timeout: float | None) -> Any:
-        with self._lock:
-            return self._call_locked(op, args, timeout)
-
-    def _call_locked(self, op: str, args: tuple[Any, ...], timeout: float | None) -> Any:
-        proc, conn = self._proc, self._conn
-        if proc is None or conn is None:
-            raise WorkerCrashedError(f"model {self.spec.name!r} has no worker process (it was released)")
+    def _ask(self, chan: Channel, op: str, args: tuple[Any, ...], timeout: float | None) -> Any:
+        """One request on `chan` and its final answer; raises the error type the reply names."""
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            conn.send((op, args))
-            while not conn.poll(0.05):
-                if not proc.is_alive() and not conn.poll(0):
-                    raise EOFError
-                if deadline is not None and time.monotonic() > deadline:
-                    self._kill()
-                    raise ExecutionTimeout(
-                        f"{op} of model {self.spec.name!r} ran past {timeout:g}s; its worker was stopped"
-                    )
-            kind, value = conn.recv()
-        except (EOFError, OSError, BrokenPipeError):
-            code = self._reap()
-            raise WorkerCrashedError(
-                f"the worker process of model {self.spec.name!r} exited (code {code}) during {op}; "
-                "the model was unloaded and loads again on the next request"
-            ) from None
-        if kind == "ok":
-            return value
-        if kind == "oom":
-            raise GpuOutOfMemory(value)
-        if kind == "invalid":
-            raise InvalidRequestError(value)
-        raise RuntimeError(value)
+            rid, q = chan.request(op, args)
+        except _Gone:
+            raise self._crashed(chan, op) from None
+        while True:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                msg = q.get(timeout=left)
+            except queue.Empty:
+                chan.forget(rid)
+                chan.kill()
+                self._drop(chan)
+                raise ExecutionTimeout(
+                    f"{op} of model {self.spec.name!r} ran past {timeout:g}s; its worker was stopped"
+                ) from None
+            if msg is None:
+                raise self._crashed(chan, op)
+            kind, value = msg
+            if kind == "chunk":
+                continue  # a streaming op's caller reads chunks itself; a plain call wants the result
+            if kind == "ok":
+                return value
+            if kind == "oom":
+                raise GpuOutOfMemory(value)
+            if kind == "invalid":
+                raise InvalidRequestError(value)
+            raise RuntimeError(value)
+
+    def _crashed(self, chan: Channel, op: str) -> WorkerCrashedError:
+        self._drop(chan)
+        code = chan.reap()
+        return WorkerCrashedError(
+            f"the worker process of model {self.spec.name!r} exited (code {code}) during {op}; "
+            "the model was unloaded and loads again on the next request"
+        )
+
+    def _drop(self, chan: Channel) -> None:
+        """Forget `chan` if it is this model's worker (or standby) now; reap it."""
+        if self._chan is chan:
+            self._chan = None
+        if self._standby is chan:
+            self._standby = None
+        chan.reap()
+
+    def _call(self, op: str, args: tuple[Any, ...], timeout: float | None) -> Any:
+        chan = self._chan
+        if chan is None:
+            raise WorkerCrashedError(f"model {self.spec.name!r} has no worker process (it was released)")
+        return self._ask(chan, op, args, timeout)
 
     def load(self, timeout: float) -> Stats:
-        self._spawn(None)
-        try:
-            self.stats = self._call("load", timeout=timeout)
-        except BaseException:
-            self.close()
-            raise
+        with self._lock:
+            self._spawn(None)
+            try:
+                self.stats = self._call("load", (), timeout)
+            except BaseException:
+                self._close_locked()
+                raise
         return self.stats
 
     def offload(self) -> Stats:
-        if not self.exit_on_offload:
-            self.stats = self._call("offload", timeout=60.0)
-            return self.stats
         with self._lock:
+            if not self.exit_on_offload:
+                self.stats = self._call("offload", (), 60.0)
+                return self.stats
             if self._shm is None:
-                self._layout = self._call_locked("export", (self._shm_name,), 120.0)
+                self._layout = self._call("export", (self._shm_name,), 120.0)
                 self._shm = SharedMemory(name=self._shm_name)
-            self._call_locked("exit", (), 30.0)
-            self._reap()
+            chan = self._chan
+            self._call("exit", (), 30.0)
+            if chan is not None:
+                self._drop(chan)
             self._spawn_standby()
         self.stats = replace(self.stats, vram_bytes=0)
         return self.stats
 
     def restore(self, timeout: float) -> Stats:
         deadline = time.monotonic() + timeout
-        try:
-            if self._proc is None and self._shm is not None and self._layout is not None:
-                with self._lock:
-                    if not self._adopt_standby(timeout):
-                        self._spawn((self._shm_name, self._layout))
-            self.stats = self._call("restore", timeout=max(deadline - time.monotonic(), 0.001))
-        except BaseException:
-            if self.exit_on_offload and self._shm is not None:
-                # The model stays `cpu`, and in this mode `cpu` holds no CUDA context (only a standby).
-                self._stop_worker()
-                self._spawn_standby()
-                self.stats = replace(self.stats, vram_bytes=0)
-            raise
+        with self._lock:
+            try:
+                layout = self._layout
+                cold = self._chan is None and self._shm is not None and layout is not None
+                if cold and layout is not None and not self._adopt_standby(timeout):
+                    self._spawn((self._shm_name, layout))
+                self.stats = self._call("restore", (), max(deadline - time.monotonic(), 0.001))
+            except BaseException:
+                if self.exit_on_offload and self._shm is not None:
+                    # The model stays `cpu`, and in this mode `cpu` holds no CUDA context (only a standby).
+                    self._stop_worker()
+                    self._spawn_standby()
+                    self.stats = replace(self.stats, vram_bytes=0)
+                raise
         return self.stats
 
     def synthesize(
         self, text: str, voice: str | None, speed: float, timeout: float | None
     ) -> tuple[np.ndarray, int]:
-        samples, sr = self._call("synthesize", text, voice, speed, timeout=timeout)
+        # No lock: requests wait on the worker together; the worker runs as many as its backend takes.
+        samples, sr = self._call("synthesize", (text, voice, speed), timeout)
         return samples, sr
 
     def host_intact(self) -> bool:
         if self._shm is not None:
             return True
-        p = self._proc
-        return p is not None and p.is_alive()
-
-    def _kill(self) -> None:
-        p = self._proc
-        if p is not None and p.is_alive():
-            p.kill()
-        self._reap()
-
-    def _reap(self) -> int | None:
-        p, conn = self._proc, self._conn
-        self._proc, self._conn = None, None
-        code = None
-        if p is not None:
-            p.join(10.0)
-            if p.is_alive():
-                p.kill()
-                p.join(5.0)
-            code = p.exitcode
-            with contextlib.suppress(ValueError):
-                p.close()
-        if conn is not None:
-            conn.close()
-        return code
+        c = self._chan
+        return c is not None and c.alive()
 
     def _stop_worker(self) -> None:
         # Ask politely (the worker frees CUDA and shared memory itself), then make sure.
-        if self._proc is not None and self._lock.acquire(timeout=5.0):
-            try:
-                if self._proc is not None and self._proc.is_alive() and self._conn is not None:
-                    with contextlib.suppress(Exception):
-                        self._conn.send(("exit", ()))
-                        if self._conn.poll(5.0):
-                            self._conn.recv()
-            finally:
-                self._lock.release()
-        self._kill()
+        chan = self._chan
+        if chan is None:
+            return
+        if chan.alive():
+            with contextlib.suppress(Exception):
+                self._ask(chan, "exit", (), 5.0)
+        chan.kill()
+        self._drop(chan)
 
-    def close(self) -> None:
+    def _close_locked(self) -> None:
         self._stop_standby()
         self._stop_worker()
         if self._shm is not None:
@@ -399,3 +525,16 @@ class WorkerExecutor:
                 orphan.close()
                 orphan.unlink()
         self.stats = Stats(device=self.stats.device)
+
+    def close(self) -> None:
+        # A verb that hangs is ended by its own timeout; close must not wait behind it for long.
+        got = self._lock.acquire(timeout=5.0)
+        try:
+            if not got:
+                chan = self._chan
+                if chan is not None:
+                    chan.kill()
+            self._close_locked()
+        finally:
+            if got:
+                self._lock.release()

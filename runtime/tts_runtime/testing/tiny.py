@@ -8,6 +8,7 @@ comes back wrong after offload/restore changes the samples.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from typing import Any
 
@@ -30,10 +31,18 @@ class TinyTTS(nn.Module):
     voices = ("alto", "bass")
 
     def __init__(
-        self, size_bytes: int = 0, delay_seconds: float = 0.0, hidden: int = 32, seed: int = 0
+        self,
+        size_bytes: int = 0,
+        delay_seconds: float = 0.0,
+        hidden: int = 32,
+        seed: int = 0,
+        concurrency: int = 1,
     ) -> None:
         super().__init__()
         self.delay_seconds = float(delay_seconds)
+        self.max_concurrency = int(concurrency)  # requests the engine may run at once (dispatch.py)
+        self.in_flight = self.peak_in_flight = 0  # how many ran at once (tests of concurrency)
+        self._count = threading.Lock()
         self.resident = True  # False between residency_offload() and residency_restore()
         self.embed = nn.Embedding(256, hidden)
         self.proj = nn.Linear(hidden, hidden)
@@ -84,11 +93,23 @@ class TinyTTS(nn.Module):
         self.resident = True
 
     def synthesize(self, text: str, voice: str, speed: float) -> tuple[torch.Tensor, int]:
+        if text == "peak?":  # lets a test read, even from a worker process, how many ran at once
+            return torch.tensor([float(self.peak_in_flight)]), SAMPLE_RATE
         # The engine promises never to offload under a request: break loudly if it ever does.
         if not self.resident:
             raise RuntimeError("TinyTTS.synthesize called while offloaded")
-        if self.delay_seconds:
-            time.sleep(self.delay_seconds)  # lets tests hold a request in flight
+        with self._count:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            if self.delay_seconds:
+                time.sleep(self.delay_seconds)  # lets tests hold a request in flight
+            return self._speak(text, voice, speed)
+        finally:
+            with self._count:
+                self.in_flight -= 1
+
+    def _speak(self, text: str, voice: str, speed: float) -> tuple[torch.Tensor, int]:
         if not self.resident:
             raise RuntimeError("TinyTTS was offloaded during synthesize")
         dev = self.embed.weight.device
@@ -98,8 +119,34 @@ class TinyTTS(nn.Module):
 
 
 def factory(**options: Any) -> TinyTTS:
-    """`tts_runtime.testing.tiny:factory`; options: size_bytes, delay_seconds, hidden, seed."""
+    """`tts_runtime.testing.tiny:factory`; options: size_bytes, delay_seconds, hidden, seed, concurrency."""
     return TinyTTS(**options)
+
+
+class BatchTTS(TinyTTS):
+    """TinyTTS with a batch call (dynamic batching): one `delay_seconds` per batch; records batch sizes.
+    Each item's samples equal what `synthesize` gives for it alone."""
+
+    def __init__(self, max_batch_size: int = 8, **options: Any) -> None:
+        super().__init__(**options)
+        self.max_batch_size = int(max_batch_size)
+        self.batches: list[int] = []
+
+    def synthesize_batch(self, requests: list[tuple[str, str, float]]) -> list[tuple[torch.Tensor, int]]:
+        self.batches.append(len(requests))
+        if self.delay_seconds:
+            time.sleep(self.delay_seconds)
+        return [self._speak(text, voice, speed) for text, voice, speed in requests]
+
+    def synthesize(self, text: str, voice: str, speed: float) -> tuple[torch.Tensor, int]:
+        if text == "batches?":  # lets a test read the batch sizes out of a worker process
+            return torch.tensor(self.batches, dtype=torch.float32), SAMPLE_RATE
+        return super().synthesize(text, voice, speed)
+
+
+def batch_factory(**options: Any) -> BatchTTS:
+    """`tts_runtime.testing.tiny:batch_factory`; TinyTTS options plus max_batch_size (default 8)."""
+    return BatchTTS(**options)
 
 
 class TinyPlugin:
