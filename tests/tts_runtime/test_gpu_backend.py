@@ -42,13 +42,14 @@ def test_restore_is_pinned_tied_and_keeps_dtypes(closing: list[TorchBackend]) ->
     closing.append(b)
     b.load()
     m = b.obj
-    assert all(g.host.is_pinned() for g in b.groups)  # pinned: the restore copy is asynchronous
+    # One arena, registered at its exact size (cudaHostRegister): the restore copy is asynchronous.
+    assert b.host.is_pinned() and b.stats().pinned_bytes == b.stats().host_bytes == b.host.numel()
     assert all(t.device.type == "cuda" for t in tensors(m))  # parameters AND (non-persistent) buffers
     assert m.up.dtype == m.window.dtype == torch.bfloat16 and m.steps.dtype == torch.int64
     assert m.head.weight is m.embed.weight and m.down.data_ptr() == m.up.data_ptr()
     before = b.synthesize("on the device", None, 1.0)[0]
     b.offload()
-    assert all(t.device.type == "cpu" and t.is_pinned() for t in tensors(m))
+    assert all(t.device.type == "cpu" and (t.numel() == 0 or t.is_pinned()) for t in tensors(m))
     assert m.down.data_ptr() == m.up.data_ptr()
     b.restore()
     assert m.down.data_ptr() == m.up.data_ptr() and m.up.device.type == "cuda"
@@ -97,3 +98,30 @@ def test_cuda_oom_during_restore_rolls_back_to_the_host_copy(closing: list[Torch
         torch.cuda.empty_cache()
     b.restore()
     assert b.synthesize("too big", None, 1.0)[0].tobytes() == before.tobytes()
+
+
+def test_restore_is_one_device_arena_and_graphs_are_recaptured_or_refused(closing: list[TorchBackend]) -> None:
+    import torch
+
+    from tts_runtime.engine.torch_backend import GRAPHS, StaleGraphError
+
+    b = make(TINY, size_bytes=64 << 20)
+    closing.append(b)
+    b.load()
+    assert b.work is not None and b.work.device.type == "cuda"
+    lo, hi = b.work.data_ptr(), b.work.data_ptr() + b.work.numel()
+    assert all(t.numel() == 0 or lo <= t.data_ptr() < hi for t in tensors(b.obj))
+    assert torch.cuda.memory_allocated() >= b.work.numel()
+    before = GRAPHS.count
+    g = torch.cuda.CUDAGraph()
+    x = torch.zeros(4, device="cuda")
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s), torch.cuda.graph(g):
+        x.add_(1)
+    try:
+        assert GRAPHS.count == before + 1  # a real capture is seen
+        with pytest.raises(StaleGraphError):
+            b.offload()
+    finally:
+        GRAPHS.count = before
+        del g

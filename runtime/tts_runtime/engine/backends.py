@@ -31,6 +31,16 @@ class Stats:
     device_bytes: int = 0
     voices: list[str] = field(default_factory=list)
     sample_rate: int = 0
+    pinned_bytes: int = 0  # of host_bytes, what is page-locked for the device (exactly, no rounding)
+    pin_seconds: float = 0.0  # what registering the pinned memory cost (exit-worker: on every restore)
+    context_bytes: int = 0  # the process's CUDA context, measured when it was created; in vram_bytes
+    # Device bytes beyond the weights at the peak seen so far (activations, library workspaces); the
+    # budget adds it to the weights before saying a model fits.
+    workspace_bytes: int = 0
+    # This process as NVML names it: in a container without hostPID, NVML lists host PIDs; the worker
+    # finds its own by the entry that appeared when it created its context. Empty: not known.
+    gpu_pids: list[int] = field(default_factory=list)
+    note: str | None = None  # something the report should say (hibari fell back to CPU)
 
 
 @dataclass

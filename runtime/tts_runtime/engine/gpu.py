@@ -6,10 +6,13 @@ accounting on the engine side goes through NVML.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tts_runtime.residency import GpuReport
@@ -44,15 +47,17 @@ class NoGpu:
 
 
 class NvmlProbe:
-    """The GPU this runtime uses (first of CUDA_VISIBLE_DEVICES, else index `index`), read through NVML.
+    """One GPU read through NVML: entry `index` of CUDA_VISIBLE_DEVICES (an index, `GPU-…`/`MIG-…` UUID),
+    else NVML index `index`. The engine reads its first GPU; a worker on `cuda:N` reads entry N.
 
-    NVML numbers GPUs in PCI bus order; workers set CUDA_DEVICE_ORDER=PCI_BUS_ID so CUDA agrees."""
+    NVML numbers GPUs in PCI bus order; workers set CUDA_DEVICE_ORDER=PCI_BUS_ID so CUDA agrees. `nvml` is
+    the `pynvml` module (tests pass a fake with the same calls)."""
 
-    def __init__(self, index: int = 0) -> None:
+    def __init__(self, index: int = 0, nvml: Any = None) -> None:
         self._index = index
         self._lock = threading.Lock()
         self._handle: Any = None
-        self._nvml: Any = None
+        self._nvml: Any = nvml
         self._tried = False
 
     def _dev(self) -> Any:
@@ -61,21 +66,21 @@ class NvmlProbe:
                 return self._handle
             self._tried = True
             raw = os.environ.get("CUDA_VISIBLE_DEVICES")
-            visible = (raw or "").split(",")[0].strip()
+            entries = [e.strip() for e in (raw or "").split(",")]
+            visible = entries[self._index] if self._index < len(entries) else ""
             if raw is not None and not (visible.isdigit() or visible.startswith(("GPU-", "MIG-"))):
                 # "", "-1", "NoDevFiles": CUDA sees no GPU here, whatever NVML can see.
-                log.info("no GPU accounting (CUDA_VISIBLE_DEVICES=%r hides every GPU)", raw)
+                log.info("no GPU accounting (CUDA_VISIBLE_DEVICES=%r hides GPU %d)", raw, self._index)
                 return None
             try:
-                import pynvml
-
-                pynvml.nvmlInit()
+                nv = self._nvml if self._nvml is not None else importlib.import_module("pynvml")
+                nv.nvmlInit()
                 if visible.startswith(("GPU-", "MIG-")):
-                    handle = pynvml.nvmlDeviceGetHandleByUUID(visible)
+                    handle = nv.nvmlDeviceGetHandleByUUID(visible)
                 else:
                     idx = int(visible) if visible.isdigit() else self._index
-                    handle = pynvml.nvmlDeviceGetHandleByIndex(idx)
-                self._nvml, self._handle = pynvml, handle
+                    handle = nv.nvmlDeviceGetHandleByIndex(idx)
+                self._nvml, self._handle = nv, handle
             except Exception as e:  # NVMLError, ImportError, a bad CUDA_VISIBLE_DEVICES: no GPU accounting
                 log.info("no GPU accounting (NVML unavailable: %s)", e)
                 self._handle = None
@@ -93,20 +98,23 @@ class NvmlProbe:
         except Exception:
             return None
 
-    def process_bytes(self, pids: Iterable[int]) -> int | None:
+    def processes(self) -> dict[int, int] | None:
+        """Every process with a context on this GPU, as NVML names it (host PIDs!) -> bytes it holds."""
         h = self._dev()
         if h is None:
             return None
-        wanted = set(pids)
-        total = 0
         try:
             procs = self._nvml.nvmlDeviceGetComputeRunningProcesses(h)
         except Exception:
             return None
-        for p in procs:
-            if p.pid in wanted and p.usedGpuMemory:  # usedGpuMemory is None where the driver hides it
-                total += int(p.usedGpuMemory)
-        return total
+        # usedGpuMemory is None where the driver hides it (some vGPU/MIG setups): counted as 0.
+        return {int(p.pid): int(p.usedGpuMemory or 0) for p in procs}
+
+    def process_bytes(self, pids: Iterable[int]) -> int | None:
+        procs = self.processes()
+        if procs is None:
+            return None
+        return sum(procs.get(pid, 0) for pid in set(pids))
 
     def report(self, pids: Iterable[int]) -> GpuReport | None:
         h = self._dev()
@@ -157,3 +165,44 @@ class FakeGpu:
             freeBytes=self.free_bytes() or 0,
             processBytes=self.used(),
         )
+
+
+@dataclass
+class GpuIdentity:
+    """How NVML names this process (host PIDs in a container without hostPID) and its context's bytes."""
+
+    pids: list[int] = field(default_factory=list)  # empty: could not tell (another process started too)
+    context_bytes: int = 0
+
+
+def identify_self(
+    probe: NvmlProbe | None, create_context: Callable[[], int | None], settle_seconds: float = 0.5
+) -> GpuIdentity:
+    """Create this process's CUDA context and find which of NVML's processes it is.
+
+    `create_context()` makes the context and returns the device's free bytes after it (`cuMemGetInfo`).
+    Inside a pod NVML lists host PIDs, which never equal ours; the entry that appeared when our context
+    was created is us. Two processes starting at the same moment are ambiguous: no PID, and the caller
+    reports what it measures itself. The context's size is NVML's count for that entry, else the drop
+    in free memory across the creation.
+    """
+    me = os.getpid()
+    before = probe.processes() if probe is not None else None
+    free0 = probe.free_bytes() if probe is not None else None
+    free1 = create_context()
+    if before is None:
+        return GpuIdentity()
+    deadline = time.monotonic() + settle_seconds
+    while True:
+        after = probe.processes() if probe is not None else None
+        new = sorted(set(after or {}) - set(before))
+        if new or after is None or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)  # the driver lists a new context a moment later on some systems
+    pids = [me] if me in new else new if len(new) == 1 else []
+    context = (after or {}).get(pids[0], 0) if pids else 0
+    if not context and free0 is not None and free1 is not None:
+        context = max(0, free0 - free1)
+    if not pids:
+        log.info("could not tell which GPU process is this one (new on the GPU: %s)", new or "none")
+    return GpuIdentity(pids=pids, context_bytes=context)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,8 @@ from tts_runtime.engine.backends import (
     check_request,
     resolve_factory,
 )
+from tts_runtime.engine.gpu import GpuIdentity, NvmlProbe, identify_self
+from tts_runtime.engine.host_memory import CudaHostPinner, HostPinner, PinnedRegion
 from tts_runtime.engine.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -74,15 +77,46 @@ class _Member:
 
 @dataclass
 class _Group:
-    """One storage: a flat byte block on the host (pinned with CUDA) and the tensors that view it."""
+    """One storage: its bytes at `offset` in the model's arena (host or device) and the tensors viewing it."""
 
     key: str
-    host: torch.Tensor
+    offset: int  # bytes from the start of the arena; a multiple of _ALIGN
+    host: torch.Tensor  # its slice of the host arena
     members: list[_Member]
 
-    def point_at(self, block: torch.Tensor) -> None:
+    def point_at(self, arena: torch.Tensor) -> None:
+        block = arena[self.offset : self.offset + self.host.numel()]
         for m in self.members:
             m.point_at(m.view(block))
+
+
+class StaleGraphError(RuntimeError):
+    """The model holds CUDA graphs captured against its weights' device addresses, which a move changes."""
+
+
+class CaptureCounter:
+    """Counts CUDA graph captures in this process. A worker serves one model, so they are its graphs;
+    tests watch a stand-in class (torch's CUDAGraph cannot be built without CUDA)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._watched: set[type] = set()
+
+    def watch(self, cls: type) -> None:
+        if cls in self._watched:
+            return
+        self._watched.add(cls)
+        original = cls.capture_begin  # type: ignore[attr-defined]
+        counter = self
+
+        def capture_begin(graph: Any, *args: Any, **kwargs: Any) -> Any:
+            counter.count += 1
+            return original(graph, *args, **kwargs)
+
+        cls.capture_begin = capture_begin  # type: ignore[attr-defined]
+
+
+GRAPHS = CaptureCounter()
 
 
 def modules_of(obj: Any) -> list[nn.Module]:
@@ -162,24 +196,51 @@ def _span(t: torch.Tensor) -> tuple[int, int]:
     return start, start + extent * size
 
 
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
 class TorchBackend:
-    def __init__(self, spec: ModelSpec, device: str) -> None:
+    """The torch backend; `pinner` page-locks the host arena (default: `cudaHostRegister` with CUDA)."""
+
+    def __init__(self, spec: ModelSpec, device: str, pinner: HostPinner | None = None) -> None:
         self.spec = spec
         self.device = _resolve_device(device)
         self.obj: Any = None
         self.groups: list[_Group] = []
+        self.host = torch.empty(0, dtype=torch.uint8)  # the host arena: every group, laid out once
+        self.work: torch.Tensor | None = None  # the device arena while on the device
         self.on_device = False
+        self.pinner = pinner if pinner is not None else (CudaHostPinner() if self.cuda else None)
+        self.pinned = PinnedRegion(None, 0, 0)
+        self.identity = GpuIdentity()
+        if self.cuda:
+            GRAPHS.watch(torch.cuda.CUDAGraph)
+        self.weights_bytes = 0  # device bytes of the arena, to tell weights from workspace
+        self.workspace_bytes = 0
+        self._graph_base: int | None = None  # device arena address the model's CUDA graphs captured
 
     @property
     def cuda(self) -> bool:
         return self.device.type == "cuda"
 
     # -- building ---------------------------------------------------------------------------------
+    def _context(self) -> None:
+        """This process's CUDA context, made once, knowing which NVML process it is (item: containers)."""
+        if not self.cuda or self.identity.context_bytes or self.identity.pids:
+            return
+        dev = self.device
+
+        def create() -> int:
+            torch.cuda.set_device(dev)  # no stray context on GPU 0 when serving on cuda:N
+            return int(torch.cuda.mem_get_info(dev)[0])
+
+        self.identity = identify_self(NvmlProbe(dev.index or 0), create)
+
     def _build(self, meta: bool = False) -> Any:
         assert self.spec.factory
         factory = resolve_factory(self.spec.factory)
-        if self.cuda:
-            torch.cuda.set_device(self.device)  # no stray context on GPU 0 when serving on cuda:N
+        self._context()
         try:
             if meta:
                 # Skeleton only: the weights come from shared memory. Factories that cannot build on
@@ -202,27 +263,41 @@ class TorchBackend:
             )
         return obj
 
-    def _host_block(self, nbytes: int) -> torch.Tensor:
-        # Pinned memory makes the restore copy asynchronous and about twice as fast; it needs CUDA.
-        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.cuda)
+    def _pin(self) -> None:
+        # One exact-size registration of a plain allocation: pinned as it is, not rounded up to a power
+        # of two as torch's pinned allocator would (docs/engine.md).
+        self.pinned.release()
+        self.pinned = PinnedRegion(self.pinner, self.host.data_ptr(), self.host.numel())
 
     def load(self) -> None:
         self.obj = self._build()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
         found = _collect(self.obj)
         by_storage: dict[tuple[str, int], list[_Found]] = {}
         for f in found:
             by_storage.setdefault(_storage_id(f.tensor), []).append(f)
         del found
-        self.groups = []
+        # Lay every storage out once in one arena: one allocation, one registration, one copy to restore.
+        plan: list[tuple[list[_Found], list[tuple[int, int]], int, int]] = []
+        total = 0
         for fs in by_storage.values():
             spans = [_span(f.tensor) for f in fs]
             lo = min(s for s, _ in spans) // _ALIGN * _ALIGN
+            hi = max(e for _, e in spans)
+            offset = _align(total)
+            plan.append((fs, spans, lo, offset))
+            total = offset + max(0, hi - lo)
+        by_storage.clear()
+        self.host = torch.empty(total, dtype=torch.uint8)
+        self.groups = []
+        for fs, spans, lo, offset in plan:
             hi = max(e for _, e in spans)
             storage = fs[0].tensor.untyped_storage()
             src = torch.empty(0, dtype=torch.uint8, device=fs[0].tensor.device).set_(
                 storage, lo, (max(0, hi - lo),), (1,)
             )
-            host = self._host_block(max(0, hi - lo))
+            host = self.host[offset : offset + max(0, hi - lo)]
             host.copy_(src)
             members = []
             for f, (start, _) in zip(fs, spans, strict=True):
@@ -233,29 +308,32 @@ class TorchBackend:
                 )
                 m.places, m.param = f.places, param
                 members.append(m)
-            g = _Group(fs[0].key, host, members)
-            g.point_at(host)  # the factory's tensors are freed as soon as nothing else holds them
+            g = _Group(fs[0].key, offset, host, members)
+            g.point_at(self.host)  # the factory's tensors are freed as soon as nothing else holds them
             self.groups.append(g)
             del src, storage, fs
-        by_storage.clear()
+        plan.clear()
+        self.weights_bytes = total
+        self._pin()
         self.restore()
 
     def adopt_host(self, blobs: list[Blob]) -> None:
-        """Rebuild around a host copy in shared memory; ends in `cpu` (the caller restores)."""
+        """Rebuild around a host arena in shared memory; ends in `cpu` (the caller restores)."""
         self.obj = self._build(meta=True)
-        hosts: dict[str, torch.Tensor] = {}
-        where: dict[str, tuple[str, dict[str, Any]]] = {}
-        for b in blobs:
-            hosts[b.key] = _bytes_tensor(b.data)
-            for m in b.meta["members"]:
-                where[m["key"]] = (b.key, m)
-        members: dict[str, list[_Member]] = {k: [] for k in hosts}
+        if len(blobs) != 1 or "groups" not in blobs[0].meta:
+            raise RuntimeError("shared host copy is not one torch arena; it was made by another version")
+        arena = _bytes_tensor(blobs[0].data)
+        where: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        for gm in blobs[0].meta["groups"]:
+            for m in gm["members"]:
+                where[m["key"]] = (gm, m)
+        members: dict[str, list[_Member]] = {gm["key"]: [] for gm in blobs[0].meta["groups"]}
         for f in _collect(self.obj):
             if f.key not in where:
                 raise RuntimeError(
                     f"shared host copy has no tensor {f.key!r}; the factory built a different model"
                 )
-            block, meta = where[f.key]
+            gm, meta = where[f.key]
             shape = tuple(meta["shape"])
             if shape != tuple(f.tensor.shape):
                 raise RuntimeError(
@@ -263,25 +341,43 @@ class TorchBackend:
                 )
             dtype = getattr(torch, meta["dtype"])
             m = _Member(f.key, dtype, shape, tuple(meta["stride"]), int(meta["offset"]), f.places)
+            block = arena[gm["offset"] : gm["offset"] + gm["nbytes"]]
             if isinstance(f.tensor, nn.Parameter):
                 # A meta parameter cannot take CPU data in place: one new Parameter for all its places.
-                m.param = nn.Parameter(m.view(hosts[block]), requires_grad=False)
+                m.param = nn.Parameter(m.view(block), requires_grad=False)
                 for owner, leaf in f.places:
                     owner._parameters[leaf] = m.param
-            members[block].append(m)
-        self.groups = [_Group(k, hosts[k], ms) for k, ms in members.items() if ms]
+            members[gm["key"]].append(m)
+        self.host = arena
+        self.groups = [
+            _Group(gm["key"], gm["offset"], arena[gm["offset"] : gm["offset"] + gm["nbytes"]], ms)
+            for gm in blobs[0].meta["groups"]
+            if (ms := members[gm["key"]])
+        ]
         for g in self.groups:
-            g.point_at(g.host)
+            g.point_at(self.host)
+        self.weights_bytes = self.host.numel()
+        # The shared block is pageable: registered, the restore copy runs at pinned speed (its cost is
+        # in Stats.pin_seconds).
+        self._pin()
         self.on_device = False
 
     # -- memory verbs -----------------------------------------------------------------------------
     def offload(self) -> None:
+        if GRAPHS.count and not callable(getattr(self.obj, "residency_recapture", None)):
+            raise StaleGraphError(
+                f"{self.spec.name} captured {GRAPHS.count} CUDA graph(s) against its weights' "
+                "device addresses, which a restore may change; give the model residency_recapture() "
+                "(re-capture after a restore) or keep it on the GPU (pinned: true)"
+            )
+        self._measure_workspace()
         for g in self.groups:
-            g.point_at(g.host)
+            g.point_at(self.host)
         hook = getattr(self.obj, "residency_offload", None)
         if callable(hook):
             hook()
         self.on_device = False
+        self.work = None  # the device arena: one block, freed at once
         if self.cuda:
             self._free_cuda_cache()
             left = torch.cuda.memory_allocated(self.device)
@@ -294,6 +390,12 @@ class TorchBackend:
                     left,
                     self.device,
                 )
+
+    def _measure_workspace(self) -> None:
+        """Remember the peak device bytes beyond the weights (what requests needed on top of them)."""
+        if self.cuda:
+            peak = int(torch.cuda.max_memory_reserved(self.device))
+            self.workspace_bytes = max(self.workspace_bytes, peak - self.weights_bytes)
 
     def _free_cuda_cache(self) -> None:
         # The caching allocator keeps freed blocks for reuse; give them back to the driver so other
@@ -313,31 +415,62 @@ class TorchBackend:
         try:
             if self.cuda:
                 torch.cuda.set_device(dev)
+                torch.cuda.reset_peak_memory_stats(dev)
+            if dev.type == "cpu":
+                work = self.host.clone()  # a CPU "device" still gets its own working copy
+            else:
+                work = torch.empty(self.host.shape, dtype=torch.uint8, device=dev)
+                # One copy for the whole model, asynchronous from pinned memory: the tensors are pointed
+                # at their views while the bytes move.
+                work.copy_(self.host, non_blocking=self.pinned.pinned)
             for g in self.groups:
-                if dev.type == "cpu":
-                    work = g.host.clone()  # a CPU "device" still gets its own working copy
-                else:
-                    work = torch.empty(g.host.shape, dtype=torch.uint8, device=dev)
-                    # Asynchronous only from pinned memory (a shared-memory block is not pinned).
-                    work.copy_(g.host, non_blocking=g.host.is_pinned())
                 g.point_at(work)
             if self.cuda:
-                torch.cuda.synchronize(dev)  # every copy has landed before the model is used
+                torch.cuda.synchronize(dev)  # every byte has landed before the model is used
+            self.work = work
             hook = getattr(self.obj, "residency_restore", None)
             if callable(hook):
                 hook(str(dev))
+            self._check_graphs(work)
         except BaseException as e:
             # Nothing half-moved: every tensor back on its host copy, the partial device copy freed
             # (this frame outlives the raise in the traceback: drop its device tensor before freeing).
             work = None
+            self.work = None
+            if e.__traceback__ is not None and e.__traceback__.tb_next is not None:
+                traceback.clear_frames(e.__traceback__.tb_next)  # frames that finished may hold views
             with contextlib.suppress(Exception):
-                self.offload()
+                self._point_home()
             if is_oom(e):
                 raise GpuOutOfMemory(
                     f"CUDA out of memory while moving {self.spec.name} to {dev}: {e}"
                 ) from None
             raise
         self.on_device = True
+
+    def _point_home(self) -> None:
+        for g in self.groups:
+            g.point_at(self.host)
+        hook = getattr(self.obj, "residency_offload", None)
+        if callable(hook):
+            hook()
+        self.on_device = False
+        if self.cuda:
+            self._free_cuda_cache()
+
+    def _check_graphs(self, work: torch.Tensor) -> None:
+        """CUDA graphs replay the addresses they captured: re-capture when the arena moved."""
+        base = work.data_ptr()
+        if GRAPHS.count and self._graph_base is not None and base != self._graph_base:
+            recapture = getattr(self.obj, "residency_recapture", None)
+            if callable(recapture):
+                recapture()
+            else:
+                raise StaleGraphError(
+                    f"{self.spec.name}: the weights came back at another address and the model's CUDA "
+                    "graphs would replay the old one; give it residency_recapture()"
+                )
+        self._graph_base = base
 
     def synthesize(self, text: str, voice: str | None, speed: float) -> tuple[np.ndarray, int]:
         voices = self._voices()
@@ -392,25 +525,44 @@ class TorchBackend:
     def stats(self) -> Stats:
         vram = 0
         if self.cuda:
-            vram = int(torch.cuda.memory_reserved(self.device))
+            self._measure_workspace()
+            # What this process holds without NVML: the allocator's blocks plus the context (measured
+            # when it was created), so a `cpu` model in keep-worker mode does not read ~0.
+            vram = int(torch.cuda.memory_reserved(self.device)) + self.identity.context_bytes
         return Stats(
             device=str(self.device),
             vram_bytes=vram,
-            host_bytes=sum(g.host.numel() for g in self.groups),
+            host_bytes=self.host.numel(),
+            device_bytes=self.weights_bytes,
             voices=self._voices(),
             sample_rate=int(getattr(self.obj, "sample_rate", 0) or 0),
+            pinned_bytes=self.pinned.nbytes,
+            pin_seconds=self.pinned.seconds,
+            context_bytes=self.identity.context_bytes,
+            workspace_bytes=self.workspace_bytes,
+            gpu_pids=list(self.identity.pids),
         )
 
     def host_blobs(self) -> list[Blob]:
-        blobs = []
-        for g in self.groups:
-            meta = {"members": [m.to_json() for m in g.members]}
-            blobs.append(Blob(g.key, meta, memoryview(g.host.numpy())))  # type: ignore[arg-type]
-        return blobs
+        """The host arena as one blob (its layout in `meta`), for the shared-memory block."""
+        groups = [
+            {
+                "key": g.key,
+                "offset": g.offset,
+                "nbytes": g.host.numel(),
+                "members": [m.to_json() for m in g.members],
+            }
+            for g in self.groups
+        ]
+        data = memoryview(self.host.numpy())  # type: ignore[arg-type]
+        return [Blob("arena", {"groups": groups}, data)]
 
     def close(self) -> None:
         self.groups = []
         self.obj = None
+        self.work = None
+        self.pinned.release()  # before the arena (or the shared block under it) goes away
+        self.host = torch.empty(0, dtype=torch.uint8)
         if self.cuda:
             with contextlib.suppress(Exception):
                 self._free_cuda_cache()
