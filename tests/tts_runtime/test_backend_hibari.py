@@ -108,3 +108,54 @@ def test_only_offline_voices_are_offered() -> None:
         b = HibariBackend(ModelSpec(name="hibari", voices=["heart", missing[0]]), "cpu")
         with pytest.raises(RuntimeError, match="not in the package or cache"):
             b.load()
+
+
+def test_cuda_without_the_cuda_provider_says_why_it_runs_on_cpu() -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this host has the CUDA provider")
+    b = HibariBackend(ModelSpec(name="hibari"), "cuda:0")
+    b.load()
+    assert b.stats().note is not None and "onnxruntime-gpu" in b.stats().note
+    b.close()
+    cpu = HibariBackend(ModelSpec(name="hibari"), "cpu")
+    cpu.load()
+    assert cpu.stats().note is None  # asked for the CPU: nothing to say
+    cpu.close()
+
+
+def test_a_cuda_provider_that_does_not_load_is_reported_and_its_graph_cached_per_provider(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import onnxruntime as ort
+
+    from tts_runtime.engine import hibari_backend
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this host has the CUDA provider")
+    # An onnxruntime that lists the CUDA provider whose libraries then fail to load (what a GPU image
+    # without cuDNN gives): the session quietly runs on CPU.
+    preloads: list[bool] = []
+    available = ort.get_available_providers()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *available])
+    monkeypatch.setattr(ort, "preload_dlls", lambda **kw: preloads.append(True), raising=False)
+    monkeypatch.setattr(hibari_backend, "_PRELOADED", [])
+    b = HibariBackend(ModelSpec(name="hibari"), "cuda:0")
+    b.load()
+    try:
+        assert preloads == [True]  # the CUDA libraries were made loadable before the first session
+        assert b.providers == ["CPUExecutionProvider"] and b.stats().device == "cpu"
+        assert "did not load" in (b.stats().note or "")
+        # The graph kept for the CUDA providers: provider-independent optimisations only, so it loads
+        # again (a CUDA-optimised graph would carry Memcpy nodes).
+        assert b.optimised_for == ("CUDAExecutionProvider", "CPUExecutionProvider")
+        cpu = HibariBackend(ModelSpec(name="hibari"), "cpu")
+        cpu.model_bytes = b.model_bytes
+        assert b.optimised["heart"] != cpu._optimise(b.model_bytes["heart"], CPU_ONLY)
+        before, _ = b.synthesize(TEXT, "heart", 1.0)
+        b.offload()
+        b.restore()  # built from the cached graph
+        assert b.synthesize(TEXT, "heart", 1.0)[0].tobytes() == before.tobytes()
+    finally:
+        b.close()

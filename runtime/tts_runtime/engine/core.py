@@ -18,7 +18,7 @@ from tts_runtime.engine.executor import ExecutionTimeout
 from tts_runtime.engine.gpu import GpuProbe, NoGpu, NvmlProbe
 from tts_runtime.engine.lease import Lease, Transition
 from tts_runtime.engine.planning import plan_idle
-from tts_runtime.engine.reporting import model_report, process_pids
+from tts_runtime.engine.reporting import gpu_pids, model_report, process_pids
 from tts_runtime.engine.slot import Slot
 from tts_runtime.engine.spec import ModelSpec
 from tts_runtime.engine.verbs import VerbRunner
@@ -291,7 +291,7 @@ class Engine:
 
     def report(self) -> ResidencyReport:
         models = [self.model_report(n) for n in self._slots]
-        return ResidencyReport(models=models, gpu=self.gpu.report(self.pids()))
+        return ResidencyReport(models=models, gpu=self.gpu.report(gpu_pids(self._slots.values())))
 
     def pids(self) -> list[int]:
         """This process and its workers (what NVML per-process accounting sums)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -21,13 +22,31 @@ from typing import Any
 import numpy as np
 
 from tts_runtime.engine.backends import Blob, GpuOutOfMemory, Stats, as_samples, check_request
+from tts_runtime.engine.gpu import GpuIdentity, NvmlProbe, identify_self
 from tts_runtime.engine.spec import ModelSpec
 
+log = logging.getLogger(__name__)
 SAMPLE_RATE = 24000
 CPU_ONLY = ("CPUExecutionProvider",)
 OPTIMISED = "optimised"  # Blob meta kind of ONNX Runtime's optimised graph of a voice
 _NOT_DATA = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
 _G2P_BYTES: dict[bool, int] = {}  # british? -> bytes of one G2P; the same in every process, so walked once
+CUDA = "CUDAExecutionProvider"
+_PRELOADED: list[bool] = []  # onnxruntime.preload_dlls() ran in this process
+
+
+def preload_cuda_libraries(ort: Any) -> None:
+    """Make the CUDA/cuDNN libraries of the nvidia-* wheels (torch's cu128 brings them) loadable by
+    onnxruntime-gpu, once per process; a failure shows as the CPU fallback's reason."""
+    if _PRELOADED:
+        return
+    _PRELOADED.append(True)
+    preload = getattr(ort, "preload_dlls", None)
+    if callable(preload):
+        try:
+            preload()
+        except Exception as e:
+            log.warning("onnxruntime.preload_dlls() failed: %s", e)
 
 
 def available_voices() -> list[str]:
@@ -80,6 +99,8 @@ class HibariBackend:
         self.vocab: dict[str, int] | None = None
         self.host_side_bytes = 0
         self.providers: list[str] = ["CPUExecutionProvider"]
+        self.note: str | None = None  # why a model asked to run on CUDA runs on CPU
+        self.identity = GpuIdentity()
         self.seed: int | None = spec.options.get("seed", 0)
         self.threads = int(spec.options.get("threads", 1))
         # Requests in flight at once: an ONNX Runtime session may be run from several threads, and the
@@ -105,9 +126,11 @@ class HibariBackend:
             with open(voice_path(v, download_missing=False), "rb") as f:
                 self.model_bytes[v] = f.read()
         self._host_side()
-        if self._requested() == CPU_ONLY:
-            self.optimised = {v: self._optimise(m) for v, m in self.model_bytes.items()}
-            self.optimised_for = CPU_ONLY
+        # Optimised once, for the providers this model runs on: the CPU gets ONNX Runtime's whole
+        # optimisation; CUDA the provider-independent (basic) level, since a CUDA-optimised graph carries
+        # Memcpy nodes that do not load again (onnxruntime#11348): its restore runs only the CUDA passes.
+        self.optimised_for = self._requested()
+        self.optimised = {v: self._optimise(m, self.optimised_for) for v, m in self.model_bytes.items()}
         self.restore()
 
     def adopt_host(self, blobs: list[Blob]) -> None:
@@ -151,7 +174,9 @@ class HibariBackend:
     def _providers(self) -> list[Any]:
         import onnxruntime as ort
 
-        if self.want_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+        if self.want_cuda:
+            preload_cuda_libraries(ort)
+        if self.want_cuda and CUDA in ort.get_available_providers():
             cuda = {
                 "device_id": self.device_id,
                 # Grow the arena by what is asked, not the next power of two: less GPU memory held.
@@ -160,18 +185,21 @@ class HibariBackend:
                 # must give the same audio as before its offload.
                 "cudnn_conv_algo_search": "DEFAULT",
             }
-            return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+            return [(CUDA, cuda), "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
 
     def _requested(self) -> tuple[str, ...]:
         return tuple(p if isinstance(p, str) else p[0] for p in self._providers())
 
-    def _optimise(self, model: bytes) -> bytes:
-        """The graph after all of ONNX Runtime's CPU optimisations, as ONNX bytes (written once, read)."""
+    def _optimise(self, model: bytes, providers: tuple[str, ...]) -> bytes:
+        """The graph optimised for `providers`, as ONNX bytes (written once, read): every CPU optimisation
+        for the CPU, the provider-independent ones for CUDA."""
         import onnxruntime as ort
 
+        levels = ort.GraphOptimizationLevel
+        level = levels.ORT_ENABLE_ALL if providers == CPU_ONLY else levels.ORT_ENABLE_BASIC
         with tempfile.TemporaryDirectory(prefix="hibari-") as tmp:
-            so = self._options(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+            so = self._options(level)
             so.optimized_model_filepath = os.path.join(tmp, "optimised.onnx")
             ort.InferenceSession(model, so, providers=list(CPU_ONLY))
             with open(so.optimized_model_filepath, "rb") as f:
@@ -181,15 +209,39 @@ class HibariBackend:
         import onnxruntime as ort
 
         providers = self._providers()
-        if self.optimised.get(voice) is not None and self._requested() == self.optimised_for:
-            # Optimised already, for these providers: redoing it would only cost time.
-            model, level = self.optimised[voice], ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        requested = self._requested()
+        levels = ort.GraphOptimizationLevel
+        if self.optimised.get(voice) is not None and requested == self.optimised_for:
+            # Optimised already, for these providers: the CPU graph needs nothing more; CUDA only its
+            # provider-specific passes (the basic ones find nothing left to do).
+            model = self.optimised[voice]
+            level = levels.ORT_DISABLE_ALL if requested == CPU_ONLY else levels.ORT_ENABLE_ALL
         else:
-            model, level = self.model_bytes[voice], ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sess = ort.InferenceSession(model, self._options(level), providers=providers)
+            model, level = self.model_bytes[voice], levels.ORT_ENABLE_ALL
+        made: list[Any] = []
+
+        def build() -> None:
+            made.append(ort.InferenceSession(model, self._options(level), providers=providers))
+
+        if CUDA in requested and not self.identity.pids and not self.identity.context_bytes:
+            # The first CUDA session creates this process's context: find which NVML process it is.
+            self.identity = identify_self(NvmlProbe(self.device_id), lambda: build() or None)
+        else:
+            build()
+        sess = made[0]
         # What the session really got: onnxruntime falls back to CPU quietly (e.g. no cuDNN).
         self.providers = list(sess.get_providers())
+        self.note = self._fallback_reason(ort)
         return sess
+
+    def _fallback_reason(self, ort: Any) -> str | None:
+        if not self.want_cuda or self.providers[0] == CUDA:
+            return None
+        if CUDA not in ort.get_available_providers():
+            why = "this onnxruntime has no CUDA provider (the image needs onnxruntime-gpu)"
+        else:
+            why = "the CUDA provider did not load (CUDA 12 / cuDNN 9 libraries missing?)"
+        return f"asked to run on cuda:{self.device_id}, hibari runs on CPU: {why}"
 
     def restore(self) -> None:
         from hibari import Hibari
@@ -223,15 +275,17 @@ class HibariBackend:
         return as_samples(audio), SAMPLE_RATE
 
     def stats(self) -> Stats:
-        on_gpu = bool(self.engines) and self.providers[0] == "CUDAExecutionProvider"
+        on_gpu = bool(self.engines) and self.providers[0] == CUDA
         kept = sum(len(b) for b in self.model_bytes.values()) + sum(len(b) for b in self.optimised.values())
         return Stats(
-            device="cuda:0" if on_gpu else "cpu",
+            device=f"cuda:{self.device_id}" if on_gpu else "cpu",
             vram_bytes=0,  # onnxruntime does not say; the engine measures the worker with NVML
             host_bytes=kept + self.host_side_bytes,
             device_bytes=sum(len(b) for b in self.model_bytes.values()),
             voices=list(self.model_bytes),
             sample_rate=SAMPLE_RATE,
+            gpu_pids=list(self.identity.pids),
+            note=self.note,
         )
 
     def host_blobs(self) -> list[Blob]:

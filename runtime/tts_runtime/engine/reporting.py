@@ -31,16 +31,17 @@ def model_report(slot: Slot, now: float, gpu: GpuProbe) -> ModelReport:
             lastUsed=slot.last_used_wall,
             idleSeconds=idle,
             leases=slot.leases,
-            error=slot.error,
+            error=slot.error or stats.note,
             policy=slot.policy,
             gpuDemandBytes=slot.demand_bytes if slot.demand_until > now else 0,
             voices=stats.voices or slot.voices,
             transitions=dict(slot.transitions),
         )
     if pids:
-        measured = gpu.process_bytes(pids)
-        # NVML sees the CUDA context too; in a container without the host PID namespace it
-        # matches no pid (0), and the worker's own torch count is the better number.
+        # In a pod without hostPID, NVML names the worker by its host PID, which the worker found when
+        # it created its context (`gpu_pids`); NVML's count includes the context. Where the worker could
+        # not tell, its own measure (allocator + context) is the better number.
+        measured = gpu.process_bytes(stats.gpu_pids or pids)
         if measured is not None and not isinstance(gpu, NoGpu):
             report.vram_bytes = max(measured, report.vram_bytes)
     return report
@@ -53,4 +54,14 @@ def process_pids(slots: Iterable[Slot]) -> list[int]:
         ex = slot.executor
         if ex is not None:
             out.extend(ex.pids())
+    return out
+
+
+def gpu_pids(slots: Iterable[Slot]) -> list[int]:
+    """`process_pids` as NVML names them: a worker's host PID where it found it (pods without hostPID)."""
+    out = [os.getpid()]
+    for slot in slots:
+        ex, stats = slot.executor, slot.stats
+        if ex is not None:
+            out.extend((stats.gpu_pids if stats is not None else None) or ex.pids())
     return out
