@@ -220,12 +220,13 @@ class HibariBackend:
             model, level = self.model_bytes[voice], levels.ORT_ENABLE_ALL
         made: list[Any] = []
 
-        def build() -> None:
+        def build() -> int | None:
             made.append(ort.InferenceSession(model, self._options(level), providers=providers))
+            return None  # onnxruntime does not say what the device has free
 
         if CUDA in requested and not self.identity.pids and not self.identity.context_bytes:
             # The first CUDA session creates this process's context: find which NVML process it is.
-            self.identity = identify_self(NvmlProbe(self.device_id), lambda: build() or None)
+            self.identity = identify_self(NvmlProbe(self.device_id), build)
         else:
             build()
         sess = made[0]
