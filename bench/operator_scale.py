@@ -1,20 +1,23 @@
-"""Bench 3: the real operator (`tts-operator run`) against the emulated Kubernetes API at 10/100/500 services.
+"""Bench 3: the real operator (`tts-operator run`) on a real Kubernetes API server at 10/100/500 services.
 
     python bench/operator_scale.py                       # N = 10, 100, 500
     python bench/operator_scale.py --counts 10,100       # a quicker run
 
-For each N, on a fresh emulator (tests/support/kube_emulator.py, kmock) and a fresh operator subprocess:
-  1. apply N TTSServices at once: time from each apply to its five children created;
-  2. one pod per service (as its Deployment would make it) with an agent's residency report, `pods-per-gpu`
-     pods sharing each GPU: time to the first `status` showing the pod;
-  3. idle: the operator's background API requests per second;
+For each N, on a fresh control plane (kube-apiserver + kube-controller-manager 1.36 of ../shared/k8s, with an
+audit log of every request but watches) and a fresh operator subprocess in namespace `bench`, as its own
+ServiceAccount:
+  1. apply N TTSServices at once: time from each apply to its five children seen by a watch;
+  2. each service's pod (made by its Deployment's ReplicaSet, Pending) runs as a kubelet would make it run
+     (bound to a node, status Running/Ready) and its agent publishes a residency report, `pods-per-gpu` pods
+     sharing each GPU: time from the report to the first `status` showing the pod;
+  3. idle: the operator's API requests per second;
   4. residency changes, one at a time (a pod's agent reports gpu → cpu): time from the annotation patch to
-     `TTSService.status` showing it, and the operator's API requests per change (writes exactly; all
-     requests net of the idle rate);
+     `TTSService.status` showing it (a watch sees it), and the operator's API requests per change (writes
+     exactly; all requests net of the idle rate);
   5. the operator's memory (VmRSS / VmHWM from /proc) after each phase.
-Times come from the emulator itself (each stored change is stamped when it happens), so polling adds nothing.
-The operator runs with its production defaults (status 0.5 s after a change, level check every 30 s) unless
---status-seconds / --recheck-seconds say otherwise.
+Requests are the API server's own record (its audit log, by the operator's user); times are when the bench's
+watches see an object change. The operator runs with its production defaults (status 0.5 s after a change,
+level check every 30 s) unless --status-seconds / --recheck-seconds say otherwise.
 """
 
 from __future__ import annotations
@@ -26,75 +29,122 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp.web
 import httpx
 
 import benchlib
 from benchlib import fmt_bytes, fmt_ms, print_table, summary
 
 sys.path.insert(0, str(benchlib.REPO / "tests"))
-from support.kube import Emulator, KubeAPI, Process, make_pod
+from support.cluster import SHARED_K8S, Cluster
+from support.kube import KubeAPI, Process
 
-BENCH_AGENT = "residency-bench"  # the bench's own requests carry this User-Agent and are not counted
+NAMESPACE = "bench"
 CHILDREN = ("deployments", "services", "serviceaccounts", "roles", "rolebindings")
-WRITES = ("POST", "PUT", "PATCH", "DELETE")
+WRITES = ("create", "update", "patch", "delete", "deletecollection")
 GIB = benchlib.GIB
+GPUS_PER_NODE = 8
+# Every request but watches (long-running: logged once, when they end), at the Metadata level.
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: None
+    verbs: ["watch"]
+  - level: Metadata
+"""
 
 
-class TimedEmulator(Emulator):
-    """The test emulator, plus a timestamp on every request it serves and every change it stores."""
+def status_pods(obj: dict[str, Any]) -> dict[str, int]:
+    return dict((obj.get("status") or {}).get("pods") or {})
 
-    def __init__(self) -> None:
-        super().__init__()
+
+class Watches:
+    """One watch per resource of the namespace: when each change arrived (what the bench times)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        from kubernetes import client
+
         self.lock = threading.Lock()
-        self.requests: list[tuple[float, str, str, str]] = []  # time, method, path, user agent
-        self.changes: list[tuple[float, str, str, dict[str, Any]]] = []  # time, plural, type, object
+        self.changes: list[tuple[float, str, str, dict[str, Any]]] = []  # time, plural, type, summary
+        self.stopped = threading.Event()
+        apps, core = client.AppsV1Api(cluster.client), client.CoreV1Api(cluster.client)
+        rbac, custom = client.RbacAuthorizationV1Api(cluster.client), client.CustomObjectsApi(cluster.client)
+        lists: dict[str, tuple[Any, tuple[Any, ...]]] = {
+            "deployments": (apps.list_namespaced_deployment, (NAMESPACE,)),
+            "services": (core.list_namespaced_service, (NAMESPACE,)),
+            "serviceaccounts": (core.list_namespaced_service_account, (NAMESPACE,)),
+            "roles": (rbac.list_namespaced_role, (NAMESPACE,)),
+            "rolebindings": (rbac.list_namespaced_role_binding, (NAMESPACE,)),
+            "ttsservices": (custom.list_namespaced_custom_object,
+                            ("tts.residency.dev", "v1alpha1", NAMESPACE, "ttsservices")),
+        }
+        self.threads = [threading.Thread(target=self._follow, args=(plural, fn, fn_args), daemon=True)
+                        for plural, (fn, fn_args) in lists.items()]
+        for thread in self.threads:
+            thread.start()
 
-    async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
-        with self.lock:
-            self.requests.append((time.monotonic(), str(request.method.value).upper(),
-                                  str(request.url.path), str(request.headers.get("User-Agent", ""))))
-        return await super()._handle(request)
+    def _follow(self, plural: str, fn: Any, fn_args: tuple[Any, ...]) -> None:
+        from kubernetes import watch
 
-    async def _emit(self, plural: str, kind: str, obj: dict[str, Any]) -> None:
-        # Only what the bench reads, so waiting on it stays cheap at hundreds of services.
-        meta = obj.get("metadata") or {}
-        summary = {"name": meta.get("name"),
-                   "service": (meta.get("labels") or {}).get("tts.residency.dev/service"),
-                   "pods": status_pods(obj)}
-        with self.lock:
-            self.changes.append((time.monotonic(), plural, kind, summary))
-        await super()._emit(plural, kind, obj)
+        since: str | None = None
+        while not self.stopped.is_set():
+            try:
+                for event in watch.Watch().stream(fn, *fn_args, resource_version=since, timeout_seconds=300):
+                    now = time.monotonic()
+                    obj = event["raw_object"]
+                    meta = obj.get("metadata") or {}
+                    since = meta.get("resourceVersion") or since
+                    summary_ = {"name": meta.get("name"),
+                                "service": (meta.get("labels") or {}).get("tts.residency.dev/service"),
+                                "pods": status_pods(obj)}
+                    with self.lock:
+                        self.changes.append((now, plural, event["type"], summary_))
+                    if self.stopped.is_set():
+                        return
+            except Exception:  # a busy server may end a watch (410, 504): start again
+                self.stopped.wait(0.5)
 
-    def operator_requests(self, since: float, until: float | None = None) -> list[tuple[float, str, str]]:
-        with self.lock:
-            reqs = list(self.requests)
-        return [(t, m, p) for t, m, p, ua in reqs
-                if t >= since and (until is None or t <= until) and not ua.startswith(BENCH_AGENT)]
-
-    def changes_since(self, since: float) -> list[tuple[float, str, str, dict[str, Any]]]:
+    def since(self, t: float) -> list[tuple[float, str, str, dict[str, Any]]]:
         with self.lock:
             i = len(self.changes)
-            while i > 0 and self.changes[i - 1][0] >= since:
+            while i > 0 and self.changes[i - 1][0] >= t:
                 i -= 1
             return self.changes[i:]
 
+    def stop(self) -> None:
+        self.stopped.set()
 
-class Cluster(KubeAPI):
-    """KubeAPI (blocking helpers, kubeconfig) around a TimedEmulator; the bench's requests carry its agent."""
 
-    emulator: TimedEmulator
+class Requests:
+    """The operator's requests as the API server's audit log records them, on the bench's clock."""
 
-    def __init__(self, directory: Path) -> None:
-        super().__init__(directory, emulator=TimedEmulator(), user_agent=BENCH_AGENT, timeout=30)
+    def __init__(self, cluster: Cluster, user: str) -> None:
+        self.cluster, self.user = cluster, user
+        # Audit times are wall-clock; the bench times with the monotonic clock.
+        self.offset = time.time() - time.monotonic()
+        self.mark = 0
+        self.events: list[tuple[float, str, str]] = []  # monotonic time, verb, resource[/subresource]
+
+    def _read(self) -> None:
+        for event in self.cluster.audit(user=self.user, since=self.mark):
+            ref = event.get("objectRef") or {}
+            stamp = datetime.fromisoformat(event["stageTimestamp"].replace("Z", "+00:00")).timestamp()
+            key = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+            self.events.append((stamp - self.offset, event["verb"], key))
+        self.mark = self.cluster.audit_mark()
+
+    def between(self, since: float, until: float | None = None) -> list[tuple[float, str, str]]:
+        self._read()
+        return [e for e in self.events if e[0] >= since and (until is None or e[0] <= until)]
 
 
 def service(name: str) -> dict[str, Any]:
     return {"apiVersion": "tts.residency.dev/v1alpha1", "kind": "TTSService",
-            "metadata": {"name": name, "namespace": "default"},
+            "metadata": {"name": name, "namespace": NAMESPACE},
             "spec": {"model": {"name": "hibari"}, "replicas": 1,
                      "residency": {"offloadAfterUse": True, "idleOffloadSeconds": 600,
                                    "idleReleaseSeconds": 3600, "pinned": False, "priority": 0}}}
@@ -112,20 +162,16 @@ def residency(state: str, group: int, seq: int) -> str:
 
 
 def kinds(reqs: list[tuple[float, str, str]]) -> dict[str, int]:
-    """Requests counted by verb and resource: "PATCH pods", "PATCH ttsservices/status", "GET deployments"."""
+    """Requests counted by verb and resource: "patch pods", "patch ttsservices/status", "get ttsservices"."""
     out: dict[str, int] = {}
-    for _, method, path in reqs:
-        parts = path.strip("/").split("/")
-        sub = parts[-1] if len(parts) >= 2 and parts[-1] == "status" else None
-        body = parts[:-1] if sub else parts
-        plural = body[-2] if "namespaces" in body and len(body) > body.index("namespaces") + 3 else body[-1]
-        key = f"{method} {plural}" + (f"/{sub}" if sub else "")
+    for _, verb, resource in reqs:
+        key = f"{verb} {resource}"
         out[key] = out.get(key, 0) + 1
     return dict(sorted(out.items()))
 
 
 def wait(what: str, done: Any, timeout: float, interval: float = 0.05) -> float:
-    """Poll `done()` (in-memory, no API calls) until true; returns when; raises after `timeout`."""
+    """Poll `done()` until true; returns when; raises after `timeout`."""
     deadline = time.monotonic() + timeout
     while not done():
         if time.monotonic() > deadline:
@@ -134,22 +180,23 @@ def wait(what: str, done: Any, timeout: float, interval: float = 0.05) -> float:
     return time.monotonic()
 
 
-def quiet(emu: TimedEmulator, seconds: float, timeout: float) -> None:
+def quiet(requests: Requests, seconds: float, timeout: float) -> None:
     """Wait until the operator has written nothing for `seconds` (or `timeout` passes)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         now = time.monotonic()
-        if not any(m in WRITES for _, m, _ in emu.operator_requests(now - seconds)):
+        if not any(verb in WRITES for _, verb, _ in requests.between(now - seconds)):
             return
-        time.sleep(0.1)
+        time.sleep(0.2)
 
 
-def start_operator(cluster: Cluster, directory: Path, env_extra: dict[str, str]) -> Process:
+def start_operator(cluster: Cluster, directory: Path, env_extra: dict[str, str]) -> tuple[Process, str]:
+    kubeconfig = cluster.identity(NAMESPACE, "operator", directory)
     port = benchlib.free_port()
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "PYTHONUNBUFFERED": "1",
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1",
            "RESIDENCY_RUNTIME_IMAGE": "ghcr.io/residency-dev/residency-runtime:bench",
            "RESIDENCY_AGENT_IMAGE": "ghcr.io/residency-dev/residency-operator:bench", **env_extra}
-    args = [benchlib.executable("tts-operator"), "run", "--standalone", "--all-namespaces",
+    args = [benchlib.executable("tts-operator"), "run", "--standalone", "--namespace", NAMESPACE,
             "--liveness", f"http://127.0.0.1:{port}/healthz"]
     proc = Process(args, env, directory / "operator.log")
 
@@ -166,31 +213,53 @@ def start_operator(cluster: Cluster, directory: Path, env_extra: dict[str, str])
     except TimeoutError:
         proc.stop()
         raise
-    return proc
+    return proc, Cluster.username(NAMESPACE, "operator")
 
 
-def status_pods(obj: dict[str, Any]) -> dict[str, int]:
-    return dict((obj.get("status") or {}).get("pods") or {})
+def control_plane(directory: Path) -> Cluster:
+    """A fresh control plane of ../shared/k8s with the bench's audit policy."""
+    import subprocess
+
+    policy = directory / "audit-policy.yaml"
+    policy.write_text(AUDIT_POLICY)
+    work = directory / "k8s"
+    audit = f"--audit-policy-file={policy} --audit-log-path={work}/logs/audit.log"
+    env = {**os.environ, "KAS_EXTRA_ARGS": audit}
+    done = subprocess.run(["bash", str(SHARED_K8S / "up.sh"), str(work)], capture_output=True, text=True,
+                          timeout=300, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"../shared/k8s/up.sh failed:\n{done.stdout}\n{done.stderr}")
+    cluster = Cluster(work / "admin.kubeconfig", workdir=work)
+    cluster.apply_crds()
+    cluster.kubectl("create", "namespace", NAMESPACE)
+    return cluster
 
 
 def run_scale(n: int, args: argparse.Namespace, env_extra: dict[str, str]) -> dict[str, Any]:
+    import subprocess
+
     with tempfile.TemporaryDirectory(prefix="opbench-") as tmp:
-        cluster = Cluster(Path(tmp))
+        cluster = control_plane(Path(tmp))
         proc: Process | None = None
+        watches = Watches(cluster)
         try:
-            proc = start_operator(cluster, Path(tmp), env_extra)
-            return measure(n, cluster, proc, args)
+            proc, user = start_operator(cluster, Path(tmp), env_extra)
+            return measure(n, cluster, watches, Requests(cluster, user), proc, args)
         finally:
+            watches.stop()
             if proc is not None:
                 proc.stop()
                 log = benchlib.RESULTS / "logs" / f"operator-{n}.log"
                 log.parent.mkdir(parents=True, exist_ok=True)
                 log.write_text(proc.logs())
             cluster.close()
+            subprocess.run(["bash", str(SHARED_K8S / "down.sh"), str(cluster.workdir), "--wipe"],
+                           capture_output=True, timeout=120)
 
 
-def measure(n: int, cluster: Cluster, proc: Process, args: argparse.Namespace) -> dict[str, Any]:
-    emu = cluster.emulator
+def measure(n: int, cluster: Cluster, watches: Watches, requests: Requests, proc: Process,
+            args: argparse.Namespace) -> dict[str, Any]:
+    api = KubeAPI(cluster, NAMESPACE, Path(tempfile.gettempdir()))
     pid = proc.popen.pid
     names = [f"svc-{i:04d}" for i in range(n)]
     out: dict[str, Any] = {"services": n, "memory": {"idle": benchlib.proc_memory(pid)}}
@@ -201,14 +270,14 @@ def measure(n: int, cluster: Cluster, proc: Process, args: argparse.Namespace) -
     t_start = time.monotonic()
     for name in names:
         applied[name] = time.monotonic()
-        cluster.create("ttsservices", service(name))
+        api.create("ttsservices", service(name))
     t_applied = time.monotonic()
 
     def children() -> dict[str, set[str]]:
         seen: dict[str, set[str]] = {}
-        for _, plural, kind, obj in emu.changes_since(t_start):
-            if plural in CHILDREN and kind == "ADDED":
-                seen.setdefault(obj["service"] or "", set()).add(plural)
+        for _, plural, kind, obj in watches.since(t_start):
+            if plural in CHILDREN and kind == "ADDED" and obj["service"]:
+                seen.setdefault(obj["service"], set()).add(plural)
         return seen
 
     try:
@@ -217,50 +286,61 @@ def measure(n: int, cluster: Cluster, proc: Process, args: argparse.Namespace) -
     except TimeoutError:
         complete = sum(len(v) == 5 for v in children().values())
         out["apply"] = {"finished": False, "services_with_children": complete, "after_s": timeout,
-                        "requests": kinds(emu.operator_requests(t_start))}
+                        "requests": kinds(requests.between(t_start))}
         out["memory"]["applied"] = benchlib.proc_memory(pid)
         print(f"[{n}] only {complete}/{n} services had their children after {timeout:.0f}s", flush=True)
         return out
     done_at: dict[str, float] = {}
-    for t, plural, kind, obj in emu.changes_since(t_start):
-        if plural in CHILDREN and kind == "ADDED":
+    for t, plural, kind, obj in watches.since(t_start):
+        if plural in CHILDREN and kind == "ADDED" and obj["service"]:
             done_at[obj["service"]] = max(done_at.get(obj["service"], 0.0), t)
     latencies = [done_at[s] - applied[s] for s in names]
-    reqs = emu.operator_requests(t_start)
+    quiet(requests, 2.0, 60)
+    reqs = requests.between(t_start)
     out["apply"] = {"finished": True, "create_s": t_applied - t_start,
                     "all_children_s": max(done_at.values()) - t_start,
                     "per_service_s": summary(latencies),
                     "requests_per_service": len(reqs) / n,
                     "by_kind": {key: v / n for key, v in kinds(reqs).items()},
-                    "writes_per_service": sum(m in WRITES for _, m, _ in reqs) / n}
+                    "writes_per_service": sum(v in WRITES for _, v, _ in reqs) / n}
     out["memory"]["applied"] = benchlib.proc_memory(pid)
     print(f"[{n}] children of all {n} services {out['apply']['all_children_s']:.2f}s after the first apply; "
           f"per service p50 {fmt_ms(out['apply']['per_service_s']['p50'])} ms", flush=True)
 
-    # 2. pods with residency reports -> status
-    quiet(emu, 1.0, 30)
+    # 2. each Deployment's pod runs (a kubelet's part) and its agent reports -> status
+    pods: dict[str, str] = {}
+
+    def every_pod() -> bool:
+        for pod in api.list("pods", NAMESPACE, "tts.residency.dev/service"):
+            service_name = pod["metadata"]["labels"]["tts.residency.dev/service"]
+            pods.setdefault(service_name, pod["metadata"]["name"])
+        return len(pods) >= n
+
+    wait("a pod of every service from its ReplicaSet", every_pod, timeout, 1.0)
+    for group in range((n + args.pods_per_gpu - 1) // args.pods_per_gpu):
+        cluster.ensure_node(f"node-{group // GPUS_PER_NODE}")
     t_pods = time.monotonic()
-    created: dict[str, float] = {}
+    reported: dict[str, float] = {}
     for i, name in enumerate(names):
         group = i // args.pods_per_gpu
-        pod = make_pod(name, f"{name}-pod", node=f"node-{group}",
-                       annotations={"tts.residency.dev/residency": residency("gpu", group, 0)})
-        created[name] = time.monotonic()
-        cluster.create("pods", pod)
+        api.run_pod(pods[name], f"node-{group // GPUS_PER_NODE}")
+        reported[name] = time.monotonic()
+        api.patch("pods", NAMESPACE, pods[name],
+                  {"metadata": {"annotations": {"tts.residency.dev/residency": residency("gpu", group, 0)}}})
 
     def first_status() -> dict[str, float]:
         seen: dict[str, float] = {}
-        for t, plural, _, obj in emu.changes_since(t_pods):
+        for t, plural, _, obj in watches.since(t_pods):
             if plural == "ttsservices" and obj["pods"].get("gpu") == 1:
                 seen.setdefault(obj["name"], t)
         return seen
 
     wait("every service's status to count its pod", lambda: len(first_status()) >= n, timeout, 0.25)
     seen = first_status()
-    out["pods"] = {"status_s": summary([seen[s] - created[s] for s in names]),
+    out["pods"] = {"status_s": summary([seen[s] - reported[s] for s in names]),
                    "all_status_s": max(seen.values()) - t_pods}
-    quiet(emu, 3.0, timeout)
-    out["pods"]["requests_per_pod"] = len(emu.operator_requests(t_pods)) / n
+    quiet(requests, 3.0, timeout)
+    out["pods"]["requests_per_pod"] = len(requests.between(t_pods)) / n
     out["memory"]["pods"] = benchlib.proc_memory(pid)
     print(f"[{n}] status of all {n} services counts their pods {out['pods']['all_status_s']:.2f}s after the "
           "first pod", flush=True)
@@ -268,10 +348,10 @@ def measure(n: int, cluster: Cluster, proc: Process, args: argparse.Namespace) -
     # 3. idle background
     t_idle = time.monotonic()
     time.sleep(args.idle_seconds)
-    idle = emu.operator_requests(t_idle, time.monotonic())
+    idle = requests.between(t_idle, time.monotonic())
     idle_rate = len(idle) / args.idle_seconds
     out["idle"] = {"seconds": args.idle_seconds, "requests_per_s": idle_rate, "by_kind": kinds(idle),
-                   "writes_per_s": sum(m in WRITES for _, m, _ in idle) / args.idle_seconds}
+                   "writes_per_s": sum(v in WRITES for _, v, _ in idle) / args.idle_seconds}
 
     # 4. residency changes, one at a time
     k = min(n, args.changes)
@@ -286,24 +366,24 @@ def measure(n: int, cluster: Cluster, proc: Process, args: argparse.Namespace) -
             "tts.residency.dev/residency": residency("cpu", i // args.pods_per_gpu, seq)}}}
         t0 = time.monotonic()
         starts.append(t0)
-        cluster.patch("pods", "default", f"{name}-pod", note)
+        api.patch("pods", NAMESPACE, pods[name], note)
 
         def shown(name: str = name, t0: float = t0) -> bool:
             return any(p == "ttsservices" and o["name"] == name and o["pods"].get("cpu") == 1
-                       for _, p, _, o in emu.changes_since(t0))
+                       for _, p, _, o in watches.since(t0))
 
         try:
             t_seen = wait(f"status of {name} to show the change", shown, args.change_timeout, 0.01)
         except TimeoutError:
             missed.append(name)  # reported as such: a figure, not a crash
             continue
-        quiet(emu, 1.0, 15)
+        quiet(requests, 1.0, 15)
         t_end = time.monotonic()
-        reqs = emu.operator_requests(t0, t_end)
+        reqs = requests.between(t0, t_end)
         lat.append(t_seen - t0)
         windows.append(t_end - t0)
         total.append(len(reqs) - idle_rate * (t_end - t0))
-        writes.append(sum(m in WRITES for _, m, _ in reqs))
+        writes.append(sum(v in WRITES for _, v, _ in reqs))
         all_reqs += reqs
     out["change"] = {"changes": k, "missed": missed, "change_timeout_s": args.change_timeout,
                      "to_status_s": summary(lat), "each_s": lat,

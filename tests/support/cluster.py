@@ -2,7 +2,7 @@
 
 Where the cluster comes from, in order:
 1. `RESIDENCY_TEST_KUBECONFIG` (or `KUBECONFIG` as the test session started): any real cluster.
-2. `../shared/k8s/up.sh` beside the repository (etcd + kube-apiserver + kube-controller-manager on
+2. `../shared/k8s/up.sh` beside the repository, or in `$RESIDENCY_SHARED_K8S` (etcd + kube-apiserver + kube-controller-manager on
    loopback, with the audit log of `audit-policy.yaml`, started in a temporary folder and stopped with
    `down.sh --wipe` at the end of the session).
 3. Neither: the tests that need a cluster are skipped with one line saying how to run them, unless
@@ -50,7 +50,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED_K8S = ROOT.parent / "shared" / "k8s"
+# The control plane's binaries and scripts: ../shared/k8s beside the repository, or where this says.
+SHARED_K8S = Path(os.environ.get("RESIDENCY_SHARED_K8S") or ROOT.parent / "shared" / "k8s")
 AUDIT_POLICY = Path(__file__).with_name("audit-policy.yaml")
 # The cluster the session was started with; tests never set KUBECONFIG in this process.
 _GIVEN = os.environ.get("RESIDENCY_TEST_KUBECONFIG") or os.environ.get("KUBECONFIG")
