@@ -2,9 +2,9 @@
 
 Where the cluster comes from, in order:
 1. `RESIDENCY_TEST_KUBECONFIG` (or `KUBECONFIG` as the test session started): any real cluster.
-2. `../shared/k8s/up.sh` beside the repository, or in `$RESIDENCY_SHARED_K8S` (etcd + kube-apiserver + kube-controller-manager on
-   loopback, with the audit log of `audit-policy.yaml`, started in a temporary folder and stopped with
-   `down.sh --wipe` at the end of the session).
+2. `../shared/k8s/up.sh` beside the repository, or in `$RESIDENCY_SHARED_K8S` (etcd + kube-apiserver +
+   kube-controller-manager on loopback, with the audit log of `audit-policy.yaml`, started in a temporary
+   folder and stopped with `down.sh --wipe` at the end of the session).
 3. Neither: the tests that need a cluster are skipped with one line saying how to run them, unless
    `RESIDENCY_REQUIRE_K8S=1` (CI), where that is an error.
 To reuse one control plane across sessions (saves ~15 s a run), start it with the audit log as this module
