@@ -24,11 +24,15 @@ RUN pip wheel --no-deps --wheel-dir /wheels .
 # the plain release, and its wheels bundle the CUDA libraries, so the final image needs only the host's driver.
 # Everything else comes from the default index, pinned by constraints.txt. onnxruntime-gpu (a CUDA 12 build, like
 # torch cu128's libraries) replaces onnxruntime under the same import name, so hibari runs on the GPU.
+# A CPU-only image (CI, laptops: ~1 GB instead of ~5 GB) takes TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu,
+# or TORCH_FIND_LINKS=<folder mounted into the build> holding a `torch-2.13.0+cpu` wheel (scripts/build-images.sh).
 FROM builder AS runtime-venv
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+ARG TORCH_FIND_LINKS=""
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --extra-index-url "${TORCH_INDEX_URL}" -c constraints.txt "torch==${TORCH_VERSION}" \
+    && /opt/venv/bin/pip install --extra-index-url "${TORCH_INDEX_URL}" ${TORCH_FIND_LINKS:+--find-links "${TORCH_FIND_LINKS}"} \
+        -c constraints.txt "torch==${TORCH_VERSION}" \
     && /opt/venv/bin/pip install -c constraints.txt "$(ls /wheels/residency-*.whl)[runtime,torch]" \
     && /opt/venv/bin/pip uninstall --yes onnxruntime && /opt/venv/bin/pip install -c constraints.txt onnxruntime-gpu \
     && /opt/venv/bin/pip uninstall --yes pip

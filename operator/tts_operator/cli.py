@@ -27,8 +27,13 @@ def _run(args: argparse.Namespace) -> int:
 
     # Without a namespace, watch the whole cluster: Kopf's own default, said out loud.
     clusterwide = bool(args.all_namespaces or not args.namespaces)
+    settings = kopf.OperatorSettings()
+    # Exact namespaces need no cluster scanning: Kopf would otherwise LIST and WATCH every namespace (to
+    # match globs) and every CRD, cluster-wide permissions the chart's per-namespace Roles do not grant
+    # (it retried each 403 for about a minute before serving). The CRD must then exist before the start.
+    settings.scanning.disabled = not clusterwide and not any(set("*?!,") & set(ns) for ns in args.namespaces)
     kopf.run(standalone=args.standalone, clusterwide=clusterwide, namespaces=args.namespaces,
-             liveness_endpoint=args.liveness)
+             liveness_endpoint=args.liveness, settings=settings)
     return 0
 
 

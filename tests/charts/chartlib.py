@@ -16,7 +16,7 @@ RELEASE = "residency"
 NAMESPACE = "residency-system"
 
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest kubernetes-validate knows.
-KUBE_VERSIONS = ("1.29.0", "1.37.0")
+KUBE_VERSIONS = ("1.30.0", "1.37.0")
 
 
 def render(chart: helm.Chart, values: dict[str, Any] | None = None) -> dict[str, str]:
