@@ -198,20 +198,19 @@ def test_rbac_follows_watched_namespaces(rendered: tuple[str, list[dict[str, Any
     name, objs = rendered
     watched = VALUE_SETS[name].get("operator", {}).get("watchNamespaces", [])
     sa_name = one(objs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
-    cluster_rules = one(objs, "ClusterRole")["rules"]
-    cluster_resources = {r for rule in cluster_rules for r in rule["resources"]}
-    assert "customresourcedefinitions" in cluster_resources
     roles = by_kind(objs, "Role")
     if watched:
+        # Nothing cluster-wide: Kopf runs without scanning namespaces or CRDs (tts_operator/cli.py).
+        assert by_kind(objs, "ClusterRole") == [] and by_kind(objs, "ClusterRoleBinding") == []
         assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(watched)
-        assert "pods" not in cluster_resources and "namespaces" not in cluster_resources
         namespaced_rules = roles[0]["rules"]
         bindings = by_kind(objs, "RoleBinding")
         assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(watched)
     else:
         assert roles == []
-        assert "namespaces" in cluster_resources
-        namespaced_rules = cluster_rules
+        namespaced_rules = one(objs, "ClusterRole")["rules"]
+        cluster_resources = {r for rule in namespaced_rules for r in rule["resources"]}
+        assert "customresourcedefinitions" in cluster_resources and "namespaces" not in cluster_resources
         bindings = by_kind(objs, "ClusterRoleBinding")
     for binding in bindings:
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa_name, "namespace": NAMESPACE}]
@@ -229,7 +228,8 @@ def test_rbac_follows_watched_namespaces(rendered: tuple[str, list[dict[str, Any
     for resource in ("deployments", "services", "serviceaccounts", "roles", "rolebindings"):
         assert any(r == resource and v == "create" for _, r, v in granted), resource
     assert not any(g == "kopf.dev" for g, _, _ in granted), "standalone operator needs no peering rules"
-    assert not any(v in {"*", "escalate", "bind", "impersonate"} for _, _, v in granted)
+    assert not any(v in {"*", "escalate", "bind", "impersonate", "update", "delete"} for _, _, v in granted)
+    assert {v for _, r, v in granted if r == "ttsservices/status"} == {"patch"}
     assert not any(r in {"*", "secrets"} for _, r, _ in granted)
 
 
