@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from tts_runtime.engine.backends import Stats
 from tts_runtime.engine.clock import Clock
 from tts_runtime.engine.gpu import GpuProbe
 from tts_runtime.engine.planning import choose_victims
 from tts_runtime.engine.slot import Slot
-from tts_runtime.residency import InsufficientGpuMemoryError
+from tts_runtime.residency import InsufficientGpuMemoryError, Verb
 
 DEMAND_TTL = 60.0  # seconds a refused GPU demand stays in the report for the operator to see
 
@@ -21,6 +22,28 @@ class GpuBudget:
         self.gpu = gpu
         self.clock = clock
         self.wait_seconds = wait_seconds
+        self.context_bytes = 0  # the last CUDA context any worker measured: the estimate for a new one
+
+    def needed(self, slot: Slot, verb: Verb) -> int:
+        """GPU bytes a load or restore takes: the weights (from the last load, else `estimatedBytes`;
+        unknown = 0, no check), plus the workspace the model used at its peak, plus a CUDA context
+        when the verb starts a process (any load in a worker; an exit-worker restore)."""
+        weights = slot.known_bytes or slot.spec.estimated_bytes or 0
+        if weights <= 0:
+            return 0
+        new_process = slot.spec.execution == "worker" and (
+            verb == Verb.LOAD or slot.cpu_mode == "exit-worker"
+        )
+        context = (slot.context_bytes or self.context_bytes) if new_process else 0
+        return weights + slot.workspace_bytes + context
+
+    def remember(self, slot: Slot, stats: Stats | None) -> None:
+        """Keep what a worker measured (workspace peak, context) for the next load or restore."""
+        if stats is None:
+            return
+        slot.workspace_bytes = max(slot.workspace_bytes, stats.workspace_bytes)
+        if stats.context_bytes:
+            slot.context_bytes = self.context_bytes = stats.context_bytes
 
     def ensure(self, slot: Slot, needed: int, evict: Callable[[Slot], object]) -> None:
         """Make room for `needed` bytes (`evict`ing idle peers of this process) or raise the refusal."""

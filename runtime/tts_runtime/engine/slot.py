@@ -35,6 +35,8 @@ class Slot:
     last_used_wall: datetime | None = None
     used_since_restore: bool = False
     known_bytes: int = 0  # the weights' device size from the last load: what a restore needs on the GPU
+    workspace_bytes: int = 0  # device bytes beyond the weights at the peak its worker saw (remembered)
+    context_bytes: int = 0  # its worker's CUDA context, measured when the worker created it
     demand_bytes: int = 0
     demand_until: float = 0.0
     transitions: dict[str, float] = field(default_factory=dict)

@@ -115,13 +115,14 @@ class VerbRunner:
             assert ex is not None
             try:
                 slot.stats = ex.offload()
+                self.budget.remember(slot, slot.stats)
                 return State.CPU, None, None
             except Exception as e:
                 self._drop(slot)
                 msg = f"offload of {name!r} failed, model unloaded: {e}"
                 slot.error = msg
                 return State.UNLOADED, msg, ResidencyError(msg)
-        needed = slot.known_bytes or slot.spec.estimated_bytes or 0
+        needed = self.budget.needed(slot, verb)
         try:
             self.budget.ensure(slot, needed, self.evict)
         except InsufficientGpuMemoryError as e:
@@ -138,11 +139,13 @@ class VerbRunner:
                 return self._failed_load(slot, e)
             slot.executor, slot.error, slot.failures = ex, None, 0
             slot.known_bytes = slot.stats.device_bytes or slot.stats.host_bytes
+            self.budget.remember(slot, slot.stats)
             return State.GPU, None, None
         ex = slot.executor  # RESTORE
         assert ex is not None
         try:
             slot.stats = ex.restore(slot.spec.load_timeout_seconds)
+            self.budget.remember(slot, slot.stats)
             slot.error = None
             return State.GPU, None, None
         except GpuOutOfMemory as e:
