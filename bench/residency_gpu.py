@@ -55,6 +55,31 @@ def tiny_from_file(path: str, size_bytes: int, seed: int = 0) -> Any:
     return model
 
 
+def many_tensors(count: int, size_bytes: int, seed: int = 0) -> Any:
+    """Factory: TinyTTS plus `count` separate parameters sharing `size_bytes`, every one of which enters
+    the output (a restore that brings any one back wrong changes the samples). Thousands of tensors are
+    what makes a per-storage restore slow: this is the model that shows the one-copy arena."""
+    import torch
+    from torch import nn
+
+    from tts_runtime.testing.tiny import TinyTTS
+
+    class Many(TinyTTS):
+        def __init__(self) -> None:
+            super().__init__(seed=seed)
+            n = max(1, size_bytes // 4 // max(count, 1))
+            g = torch.Generator().manual_seed(seed + 1)
+            self.pieces = nn.ParameterList(
+                nn.Parameter(torch.rand(n, generator=g) * 1e-3, requires_grad=False) for _ in range(count)
+            )
+
+        def forward(self, codes: torch.Tensor, voice: int, speed: float) -> torch.Tensor:
+            heads = torch.stack([p[0] for p in self.pieces]).sum()
+            return super().forward(codes, voice, speed) + heads
+
+    return Many()
+
+
 # -- the weights file and the disk baseline --------------------------------------------------------
 def write_weights(path: Path, size_bytes: int) -> int:
     """Save a TinyTTS state dict of `size_bytes` to `path` (reused if already there); returns file size."""
