@@ -147,7 +147,18 @@ class Cluster:
         return name
 
     def delete_namespace(self, name: str) -> None:
+        """Delete a test's namespace so that it goes: the operator that would have removed its finalizers
+        from the TTSServices is stopped, and the pods bound to the test's nodes have no kubelet to finish
+        their graceful deletion (both are done here instead)."""
         self.kubectl("delete", "clusterrolebindings", "-l", f"{TEST_LABEL}={name}", "--ignore-not-found",
+                     check=False)
+        ttsservices = f"/apis/tts.residency.dev/v1alpha1/namespaces/{name}/ttsservices"
+        status, listed = self.request("GET", ttsservices)
+        for item in (listed or {}).get("items", []) if status == 200 else []:
+            if item["metadata"].get("finalizers"):
+                self.request("PATCH", f"{ttsservices}/{item['metadata']['name']}",
+                             {"metadata": {"finalizers": None}}, "application/merge-patch+json")
+        self.kubectl("delete", "pods", "--all", "-n", name, "--grace-period=0", "--force", "--wait=false",
                      check=False)
         self.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
 
