@@ -127,13 +127,17 @@ class Requests:
         # Audit times are wall-clock; the bench times with the monotonic clock.
         self.offset = time.time() - time.monotonic()
         self.mark = 0
-        self.events: list[tuple[float, str, str]] = []  # monotonic time, verb, resource[/subresource]
+        # monotonic time, verb, what: "resource[/subresource]", a URL for discovery, " 409" etc. on a refusal
+        self.events: list[tuple[float, str, str]] = []
 
     def _read(self) -> None:
         for event in self.cluster.audit(user=self.user, since=self.mark):
             ref = event.get("objectRef") or {}
             stamp = datetime.fromisoformat(event["stageTimestamp"].replace("Z", "+00:00")).timestamp()
-            key = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+            key = (ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "") if ref
+                   else event["requestURI"].split("?")[0])
+            code = int((event.get("responseStatus") or {}).get("code") or 0)
+            key += f" {code}" if code >= 400 else ""
             self.events.append((stamp - self.offset, event["verb"], key))
         self.mark = self.cluster.audit_mark()
 
@@ -162,7 +166,8 @@ def residency(state: str, group: int, seq: int) -> str:
 
 
 def kinds(reqs: list[tuple[float, str, str]]) -> dict[str, int]:
-    """Requests counted by verb and resource: "patch pods", "patch ttsservices/status", "get ttsservices"."""
+    """Requests counted by verb and resource: "patch pods", "patch ttsservices/status", "create services 409"
+    (refused: already there), "get /apis" (discovery)."""
     out: dict[str, int] = {}
     for _, verb, resource in reqs:
         key = f"{verb} {resource}"
