@@ -229,7 +229,8 @@ def control_plane(directory: Path) -> Cluster:
     policy.write_text(AUDIT_POLICY)
     work = directory / "k8s"
     audit = f"--audit-policy-file={policy} --audit-log-path={work}/logs/audit.log"
-    env = {**os.environ, "KAS_EXTRA_ARGS": audit}
+    # up.sh's /24 has 254 ClusterIPs: the 255th Service would be refused (500, "range is full").
+    env = {**os.environ, "KAS_EXTRA_ARGS": f"{audit} --service-cluster-ip-range=10.96.0.0/16"}
     done = subprocess.run(["bash", str(SHARED_K8S / "up.sh"), str(work)], capture_output=True, text=True,
                           timeout=300, env=env)
     if done.returncode != 0:
