@@ -95,6 +95,26 @@ def freed(row: dict[str, Any], key: str, frm: str, to: str) -> int | None:
     return int(b - a) if key == "gpu_free_bytes" else int(a - b)
 
 
+def suspend_check(model: tuple[str, str, dict[str, Any]], repeats: int) -> str:
+    """cpuMode `suspend` where the driver's probe proves it: GPU bytes freed, restore ms, same output."""
+    from tts_runtime.engine.cuda_checkpoint import CheckpointHelper
+
+    helper = CheckpointHelper()
+    try:
+        got = helper.probe()
+    finally:
+        helper.close()
+    if not got.supported:
+        return f"not supported here: {got.reason}"
+    kind, factory, options = model
+    r = measure(kind, factory, options, "cuda", "suspend", repeats)
+    return (f"{kind}: freed by suspend {fmt_bytes(freed(r, 'gpu_process_bytes', 'mem_gpu', 'mem_cpu'))} "
+            f"(NVML proc) / {fmt_bytes(freed(r, 'gpu_free_bytes', 'mem_gpu', 'mem_cpu'))} (free); GPU "
+            f"bytes while suspended {fmt_bytes(r['mem_cpu'].get('gpu_process_bytes'))}; resume "
+            f"{fmt_ms(r['restore_median_s'])} ms; offload {fmt_ms(r['offload_median_s'])} ms; identical "
+            f"{'yes' if r['identical'] else '**no**'}")
+
+
 def hibari_check(device: str) -> dict[str, Any]:
     """The default voice: which provider its session really got, and why not CUDA when not."""
     from tts_runtime.engine import Engine, ModelSpec, NoGpu, NvmlProbe
@@ -174,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": benchlib.machine(), "size_bytes": size, "reference": ref["reference"],
         "reference_gbps": size / ref["ref_seconds"] / 1e9, "gpu_name": ref.get("device_name"),
-        "pytest": args.pytest, "rows": [], "suspend": "not available in this build",
+        "pytest": args.pytest, "rows": [], "suspend": "n/a (no GPU)",
     }
     models = [
         ("one tensor", "tts_runtime.testing.tiny:factory", {"size_bytes": size}),
@@ -187,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             results["rows"].append(row)
             print(f"[{kind} {mode}] restore {row['restore_median_s'] * 1000:.1f} ms, offload "
                   f"{row['offload_median_s'] * 1000:.1f} ms, identical {row['identical']}", flush=True)
+    if args.device == "cuda":
+        results["suspend"] = suspend_check(models[0], args.repeats)
     results["hibari"] = hibari_check(args.device)
     (out / "check.json").write_text(json.dumps(results, indent=2, default=str))
     text = summary(results)

@@ -27,12 +27,12 @@ class GpuBudget:
     def needed(self, slot: Slot, verb: Verb) -> int:
         """GPU bytes a load or restore takes: the weights (from the last load, else `estimatedBytes`;
         unknown = 0, no check), plus the workspace the model used at its peak, plus a CUDA context
-        when the verb starts a process (any load in a worker; an exit-worker restore)."""
+        when the verb makes one (any load in a worker; an exit-worker restore; a resumed checkpoint)."""
         weights = slot.known_bytes or slot.spec.estimated_bytes or 0
         if weights <= 0:
             return 0
         new_process = slot.spec.execution == "worker" and (
-            verb == Verb.LOAD or slot.cpu_mode == "exit-worker"
+            verb == Verb.LOAD or slot.cpu_mode in ("exit-worker", "suspend")
         )
         context = (slot.context_bytes or self.context_bytes) if new_process else 0
         return weights + slot.workspace_bytes + context

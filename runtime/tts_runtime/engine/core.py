@@ -21,6 +21,7 @@ from tts_runtime.engine.planning import plan_idle
 from tts_runtime.engine.reporting import gpu_pids, model_report, process_pids
 from tts_runtime.engine.slot import Slot
 from tts_runtime.engine.spec import ModelSpec
+from tts_runtime.engine.suspending import Checkpointer, suspend_helper
 from tts_runtime.engine.verbs import VerbRunner
 from tts_runtime.residency import (
     BusyError,
@@ -55,6 +56,7 @@ class Engine:
         admin_timeout: float = 30.0,
         gpu_wait_seconds: float = 3.0,
         retry_backoff_seconds: float = 1.0,
+        checkpoint: Checkpointer | None = None,
     ) -> None:
         if not specs:
             raise ValueError("the engine needs at least one ModelSpec")
@@ -69,10 +71,16 @@ class Engine:
         self.gpu_wait_seconds = gpu_wait_seconds
         self.retry_backoff_seconds = retry_backoff_seconds
         self._slots: dict[str, Slot] = {}
+        # `suspend` only where a probe at start proves the driver can (a persistent helper drives it).
+        self._checkpoint, no_suspend = suspend_helper(specs, self.device.startswith("cuda"), checkpoint)
         for s in specs:
             dev = self.device if s.device in (None, "auto") else self._resolve_device(s.device)
             # auto = keep-worker until bench on a GPU says otherwise (docs/engine.md: restore latency).
             mode = "keep-worker" if s.cpu_mode == "auto" else s.cpu_mode
+            if mode == "suspend" and (self._checkpoint is None or s.execution != "worker"):
+                why = no_suspend or "it executes inline"
+                log.warning("model %s: cpuMode suspend is off here (%s); keep-worker instead", s.name, why)
+                mode = "keep-worker"
             self._slots[s.name] = Slot(
                 spec=s, device=dev, cpu_mode=mode, policy=s.policy, voices=_voices_of(s)
             )
@@ -83,7 +91,7 @@ class Engine:
         self._monitor: threading.Thread | None = None
         self._closing = False
         budget = GpuBudget(self._slots, self.gpu, self.clock, gpu_wait_seconds)
-        self._verbs = VerbRunner(budget, self.clock, self._emit, retry_backoff_seconds)
+        self._verbs = VerbRunner(budget, self.clock, self._emit, retry_backoff_seconds, self._checkpoint)
 
     def _resolve_device(self, device: str) -> str:
         if device == "auto":
@@ -320,6 +328,8 @@ class Engine:
                 if slot.busy:
                     continue  # a verb still runs; its executor is closed below when it ends
                 self._run_verb(slot, Verb.RELEASE)
+        if self._checkpoint is not None:
+            self._checkpoint.close()
 
     def __enter__(self) -> Engine:
         self.start()

@@ -21,8 +21,10 @@ Backend = Literal["hibari", "torch", "plugin"]
 # Where a model's host copy lives while it is `cpu` (docs/engine.md weighs the two):
 #   keep-worker: the worker process keeps the host copy and (with CUDA) its CUDA context;
 #   exit-worker: the host copy moves to shared memory owned by the engine and the worker exits;
+#   suspend: the worker is checkpointed by the CUDA driver (0 GPU bytes, the process kept warm); only
+#            where the engine's start-up probe proves the driver supports it, else keep-worker;
 #   auto: the engine's choice (keep-worker today: it restores in well under a second).
-CpuMode = Literal["auto", "keep-worker", "exit-worker"]
+CpuMode = Literal["auto", "keep-worker", "exit-worker", "suspend"]
 # worker: execution in a worker process the engine owns (release -> 0 GPU bytes);
 # inline: in the engine's own process (tests, or hosts where a subprocess is not wanted).
 Execution = Literal["worker", "inline"]

@@ -13,6 +13,7 @@ from tts_runtime.engine.executor import ExecutionTimeout, Executor, InlineExecut
 from tts_runtime.engine.lease import Transition
 from tts_runtime.engine.planning import plan_idle, retry_backoff
 from tts_runtime.engine.slot import Slot
+from tts_runtime.engine.suspending import Checkpointer, SuspendingExecutor
 from tts_runtime.engine.worker import WorkerExecutor
 from tts_runtime.residency import (
     VERB_PATH,
@@ -36,11 +37,13 @@ class VerbRunner:
         clock: Clock,
         emit: Callable[[Transition], None],
         retry_backoff_seconds: float,
+        checkpoint: Checkpointer | None = None,
     ) -> None:
         self.budget = budget
         self.clock = clock
         self.emit = emit
         self.retry_backoff_seconds = retry_backoff_seconds
+        self.checkpoint = checkpoint  # the engine's CUDA checkpoint helper (cpuMode suspend), if probed
 
     def run(self, slot: Slot, verb: Verb) -> None:
         """Run one verb on a slot whose `cond` the caller holds (released while the work runs)."""
@@ -178,6 +181,8 @@ class VerbRunner:
     def _new_executor(self, slot: Slot) -> Executor:
         if slot.spec.execution == "inline":
             return InlineExecutor(slot.spec, slot.device)
+        if slot.cpu_mode == "suspend" and self.checkpoint is not None:
+            return SuspendingExecutor(slot.spec, slot.device, self.checkpoint)
         return WorkerExecutor(slot.spec, slot.device, slot.cpu_mode)
 
 
