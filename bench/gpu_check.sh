@@ -28,7 +28,7 @@ echo "[gpu-check] device=$DEVICE size=${SIZE}GiB tensors=$TENSORS out=$OUT"
 set +e
 timeout "$PYTEST_LIMIT" "$PY" -m pytest -m gpu -q -p no:cacheprovider \
     tests/tts_runtime/test_gpu_backend.py tests/tts_runtime/test_gpu_engine.py \
-    tests/tts_runtime/test_server_gpu.py >"$OUT/pytest-gpu.txt" 2>&1
+    tests/tts_runtime/test_gpu_path.py tests/tts_runtime/test_server_gpu.py >"$OUT/pytest-gpu.txt" 2>&1
 rc=$?
 set -e
 PYTEST_LINE="$(tail -n 1 "$OUT/pytest-gpu.txt") (exit $rc)"
