@@ -17,6 +17,8 @@ POLICY = f"{GROUP}/policy"  # operator -> agent
 GPU_SHARE = f"{GROUP}/gpu-share"  # operator -> agent
 OFFLOAD_REQUEST = f"{GROUP}/offload-request"  # operator -> agent; the agent removes it when done
 
+PLACEMENT_GATE = f"{GROUP}/placement"  # scheduling gate: the operator sets the pod's preferred nodes first
+
 SERVICE_LABEL = f"{GROUP}/service"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "tts-operator"
@@ -95,9 +97,12 @@ class Peer(_Lenient):
 class GpuShareValue(_Lenient):
     """`tts.residency.dev/gpu-share`: the pod's sharing group and what its peers on the same GPU hold."""
 
-    group: str  # "<node>/<gpu uuid>"
+    group: str  # "<node>/<gpu>"
     node: str
-    gpu: str
+    gpu: str  # the GPU's UUID (HAMi, the runtime's report), or DRA's "<driver>/<pool>/<device>"
+    # Where the group came from: the scheduler's decision (hami: its allocation annotation; dra: the claim's
+    # allocation) or, where the device layer says nothing, the runtime's report.
+    source: Literal["hami", "dra", "report"] = "report"
     budget_bytes: int | None = Field(None, alias="budgetBytes")
     peers: list[Peer] = Field(default_factory=list)
 

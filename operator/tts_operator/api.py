@@ -23,6 +23,8 @@ PATHS = {
     "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "Pod": ("/api/v1", "pods"),
+    "ResourceClaimTemplate": ("/apis/resource.k8s.io/v1", "resourceclaimtemplates"),
+    "ResourceClaim": ("/apis/resource.k8s.io/v1", "resourceclaims"),
     "TTSService": ("/apis/tts.residency.dev/v1alpha1", "ttsservices"),
 }
 
@@ -90,6 +92,17 @@ class Api:
         patched: dict[str, Any] = await self.request(
             "PATCH", path(kind, namespace, name, sub), patch, MERGE_PATCH)
         return patched
+
+    async def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> bool:
+        """Delete one object (only the one with `uid`, when given); False when it was already gone."""
+        body = {"preconditions": {"uid": uid}} if uid else None
+        try:
+            await self.request("DELETE", path(kind, namespace, name), body)
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from tts_operator import annotations as ann
-from tts_operator.spec import TTSServiceSpec
+from tts_operator.spec import MIB, TTSServiceSpec
 
 RUNTIME_IMAGE = "ghcr.io/residency-dev/residency-runtime:0.1.0"
 AGENT_IMAGE = "ghcr.io/residency-dev/residency-operator:0.1.0"
@@ -19,6 +20,12 @@ SHARED_DIR = "/var/run/residency"
 WEIGHTS_DIR = "/models"
 CACHE_DIR = "/var/cache/residency"
 TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+# HAMi's extended resources and per-pod scheduling policy (https://github.com/Project-HAMi/HAMi).
+HAMI_MEMORY = "nvidia.com/gpumem"  # MiB per GPU
+HAMI_CORES = "nvidia.com/gpucores"  # percent per GPU
+HAMI_POLICIES = ("hami.io/node-scheduler-policy", "hami.io/gpu-scheduler-policy")
+CLAIM = "gpu"  # the pod's resourceClaims entry (DRA) and the runtime container's resources.claims name
+CLAIM_SPEC = f"{ann.GROUP}/claim-spec"  # pod template annotation: a hash of the claim template's spec
 
 Manifest = dict[str, Any]
 
@@ -92,17 +99,51 @@ def _probe(path: str, port: str, period: int, failures: int) -> Manifest:
             "failureThreshold": failures}
 
 
+def binary_quantity(n: int) -> str:
+    """Whole MiB as the API server writes a binary quantity back (largest exact suffix), so that the level
+    check compares like with like: 8192 MiB -> "8Gi"."""
+    value, suffix = n // MIB, "Mi"
+    for bigger in ("Gi", "Ti", "Pi"):
+        if value % 1024:
+            break
+        value, suffix = value // 1024, bigger
+    return f"{value}{suffix}"
+
+
+def claim_template_name(service: str) -> str:
+    return f"{service}-gpu"
+
+
+def _gpu_resources(spec: TTSServiceSpec, resources: Manifest) -> None:
+    """The GPU part of the runtime container's resources, by sharing mode (DRA uses a claim instead)."""
+    gpu, sharing = spec.gpu, spec.gpu.sharing
+    if gpu.count == 0:
+        return
+    if sharing.mode == "dra":
+        resources["claims"] = [{"name": CLAIM}]
+        return
+    limits = resources.setdefault("limits", {})
+    limits[gpu.resource_name] = str(gpu.count)
+    if sharing.mode == "hami":
+        limits[HAMI_MEMORY] = str((sharing.memory_bytes or 0) // MIB)
+        if sharing.cores is not None:
+            limits[HAMI_CORES] = str(sharing.cores)
+
+
 def _runtime_container(owner: Owner, images: Images) -> Manifest:
     spec = owner.spec
     resources: Manifest = json.loads(json.dumps(spec.resources))  # a deep copy: never mutate the spec
-    if spec.gpu.count > 0:
-        resources.setdefault("limits", {})[spec.gpu.resource_name] = str(spec.gpu.count)
+    _gpu_resources(spec, resources)
     env = [
         {"name": "TTS_RUNTIME_MODELS_JSON", "value": models_json(spec)},
         {"name": "TTS_RUNTIME_ADMIN_TOKEN_FILE", "value": f"{SHARED_DIR}/admin-token"},
         {"name": "HF_HOME", "value": CACHE_DIR},
         *[e.model_dump(by_alias=True, exclude_none=True) for e in spec.env],
     ]
+    budget = spec.gpu.budget_bytes
+    if budget is not None:
+        # The share the pod is scheduled with: the runtime keeps its models within it (never a CUDA OOM).
+        env.insert(2, {"name": "TTS_RUNTIME_GPU_MEMORY_BUDGET_BYTES", "value": str(budget)})
     mounts: list[Manifest] = [
         {"name": "residency", "mountPath": SHARED_DIR}, {"name": "tmp", "mountPath": "/tmp"},
         {"name": "dshm", "mountPath": "/dev/shm"}, {"name": "cache", "mountPath": CACHE_DIR}]
@@ -186,6 +227,8 @@ def build_deployment(owner: Owner, images: Images) -> Manifest:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
         pod_spec["tolerations"] = json.loads(json.dumps(spec.tolerations))
+    template_meta: Manifest = {"labels": labels(owner.name)}
+    _sharing_pod(owner, pod_spec, template_meta)
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": _meta(owner, owner.name),
@@ -193,9 +236,70 @@ def build_deployment(owner: Owner, images: Images) -> Manifest:
             "replicas": spec.replicas,
             "selector": {"matchLabels": labels(owner.name)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": strategy},
-            "template": {"metadata": {"labels": labels(owner.name)}, "spec": pod_spec},
+            "template": {"metadata": template_meta, "spec": pod_spec},
         },
     }
+
+
+def _sharing_pod(owner: Owner, pod_spec: Manifest, template_meta: Manifest) -> None:
+    """The pod template's part of GPU sharing: the DRA claim, the placement gate, HAMi's policy."""
+    gpu, sharing = owner.spec.gpu, owner.spec.gpu.sharing
+    if gpu.count == 0:
+        return
+    annotations: dict[str, str] = {}
+    if sharing.mode == "dra":
+        claim = sharing.claim
+        if claim.resource_claim_name is not None:
+            pod_spec["resourceClaims"] = [{"name": CLAIM, "resourceClaimName": claim.resource_claim_name}]
+        else:
+            pod_spec["resourceClaims"] = [{"name": CLAIM,
+                                           "resourceClaimTemplateName": claim_template_name(owner.name)}]
+            # A template's spec is immutable: a change re-creates it, and this hash rolls the pods out so
+            # that their claims are made from the new one.
+            digest = json.dumps(build_resource_claim_template(owner)["spec"], sort_keys=True).encode()
+            annotations[CLAIM_SPEC] = hashlib.sha256(digest).hexdigest()[:16]
+    if sharing.placement == "preferIdle":
+        # The operator removes the gate once it has given the pod its preferred nodes (affinity can be set
+        # only while a pod is gated).
+        pod_spec["schedulingGates"] = [{"name": ann.PLACEMENT_GATE}]
+        if sharing.mode == "hami":
+            annotations.update(dict.fromkeys(HAMI_POLICIES, "binpack"))  # onto GPUs peers already use
+    if annotations:
+        template_meta["annotations"] = annotations
+
+
+def wants_claim_template(spec: TTSServiceSpec) -> bool:
+    sharing = spec.gpu.sharing
+    return spec.gpu.count > 0 and sharing.mode == "dra" and sharing.claim.resource_claim_name is None
+
+
+def build_resource_claim_template(owner: Owner) -> Manifest:
+    """DRA: the claim each pod gets (resource.k8s.io/v1): `gpu.count` devices of the class, the memory share
+    as a capacity request, and NVIDIA's GpuConfig for the sharing strategy (TimeSlicing or MPS)."""
+    gpu, sharing = owner.spec.gpu, owner.spec.gpu.sharing
+    claim = sharing.claim
+    exactly: Manifest = {"deviceClassName": claim.device_class_name, "allocationMode": "ExactCount",
+                         "count": gpu.count}
+    memory = sharing.memory_bytes
+    if memory is not None:
+        exactly["capacity"] = {"requests": {"memory": binary_quantity(memory)}}
+    devices: Manifest = {"requests": [{"name": CLAIM, "exactly": exactly}]}
+    if claim.strategy is not None:
+        if claim.strategy == "MPS":
+            mps: Manifest = {}
+            if sharing.cores is not None:
+                mps["defaultActiveThreadPercentage"] = sharing.cores
+            if memory is not None:
+                mps["defaultPinnedDeviceMemoryLimit"] = binary_quantity(memory)
+            shared: Manifest = {"strategy": "MPS", "mpsConfig": mps}
+        else:
+            shared = {"strategy": "TimeSlicing",
+                      "timeSlicingConfig": {"interval": claim.interval or "Default"}}
+        devices["config"] = [{"requests": [CLAIM], "opaque": {"driver": claim.driver, "parameters": {
+            "apiVersion": "resource.nvidia.com/v1beta1", "kind": "GpuConfig", "sharing": shared}}}]
+    return {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
+            "metadata": _meta(owner, claim_template_name(owner.name)),
+            "spec": {"spec": {"devices": devices}}}
 
 
 def build_service(owner: Owner) -> Manifest:
@@ -234,9 +338,11 @@ def build_role_binding(owner: Owner) -> Manifest:
 
 
 def build_children(owner: Owner, images: Images) -> list[Manifest]:
-    """Every child, in the order to create them (the binding's account before the pods that use it)."""
+    """Every child, in the order to create them (the binding's account and the claim template before the
+    pods that use them)."""
+    claims = [build_resource_claim_template(owner)] if wants_claim_template(owner.spec) else []
     return [build_service_account(owner), build_role(owner), build_role_binding(owner),
-            build_service(owner), build_deployment(owner, images)]
+            build_service(owner), *claims, build_deployment(owner, images)]
 
 
 def differs(desired: Any, observed: Any) -> bool:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -14,15 +15,19 @@ from typing import Any, cast
 import kopf
 
 from tts_operator import annotations as ann
-from tts_operator.api import PATHS, Api
+from tts_operator.allocations import ClaimAllocation, claim_allocation
+from tts_operator.api import PATHS, Api, ApiError
 from tts_operator.builders import (
     Images,
+    Manifest,
     Owner,
     build_deployment,
+    build_resource_claim_template,
     build_role,
     build_role_binding,
     build_service,
     build_service_account,
+    wants_claim_template,
 )
 from tts_operator.reconcile import (
     ForeignChildError,
@@ -34,7 +39,14 @@ from tts_operator.reconcile import (
     patch_annotations,
     sync_policy,
 )
-from tts_operator.sharing import Touched, plan_gpu_sharing, request_id
+from tts_operator.sharing import (
+    Touched,
+    node_affinity,
+    plan_gpu_sharing,
+    preferred_nodes,
+    request_id,
+    with_claims,
+)
 from tts_operator.spec import InvalidSpecError, TTSServiceSpec, parse_spec
 from tts_operator.status import PodInfo
 from tts_operator.statuswriter import Debouncer, ServiceKey, StatusWriter
@@ -54,12 +66,14 @@ STALE_RETRY_SECONDS = 1.0
 # Stands in, for the sharing plan only, for an offload request that is served but not yet reported on.
 ACKNOWLEDGED = "acknowledged; the peer has not reported since"
 PLURAL_KINDS = {plural: kind for kind, (_, plural) in PATHS.items()}
-CHILD_BUILDERS = {
+CHILD_BUILDERS: dict[str, Callable[[Owner, Images], Manifest | None]] = {
     "deployments": lambda o, i: build_deployment(o, i),
     "services": lambda o, i: build_service(o),
     "serviceaccounts": lambda o, i: build_service_account(o),
     "roles": lambda o, i: build_role(o),
     "rolebindings": lambda o, i: build_role_binding(o),
+    "resourceclaimtemplates": lambda o, i: build_resource_claim_template(o) if wants_claim_template(o.spec)
+    else None,
 }
 
 
@@ -127,7 +141,16 @@ def services(body: kopf.Body, namespace: str | None, name: str, uid: str, **_: A
         "deleting": bool(meta.get("deletionTimestamp"))}}
 
 
+@kopf.index("resource.k8s.io", "v1", "resourceclaims")
+def claim_allocations(body: kopf.Body, namespace: str | None, name: str, **_: Any
+                      ) -> dict[tuple[str, str], ClaimAllocation]:
+    """DRA: every claim's allocated devices and node (a few strings each); on clusters without DRA the API is
+    not served and this stays empty."""
+    return {(namespace or "", name): claim_allocation(body)}
+
+
 PodIndex = kopf.Index[tuple[str, str], PodInfo]
+ClaimIndex = kopf.Index[tuple[str, str], ClaimAllocation]
 ServiceIndex = kopf.Index[tuple[str, str], Any]
 ChildIndex = kopf.Index[tuple[str, str], dict[str, Any]]
 
@@ -139,6 +162,16 @@ def _pod_index(kwargs: dict[str, Any]) -> PodIndex:
 
 def _service_index(kwargs: dict[str, Any]) -> ServiceIndex:
     return cast(ServiceIndex, kwargs["services"])
+
+
+def _resolver(kwargs: dict[str, Any]) -> Callable[[PodInfo], PodInfo]:
+    """Fills in a pod's DRA devices from the claim index (what the pod index alone cannot know)."""
+    claims = cast(ClaimIndex, kwargs["claim_allocations"])
+
+    def lookup(namespace: str, name: str) -> ClaimAllocation | None:
+        return next(iter(claims.get((namespace, name), [])), None)
+
+    return lambda pod: with_claims(pod, lookup)
 
 
 def _pods(index: kopf.Index[tuple[str, str], PodInfo], namespace: str, name: str) -> list[PodInfo]:
@@ -207,11 +240,12 @@ async def recheck_service(name: str, namespace: str | None, uid: str, spec: kopf
 async def _resync_sharing(memo: kopf.Memo, namespace: str, name: str, kw: dict[str, Any]) -> None:
     """Re-plan the groups of a service's pods: its budget may have changed, and a pass whose PATCH failed
     is retried here (pod events re-plan only their own groups)."""
-    services, pods_by_service = _service_index(kw), _pod_index(kw)
+    services, pods_by_service, resolve = _service_index(kw), _pod_index(kw), _resolver(kw)
     touched = cast(SharingPasses, memo["sharing"]).touched
     for pod in _pods(pods_by_service, namespace, name):
-        touched.pod_event(pod)
-    await _sync_sharing(_api(memo), memo, services, pods_by_service)
+        touched.pod_event(resolve(pod))
+    await _sync_sharing(_api(memo), memo, services, pods_by_service, resolve)
+    await _place_gated(_api(memo), memo, _pods(pods_by_service, namespace, name), kw)
 
 
 def _owner_ref(body: kopf.Body) -> dict[str, Any] | None:
@@ -233,7 +267,8 @@ async def _owner_alive(api: Api, namespace: str, name: str, uid: str) -> bool:
 
 def _child_event(plural: str) -> None:
     group, version = {"deployments": ("apps", "v1"), "roles": ("rbac.authorization.k8s.io", "v1"),
-                      "rolebindings": ("rbac.authorization.k8s.io", "v1")}.get(plural, ("", "v1"))
+                      "rolebindings": ("rbac.authorization.k8s.io", "v1"),
+                      "resourceclaimtemplates": ("resource.k8s.io", "v1")}.get(plural, ("", "v1"))
 
     @kopf.index(group, version, plural, labels=MANAGED, id=f"children_{plural}")
     def index_child(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
@@ -273,7 +308,7 @@ async def _child_outcome(plural: str, type: str, body: kopf.Body, namespace: str
     except InvalidSpecError:
         return "owner spec invalid"
     desired = CHILD_BUILDERS[plural](_owner(service, ns, entries[0]["uid"], spec), _images(memo))
-    if desired["metadata"]["name"] != meta.get("name"):
+    if desired is None or desired["metadata"]["name"] != meta.get("name"):
         return "not a child the owner wants"
     observed = None if type == "DELETED" else dict(body)
     if observed is not None and not needs_patch(desired, observed):
@@ -299,13 +334,13 @@ async def pod_changed(type: str, body: kopf.Body, namespace: str | None, labels:
     Logs `pod event TYPE NS/NAME at RV` at DEBUG once the policy is synced, before the sharing pass that
     plans it; each run of sharing passes ends with `sharing passes done` (a test waits for both to know
     that the operator is done with a pod's version)."""
-    services, pods_by_service = _service_index(kw), _pod_index(kw)
+    services, pods_by_service, resolve = _service_index(kw), _pod_index(kw), _resolver(kw)
     api, written = _api(memo), _written(memo)
     service = labels[ann.SERVICE_LABEL]
     entries = list(services.get((namespace or "", service), []))
     pod = ObservedPod.from_pod(body)
     _status(memo).mark((namespace or "", service))
-    cast(SharingPasses, memo["sharing"]).touched.pod_event(pod, gone=type == "DELETED")
+    cast(SharingPasses, memo["sharing"]).touched.pod_event(resolve(pod), gone=type == "DELETED")
     if type == "DELETED":
         written.forget(pod.key)
     elif entries:
@@ -315,9 +350,62 @@ async def pod_changed(type: str, body: kopf.Body, namespace: str | None, labels:
             spec = None
         if spec is not None:
             await sync_policy(api, spec, [pod], written)
+        if pod.gated:
+            await _place_gated(api, memo, [pod], kw)
     meta = body.get("metadata") or {}
     logger.debug(f"pod event {type} {namespace}/{meta.get('name')} at {meta.get('resourceVersion')}")
-    await _sync_sharing(api, memo, services, pods_by_service)
+    await _sync_sharing(api, memo, services, pods_by_service, resolve)
+
+
+@kopf.on.event("resource.k8s.io", "v1", "resourceclaims")
+async def claim_changed(namespace: str | None, name: str, memo: kopf.Memo, **kw: Any) -> None:
+    """A claim allocated (or freed) by the scheduler: its pods' groups are known now (DRA). The initial
+    listing counts too: at a restart a pod's own event may have come before its claim was indexed."""
+    services, pods_by_service, resolve = _service_index(kw), _pod_index(kw), _resolver(kw)
+    touched = cast(SharingPasses, memo["sharing"]).touched
+    found = False
+    for store in list(pods_by_service.values()):
+        for pod in store:
+            if pod.namespace == (namespace or "") and name in pod.claims:
+                touched.pod_event(resolve(pod))
+                found = True
+    if found:
+        await _sync_sharing(_api(memo), memo, services, pods_by_service, resolve)
+
+
+async def _place_gated(api: Api, memo: kopf.Memo, pods: list[PodInfo], kw: dict[str, Any]) -> None:
+    """placement: preferIdle. A gated pod gets a preferred node affinity for the nodes whose idle models could
+    free the most GPU memory for it (now, from the pods' reports), then its gate goes: a pod's affinity can
+    only be set while it is gated, so the preference is as fresh as the moment the pod is scheduled."""
+    services, pods_by_service, resolve = _service_index(kw), _pod_index(kw), _resolver(kw)
+    everyone: list[PodInfo] | None = None
+    for pod in pods:
+        if not pod.gated or pod.terminating:
+            continue
+        entries = list(services.get((pod.namespace, pod.service), []))
+        try:
+            priority = parse_spec(entries[0]["spec"], pod.service).residency.priority if entries else 0
+        except InvalidSpecError:
+            priority = 0
+        if everyone is None:
+            everyone = [resolve(p) for store in pods_by_service.values() for p in store]
+        affinity = node_affinity(preferred_nodes((p for p in everyone if p.key != pod.key), priority))
+        observed = await api.get("Pod", pod.namespace, pod.name)
+        if observed is None:
+            continue
+        spec = observed.get("spec") or {}
+        gates = [g for g in spec.get("schedulingGates") or [] if g.get("name") != ann.PLACEMENT_GATE]
+        if len(gates) == len(spec.get("schedulingGates") or []):
+            continue  # already placed
+        patch: dict[str, Any] = {"metadata": {"resourceVersion": observed["metadata"]["resourceVersion"]},
+                                 "spec": {"schedulingGates": gates or None}}
+        if affinity:
+            patch["spec"]["affinity"] = affinity
+        try:
+            await api.patch("Pod", pod.namespace, pod.name, patch)
+        except ApiError as exc:
+            if exc.status not in (404, 409):  # gone, or changed meanwhile: its next event places it
+                raise
 
 
 @dataclass
@@ -333,7 +421,8 @@ class SharingPasses:
 
 
 async def _sync_sharing(api: Api, memo: kopf.Memo, services: kopf.Index[tuple[str, str], Any],
-                        pods_by_service: kopf.Index[tuple[str, str], PodInfo]) -> None:
+                        pods_by_service: kopf.Index[tuple[str, str], PodInfo],
+                        resolve: Callable[[PodInfo], PodInfo]) -> None:
     """Run a sharing pass, or, while one runs, leave what was touched to the next one, run when it ends: the
     indexes are live, so that pass sees every event that asked meanwhile (a burst of reports is a pass or
     two, not one each)."""
@@ -342,26 +431,31 @@ async def _sync_sharing(api: Api, memo: kopf.Memo, services: kopf.Index[tuple[st
         return
     async with passes.lock:
         while passes.touched:
-            await _sharing_pass(api, memo, passes, passes.touched.take(), services, pods_by_service)
+            await _sharing_pass(api, memo, passes, passes.touched.take(), services, pods_by_service, resolve)
         log.debug("sharing passes done")
 
 
 def _budgets(services: kopf.Index[tuple[str, str], Any], pods: list[PodInfo]) -> dict[str, int | None]:
+    """Each service's GPU budget: its share (gpu.sharing.memory) or memoryBudgetBytes, the smaller."""
     budgets: dict[str, int | None] = {}
     for namespace, name in {(p.namespace, p.service) for p in pods}:
         for entry in services.get((namespace, name), []):
-            gpu = (entry["spec"].get("gpu") or {}) if isinstance(entry["spec"], dict) else {}
-            budgets[f"{namespace}/{name}"] = gpu.get("memoryBudgetBytes")
+            try:
+                budgets[f"{namespace}/{name}"] = parse_spec(entry["spec"], name).gpu.budget_bytes
+            except InvalidSpecError:
+                budgets[f"{namespace}/{name}"] = None
     return budgets
 
 
 async def _sharing_pass(api: Api, memo: kopf.Memo, passes: SharingPasses, touched: Touched,
                         services: kopf.Index[tuple[str, str], Any],
-                        pods_by_service: kopf.Index[tuple[str, str], PodInfo]) -> None:
+                        pods_by_service: kopf.Index[tuple[str, str], PodInfo],
+                        resolve: Callable[[PodInfo], PodInfo]) -> None:
     written = _written(memo)
-    # What the pods hold: the index, plus what this operator wrote that the index does not show yet.
+    # What the pods hold: the index (with DRA claims' allocations), plus what this operator wrote that the
+    # index does not show yet.
     pods = [written.effective(pod) for pod in touched.select(
-        pod for store in pods_by_service.values() for pod in store)]
+        resolve(pod) for store in pods_by_service.values() for pod in store)]
     issued = passes.issued
     # A peer that removed its request (the acknowledgement) but has not reported since is still freeing that
     # memory: the plan must see it as asked, or a pass in between would ask one more peer for the same bytes.

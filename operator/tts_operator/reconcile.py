@@ -8,7 +8,7 @@ from typing import Any
 
 from tts_operator import annotations as ann
 from tts_operator.api import Api, ApiError
-from tts_operator.builders import Images, Manifest, Owner, build_children, differs
+from tts_operator.builders import Images, Manifest, Owner, build_children, claim_template_name, differs
 from tts_operator.spec import TTSServiceSpec
 from tts_operator.status import PodInfo
 from tts_operator.written import Written
@@ -18,6 +18,10 @@ log = logging.getLogger(__name__)
 
 class ForeignChildError(Exception):
     """A child's name is taken by an object another controller (or a person) owns; we never steal it."""
+
+
+# Kinds whose spec the API server never lets change: a drifted one is deleted and created anew.
+IMMUTABLE = frozenset({"ResourceClaimTemplate"})
 
 
 class StaleChildError(ForeignChildError):
@@ -85,6 +89,15 @@ async def apply_child(api: Api, desired: Manifest, observed: Manifest | None = N
     _check_owner(desired, observed)
     if not needs_patch(desired, observed):
         return "unchanged"
+    if desired["kind"] in IMMUTABLE:
+        uid = (observed.get("metadata") or {}).get("uid")
+        await api.delete(desired["kind"], meta["namespace"], meta["name"], uid)
+        try:
+            await api.create(desired)
+        except ApiError as exc:
+            if exc.status != 409:  # someone (the child watch) made it meanwhile: the next pass compares it
+                raise
+        return "replaced"
     await api.patch(desired["kind"], meta["namespace"], meta["name"], owned_part(desired))
     return "patched"
 
@@ -103,9 +116,29 @@ async def apply_children(api: Api, owner: Owner, images: Images,
                              if (o.get("metadata") or {}).get("name") == name), None)
             result = await apply_child(api, child, observed, known=True)
         done[f"{child['kind']}/{name}"] = result
+    if known is not None:
+        wanted = {c["kind"] for c in build_children(owner, images)}
+        done.update(await _remove_unwanted(api, owner, known, wanted))
     changed = {k: v for k, v in done.items() if v != "unchanged"}
     if changed:
         log.info("%s/%s children: %s", owner.namespace, owner.name, changed)
+    return done
+
+
+async def _remove_unwanted(api: Api, owner: Owner, known: Mapping[str, Iterable[Manifest]],
+                           wanted: set[str]) -> dict[str, str]:
+    """A claim template left from a spec that no longer asks for one (mode changed away from dra) goes; only
+    ours (owned by this TTSService's uid) and only under the name we gave it."""
+    done: dict[str, str] = {}
+    if "ResourceClaimTemplate" in wanted:
+        return done
+    for observed in known.get("ResourceClaimTemplate", ()):
+        meta = observed.get("metadata") or {}
+        refs = meta.get("ownerReferences") or []
+        ours = any(r.get("controller") and r.get("uid") == owner.uid for r in refs)
+        if ours and meta.get("name") == claim_template_name(owner.name) and not meta.get("deletionTimestamp"):
+            await api.delete("ResourceClaimTemplate", owner.namespace, meta["name"], meta.get("uid"))
+            done[f"ResourceClaimTemplate/{meta['name']}"] = "deleted"
     return done
 
 

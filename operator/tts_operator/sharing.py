@@ -4,22 +4,70 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Literal
 
 from tts_operator import annotations as ann
+from tts_operator.allocations import ClaimAllocation, Device
 from tts_operator.status import PodInfo
 
 # pod key ("ns/name") -> annotation key -> new raw value (None removes it)
 Changes = dict[str, dict[str, str | None]]
 
 
-def gpu_group(pod: PodInfo) -> str | None:
-    """The GPU a pod shares ("node/gpu-uuid"), or None: terminating, not placed, or not on a GPU."""
-    if pod.terminating or pod.residency is None or pod.residency.gpu is None or not pod.node:
+@dataclass(frozen=True)
+class Placement:
+    """The node and GPU a pod is on, and who said so: the scheduler (HAMi's annotation, a DRA claim's
+    allocation) as soon as it decides, else the runtime's report once it has loaded something."""
+
+    node: str
+    gpu: str
+    source: Literal["hami", "dra", "report"]
+    memory_bytes: int | None = None  # the share the scheduler allocated (HAMi), when it says
+
+    @property
+    def group(self) -> str:
+        return f"{self.node}/{self.gpu}"
+
+
+def placement(pod: PodInfo) -> Placement | None:
+    """Where the pod's (first) GPU is, or None: terminating, not scheduled, or not on a GPU."""
+    if pod.terminating:
         return None
-    return f"{pod.node}/{pod.residency.gpu.uuid}"
+    if pod.hami and (pod.node or pod.hami_node):
+        first = pod.hami[0]
+        return Placement(pod.node or pod.hami_node or "", first.id, "hami", first.memory_bytes)
+    if pod.claim_devices and (pod.node or pod.claim_node):
+        first = pod.claim_devices[0]
+        return Placement(pod.node or pod.claim_node or "", first.id, "dra", first.memory_bytes)
+    if pod.residency is not None and pod.residency.gpu is not None and pod.node:
+        return Placement(pod.node, pod.residency.gpu.uuid, "report")
+    return None
+
+
+def gpu_group(pod: PodInfo) -> str | None:
+    """The GPU a pod shares ("node/gpu"), or None."""
+    where = placement(pod)
+    return where.group if where is not None else None
+
+
+ClaimLookup = Callable[[str, str], ClaimAllocation | None]  # (namespace, claim name) -> its allocation
+
+
+def with_claims(pod: PodInfo, lookup: ClaimLookup) -> PodInfo:
+    """The pod with its DRA claims' allocated devices and node filled in (from the operator's claim index)."""
+    if not pod.claims:
+        return pod
+    devices: list[Device] = []
+    node: str | None = None
+    for name in pod.claims:
+        found = lookup(pod.namespace, name)
+        if found is not None:
+            devices.extend(found.devices)
+            node = node or found.node
+    return replace(pod, claim_devices=tuple(devices), claim_node=node)
 
 
 def _priority(pod: PodInfo) -> int:
@@ -95,34 +143,42 @@ def plan_gpu_sharing(pods: list[PodInfo], budgets: Mapping[str, int | None], now
     acknowledged request is not sent again for the same demand report). Deterministic."""
     changes: Changes = {}
     groups: dict[str, list[PodInfo]] = defaultdict(list)
+    where: dict[str, Placement] = {}
     for pod in sorted(pods, key=lambda p: p.key):
-        group = gpu_group(pod)
-        if group is not None:
-            groups[group].append(pod)
+        found = placement(pod)
+        if found is not None:
+            groups[found.group].append(pod)
+            where[pod.key] = found
         elif pod.gpu_share is not None and not pod.terminating:
             changes.setdefault(pod.key, {})[ann.GPU_SHARE] = None
 
     for group, members in groups.items():
         for pod in members:
-            assert pod.residency is not None and pod.residency.gpu is not None
-            peers = [ann.Peer.model_validate({"pod": p.key, "service": p.service, "priority": _priority(p),
-                                              "residentBytes": p.residency.vram_bytes})
-                     for p in members if p is not pod and p.residency is not None]
+            at = where[pod.key]
+            # A peer the scheduler placed here counts before it reports (it holds nothing yet).
+            peers = [ann.Peer.model_validate({
+                "pod": p.key, "service": p.service, "priority": _priority(p),
+                "residentBytes": p.residency.vram_bytes if p.residency is not None else 0})
+                for p in members if p is not pod]
+            budget = budgets.get(f"{pod.namespace}/{pod.service}")
+            if at.memory_bytes is not None:  # what HAMi enforces may be less than what the spec asks
+                budget = at.memory_bytes if budget is None else min(budget, at.memory_bytes)
             share = ann.GpuShareValue.model_validate({
-                "group": group, "node": pod.node or "", "gpu": pod.residency.gpu.uuid,
-                "budgetBytes": budgets.get(f"{pod.namespace}/{pod.service}"), "peers": peers})
+                "group": group, "node": at.node, "gpu": at.gpu, "source": at.source,
+                "budgetBytes": budget, "peers": peers})
             raw = ann.dump(share)
             if raw != pod.gpu_share:
                 changes.setdefault(pod.key, {})[ann.GPU_SHARE] = raw
 
         asked: set[str] = {p.key for p in members if p.offload_request}
         for demander in members:
-            assert demander.residency is not None and demander.residency.gpu is not None
+            if demander.residency is None:
+                continue
             wanted = [m for m in demander.residency.models if m.gpu_demand_bytes > 0]
             if not wanted:
                 continue
             # The runtime reports all the model needs; what is already free on the GPU need not be freed.
-            free = demander.residency.gpu.free_bytes
+            free = demander.residency.gpu.free_bytes if demander.residency.gpu is not None else 0
             need = sum(m.gpu_demand_bytes for m in wanted) - free
             ceiling = max((m.policy.priority if m.policy else _priority(demander)) for m in wanted)
             # Requests still pending (from an earlier pass or another demander) are already freeing memory:
@@ -145,3 +201,25 @@ def plan_gpu_sharing(pods: list[PodInfo], budgets: Mapping[str, int | None], now
                 asked.add(peer.key)
                 freed += idle
     return changes
+
+
+def preferred_nodes(pods: Iterable[PodInfo], priority: int, limit: int = 10) -> list[tuple[str, int]]:
+    """Nodes by the GPU memory their idle, unpinned models at or below `priority` could free, most first (at
+    most `limit`; nodes with nothing to free are left out). Only pods the operator sees are counted."""
+    per_node: dict[str, int] = defaultdict(int)
+    for pod in pods:
+        at = placement(pod)
+        if at is not None:
+            per_node[at.node] += _idle_bytes(pod, priority)
+    ranked = sorted(((n, b) for n, b in per_node.items() if b > 0), key=lambda nb: (-nb[1], nb[0]))
+    return ranked[:limit]
+
+
+def node_affinity(ranked: list[tuple[str, int]]) -> dict[str, object]:
+    """A preferred node affinity for `preferred_nodes`: weights 1..100 in proportion to the bytes."""
+    if not ranked:
+        return {}
+    top = ranked[0][1]
+    terms = [{"weight": max(1, round(100 * freeable / top)), "preference": {"matchFields": [
+        {"key": "metadata.name", "operator": "In", "values": [node]}]}} for node, freeable in ranked]
+    return {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": terms}}

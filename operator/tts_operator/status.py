@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from tts_operator import annotations as ann
+from tts_operator.allocations import HAMI_ALLOCATED, HAMI_NODE, Device, hami_devices, pod_claims
 
 Conditions = list[dict[str, Any]]
 
@@ -25,6 +26,14 @@ class PodInfo:
     policy: str | None = None  # raw annotations, compared as written
     gpu_share: str | None = None
     offload_request: str | None = None
+    gated: bool = False  # still held by the operator's placement gate
+    # The scheduler's decision: HAMi's allocated devices (and node), the pod's DRA claims by name; the claims'
+    # devices and node are filled in from the claim index (`with_claims`) by the operator.
+    hami: tuple[Device, ...] = ()
+    hami_node: str | None = None
+    claims: tuple[str, ...] = ()
+    claim_devices: tuple[Device, ...] = ()
+    claim_node: str | None = None
 
     @property
     def key(self) -> str:
@@ -44,6 +53,10 @@ class PodInfo:
             residency=ann.parse(ann.ResidencyValue, notes.get(ann.RESIDENCY)),
             policy=notes.get(ann.POLICY), gpu_share=notes.get(ann.GPU_SHARE),
             offload_request=notes.get(ann.OFFLOAD_REQUEST),
+            gated=any(g.get("name") == ann.PLACEMENT_GATE
+                      for g in (body.get("spec") or {}).get("schedulingGates") or []),
+            hami=hami_devices(notes.get(HAMI_ALLOCATED)), hami_node=notes.get(HAMI_NODE),
+            claims=pod_claims(body),
         )
 
 

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     idle_release_seconds: float | None = Field(default=None, ge=0)
     disable_gpu_management: bool = False
     device: Literal["auto", "cuda", "cpu"] = "auto"
+    # The pod's share of a shared GPU in bytes (HAMi's or MPS's limit, or memoryBudgetBytes; set by the
+    # operator): the runtime keeps its models on the GPU within it. None = the whole GPU.
+    gpu_memory_budget_bytes: int | None = Field(default=None, ge=0)
     admin_token: SecretStr | None = None
     admin_token_file: Path | None = None
     # Speech requests admitted at once (running + waiting); beyond it 503 + Retry-After.

@@ -94,6 +94,7 @@ def test_the_residency_default_is_the_documented_policy(kube_cluster: Cluster, n
     spec = kube_cluster.json("get", "tts", "defaults", "-n", namespace)["spec"]
     assert spec["residency"] == {"offloadAfterUse": True, "idleOffloadSeconds": 600,
                                  "idleReleaseSeconds": 3600, "pinned": False, "priority": 0}
-    assert spec["gpu"] == {"count": 1, "resourceName": "nvidia.com/gpu"}
+    assert spec["gpu"] == {"count": 1, "resourceName": "nvidia.com/gpu",
+                           "sharing": {"mode": "exclusive", "placement": "scheduler"}}
     assert spec["model"] == {"name": "hibari", "variant": "base", "backend": "hibari"}
     assert spec["replicas"] == 1 and spec["port"] == 8000

@@ -61,6 +61,8 @@ RESOURCES: dict[str, tuple[str, str, str, bool]] = {
     "roles": ("rbac.authorization.k8s.io", "v1", "Role", True),
     "rolebindings": ("rbac.authorization.k8s.io", "v1", "RoleBinding", True),
     "customresourcedefinitions": ("apiextensions.k8s.io", "v1", "CustomResourceDefinition", False),
+    "resourceclaimtemplates": ("resource.k8s.io", "v1", "ResourceClaimTemplate", True),
+    "resourceclaims": ("resource.k8s.io", "v1", "ResourceClaim", True),
 }
 SERVICE_LABEL = "tts.residency.dev/service"
 

@@ -1,4 +1,8 @@
-"""The GPU memory budget: make room for a load or restore by offloading idle peers, or refuse it."""
+"""The GPU memory budget: make room for a load or restore by offloading idle peers, or refuse it.
+
+Two limits: the memory free on the GPU (NVML), and the pod's share of the GPU (`share_bytes`: what it was
+scheduled with, HAMi's or MPS's limit or memoryBudgetBytes, passed by the operator). The share is counted from
+this process's own models, so it holds without NVML and where nothing else enforces it (time-slicing)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from tts_runtime.engine.backends import Stats
 from tts_runtime.engine.clock import Clock
 from tts_runtime.engine.gpu import GpuProbe
 from tts_runtime.engine.planning import choose_victims
+from tts_runtime.engine.reporting import process_pids
 from tts_runtime.engine.slot import Slot
 from tts_runtime.residency import InsufficientGpuMemoryError, Verb
 
@@ -17,11 +22,13 @@ DEMAND_TTL = 60.0  # seconds a refused GPU demand stays in the report for the op
 class GpuBudget:
     """Checks free GPU memory (NVML, never CUDA) before a model moves onto the GPU."""
 
-    def __init__(self, slots: dict[str, Slot], gpu: GpuProbe, clock: Clock, wait_seconds: float) -> None:
+    def __init__(self, slots: dict[str, Slot], gpu: GpuProbe, clock: Clock, wait_seconds: float,
+                 share_bytes: int | None = None) -> None:
         self._slots = slots
         self.gpu = gpu
         self.clock = clock
         self.wait_seconds = wait_seconds
+        self.share_bytes = share_bytes
         self.context_bytes = 0  # the last CUDA context any worker measured: the estimate for a new one
 
     def needed(self, slot: Slot, verb: Verb) -> int:
@@ -45,14 +52,26 @@ class GpuBudget:
         if stats.context_bytes:
             slot.context_bytes = self.context_bytes = stats.context_bytes
 
-    def ensure(self, slot: Slot, needed: int, evict: Callable[[Slot], object]) -> None:
-        """Make room for `needed` bytes (`evict`ing idle peers of this process) or raise the refusal."""
-        if needed <= 0 or not slot.device.startswith("cuda"):
-            return
-        free = self.gpu.free_bytes()
-        if free is None or free >= needed:
-            self.clear_demand(slot)
-            return
+    def held_bytes(self, but: Slot | None = None) -> int:
+        """GPU bytes this process holds apart from `but`: its models on the GPU (each one's NVML count, else
+        its weights' size), or NVML's count for the engine and all its workers when that is more (it also
+        sees the CUDA context an offloaded keep-worker model keeps). `but` is never on the GPU while it is
+        being made room for, so NVML's count holds none of its weights."""
+        total = 0
+        for s in self._slots.values():
+            if s is not but:
+                with s.cond:
+                    total += s.gpu_bytes()
+        seen = self.gpu.process_bytes(process_pids(self._slots.values()))
+        return max(total, seen or 0)
+
+    def _over_share(self, slot: Slot, needed: int) -> int:
+        """How many bytes `needed` more would go beyond the pod's share (0: within it, or no share)."""
+        if self.share_bytes is None:
+            return 0
+        return max(0, self.held_bytes(but=slot) + needed - self.share_bytes)
+
+    def _evict_for(self, slot: Slot, short: int, evict: Callable[[Slot], object]) -> None:
         now = self.clock.monotonic()
         views = []
         for s in self._slots.values():
@@ -60,8 +79,28 @@ class GpuBudget:
                 continue
             with s.cond:
                 views.append(s.view(now))
-        for v in choose_victims(views, needed - free):
+        for v in choose_victims(views, short):
             evict(self._slots[v.name])
+
+    def ensure(self, slot: Slot, needed: int, evict: Callable[[Slot], object]) -> None:
+        """Make room for `needed` bytes (`evict`ing idle peers of this process) or raise the refusal."""
+        if needed <= 0 or not slot.device.startswith("cuda"):
+            return
+        over = self._over_share(slot, needed)
+        if over > 0:
+            # Only this process's own models count against its share: offloading them is the one remedy (a
+            # peer pod freeing memory does not enlarge the share, so no demand is published for it).
+            self._evict_for(slot, over, evict)
+            over = self._over_share(slot, needed)
+            if over > 0:
+                held = self.held_bytes(but=slot)
+                raise self.refuse(slot, needed, f"the pod's GPU share is {self.share_bytes} bytes and its "
+                                  f"other models hold {held} that cannot be offloaded now", demand=False)
+        free = self.gpu.free_bytes()
+        if free is None or free >= needed:
+            self.clear_demand(slot)
+            return
+        self._evict_for(slot, needed - free, evict)
         free = self.gpu.free_bytes() or 0
         deadline = self.clock.monotonic() + self.wait_seconds
         if free < needed and self.wait_seconds > 0:
@@ -75,10 +114,14 @@ class GpuBudget:
         self.clear_demand(slot)
 
     def refuse(
-        self, slot: Slot, needed: int, why: str, free: int | None = None
+        self, slot: Slot, needed: int, why: str, free: int | None = None, *, demand: bool = True
     ) -> InsufficientGpuMemoryError:
-        """The error for a model that does not fit; its demand stays in the report for DEMAND_TTL."""
-        self.set_demand(slot, needed)
+        """The error for a model that does not fit; its demand stays in the report for DEMAND_TTL (unless
+        `demand` is False: what is short is the pod's own share, which no peer can give)."""
+        if demand:
+            self.set_demand(slot, needed)
+        else:
+            self.clear_demand(slot)
         return InsufficientGpuMemoryError(
             f"not enough GPU memory for model {slot.spec.name!r}: needs {needed} bytes, {why} after "
             "offloading "

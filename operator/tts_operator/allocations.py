@@ -1,0 +1,90 @@
+"""Where the scheduler put a pod's GPU: HAMi's allocation annotation and DRA claims' status.allocation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tts_operator.spec import quantity_bytes
+
+# HAMi writes both on the pod when its scheduler extender picks the devices (before binding):
+# "<uuid>,<vendor>,<MiB>,<cores>:" per device, ";" between the containers that asked (pkg/device in HAMi).
+HAMI_ALLOCATED = "hami.io/vgpu-devices-allocated"
+HAMI_NODE = "hami.io/vgpu-node"
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Device:
+    """One allocated GPU: its id (a UUID for HAMi, "<driver>/<pool>/<device>" for DRA) and the share."""
+
+    id: str
+    memory_bytes: int | None = None
+    cores: int | None = None
+
+
+@dataclass(frozen=True)
+class ClaimAllocation:
+    """What the operator keeps of one ResourceClaim (its index value): its devices and their node."""
+
+    devices: tuple[Device, ...] = ()
+    node: str | None = None
+
+
+def _int(text: str) -> int | None:
+    return int(text) if text.strip().isdigit() else None
+
+
+def hami_devices(raw: str | None) -> tuple[Device, ...]:
+    """The devices of HAMi's allocation annotation, in order (all containers); () when absent or malformed."""
+    devices: list[Device] = []
+    for container in (raw or "").split(";"):
+        for entry in container.split(":"):
+            fields = entry.split(",")
+            if len(fields) < 3 or not fields[0].strip():
+                continue
+            mib, cores = _int(fields[2]), _int(fields[3]) if len(fields) > 3 else None
+            devices.append(Device(id=fields[0].strip(), memory_bytes=None if mib is None else mib * MIB,
+                                  cores=cores or None))  # HAMi writes 0 cores for "no core limit"
+    return tuple(devices)
+
+
+def _node_of(selector: Any) -> str | None:
+    """The node a node-local allocation names (`matchFields metadata.name In [node]`), else None."""
+    for term in (selector or {}).get("nodeSelectorTerms") or []:
+        for field in term.get("matchFields") or []:
+            values = field.get("values") or []
+            if field.get("key") == "metadata.name" and field.get("operator") == "In" and len(values) == 1:
+                return str(values[0])
+    return None
+
+
+def claim_allocation(claim: Mapping[str, Any]) -> ClaimAllocation:
+    """A ResourceClaim's allocation (resource.k8s.io/v1 status.allocation); empty while unallocated."""
+    allocation = (claim.get("status") or {}).get("allocation") or {}
+    devices = []
+    for result in (allocation.get("devices") or {}).get("results") or []:
+        if not result.get("device"):
+            continue
+        consumed = (result.get("consumedCapacity") or {}).get("memory")
+        devices.append(Device(id=f"{result.get('driver')}/{result.get('pool')}/{result['device']}",
+                              memory_bytes=_quantity(consumed)))
+    return ClaimAllocation(devices=tuple(devices), node=_node_of(allocation.get("nodeSelector")))
+
+
+def _quantity(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        return quantity_bytes(value)
+    except ValueError:
+        return None
+
+
+def pod_claims(body: Mapping[str, Any]) -> tuple[str, ...]:
+    """The ResourceClaims a pod uses: made for it from a template (status.resourceClaimStatuses) or named."""
+    spec, status = body.get("spec") or {}, body.get("status") or {}
+    made = [s.get("resourceClaimName") for s in status.get("resourceClaimStatuses") or []]
+    named = [c.get("resourceClaimName") for c in spec.get("resourceClaims") or []]
+    return tuple(sorted({str(n) for n in made + named if n}))
