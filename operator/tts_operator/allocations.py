@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -88,3 +89,56 @@ def pod_claims(body: Mapping[str, Any]) -> tuple[str, ...]:
     made = [s.get("resourceClaimName") for s in status.get("resourceClaimStatuses") or []]
     named = [c.get("resourceClaimName") for c in spec.get("resourceClaims") or []]
     return tuple(sorted({str(n) for n in made + named if n}))
+
+
+NO_DRA = ("gpu.sharing.mode dra: this operator does not watch resource.k8s.io/v1 ResourceClaims (the API is "
+          "not served, or RBAC does not let it list/watch resourceclaims and list/watch/create/delete "
+          "resourceclaimtemplates; its log says which at start): grant them and restart it, or pick another "
+          "mode")
+
+
+def dra_enabled() -> bool:
+    """Whether `tts-operator run` found DRA served and allowed (RESIDENCY_DRA=on; set by it at start)."""
+    return os.environ.get("RESIDENCY_DRA", "off") == "on"
+
+
+# What the operator must be allowed to do for DRA mode: watch claims (their allocations) and keep the claim
+# templates it owns (create; delete and create again when the spec changes).
+DRA_ACCESS = (("resourceclaims", ("list", "watch")),
+              ("resourceclaimtemplates", ("list", "watch", "create", "delete")))
+
+
+def dra_available(namespaces: list[str]) -> tuple[bool, str]:
+    """Whether this operator can serve DRA mode: the API server serves resource.k8s.io/v1 and RBAC lets it do
+    `DRA_ACCESS` (cluster-wide, or in each of `namespaces`), asked with SelfSubjectAccessReviews (which every
+    authenticated identity may send). Asked once, at start, so that without DRA no watch is opened that
+    would be refused; the reason says what is missing."""
+    import kubernetes
+
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    with kubernetes.client.ApiClient() as client:
+        try:
+            groups = kubernetes.client.ApisApi(client).get_api_versions()
+        except kubernetes.client.ApiException as exc:
+            return False, f"API discovery failed ({exc.status})"
+        served = any(g.name == "resource.k8s.io" and any(v.version == "v1" for v in g.versions)
+                     for g in groups.groups)
+        if not served:
+            return False, "the API server does not serve resource.k8s.io/v1 (Kubernetes 1.34+)"
+        auth = kubernetes.client.AuthorizationV1Api(client)
+        for namespace in namespaces or [""]:
+            for resource, verbs in DRA_ACCESS:
+                for verb in verbs:
+                    review = kubernetes.client.V1SelfSubjectAccessReview(
+                        spec=kubernetes.client.V1SelfSubjectAccessReviewSpec(
+                            resource_attributes=kubernetes.client.V1ResourceAttributes(
+                                group="resource.k8s.io", resource=resource, verb=verb,
+                                namespace=namespace or None)))
+                    answer = auth.create_self_subject_access_review(review).status
+                    if answer is None or not answer.allowed:
+                        where = f"in namespace {namespace}" if namespace else "cluster-wide"
+                        return False, f"RBAC does not allow {verb} on resource.k8s.io {resource} {where}"
+    return True, "resource.k8s.io/v1 served and allowed"

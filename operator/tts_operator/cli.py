@@ -20,9 +20,21 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
     import kopf
 
     kopf.configure(verbose=args.verbose, debug=args.debug)
+    if os.environ.get("RESIDENCY_DRA", "auto") == "auto":
+        # GPU sharing mode dra needs watches of ResourceClaims and claim templates: opened only where they
+        # would not be refused (the handlers read the decision when they register).
+        from tts_operator.allocations import dra_available
+
+        enabled, why = dra_available([] if args.all_namespaces else args.namespaces)
+        os.environ["RESIDENCY_DRA"] = "on" if enabled else "off"
+        logging.getLogger("tts_operator").info("DRA (gpu.sharing.mode dra): %s: %s",
+                                               "on" if enabled else "off", why)
     import tts_operator.handlers  # noqa: F401  (registers the handlers)
 
     # Without a namespace, watch the whole cluster: Kopf's own default, said out loud.

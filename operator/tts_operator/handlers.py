@@ -15,7 +15,7 @@ from typing import Any, cast
 import kopf
 
 from tts_operator import annotations as ann
-from tts_operator.allocations import ClaimAllocation, claim_allocation
+from tts_operator.allocations import NO_DRA, ClaimAllocation, claim_allocation, dra_enabled
 from tts_operator.api import PATHS, Api, ApiError
 from tts_operator.builders import (
     Images,
@@ -66,15 +66,19 @@ STALE_RETRY_SECONDS = 1.0
 # Stands in, for the sharing plan only, for an offload request that is served but not yet reported on.
 ACKNOWLEDGED = "acknowledged; the peer has not reported since"
 PLURAL_KINDS = {plural: kind for kind, (_, plural) in PATHS.items()}
+# GPU sharing mode dra: ResourceClaims and claim templates are watched only when `tts-operator run` found the
+# API served and allowed (a dra service is refused otherwise).
+DRA = dra_enabled()
 CHILD_BUILDERS: dict[str, Callable[[Owner, Images], Manifest | None]] = {
     "deployments": lambda o, i: build_deployment(o, i),
     "services": lambda o, i: build_service(o),
     "serviceaccounts": lambda o, i: build_service_account(o),
     "roles": lambda o, i: build_role(o),
     "rolebindings": lambda o, i: build_role_binding(o),
-    "resourceclaimtemplates": lambda o, i: build_resource_claim_template(o) if wants_claim_template(o.spec)
-    else None,
 }
+if DRA:
+    CHILD_BUILDERS["resourceclaimtemplates"] = (
+        lambda o, i: build_resource_claim_template(o) if wants_claim_template(o.spec) else None)
 
 
 def _api(memo: kopf.Memo) -> Api:
@@ -141,12 +145,14 @@ def services(body: kopf.Body, namespace: str | None, name: str, uid: str, **_: A
         "deleting": bool(meta.get("deletionTimestamp"))}}
 
 
-@kopf.index("resource.k8s.io", "v1", "resourceclaims")
 def claim_allocations(body: kopf.Body, namespace: str | None, name: str, **_: Any
                       ) -> dict[tuple[str, str], ClaimAllocation]:
-    """DRA: every claim's allocated devices and node (a few strings each); on clusters without DRA the API is
-    not served and this stays empty."""
+    """DRA: every claim's allocated devices and node (a few strings each)."""
     return {(namespace or "", name): claim_allocation(body)}
+
+
+if DRA:
+    kopf.index("resource.k8s.io", "v1", "resourceclaims")(claim_allocations)
 
 
 PodIndex = kopf.Index[tuple[str, str], PodInfo]
@@ -166,10 +172,10 @@ def _service_index(kwargs: dict[str, Any]) -> ServiceIndex:
 
 def _resolver(kwargs: dict[str, Any]) -> Callable[[PodInfo], PodInfo]:
     """Fills in a pod's DRA devices from the claim index (what the pod index alone cannot know)."""
-    claims = cast(ClaimIndex, kwargs["claim_allocations"])
+    claims = cast(ClaimIndex | None, kwargs.get("claim_allocations"))
 
     def lookup(namespace: str, name: str) -> ClaimAllocation | None:
-        return next(iter(claims.get((namespace, name), [])), None)
+        return next(iter(claims.get((namespace, name), [])), None) if claims is not None else None
 
     return lambda pod: with_claims(pod, lookup)
 
@@ -195,6 +201,8 @@ async def _reconcile(name: str, namespace: str, uid: str, raw_spec: Any, memo: k
         spec = parse_spec(raw_spec, name)
     except InvalidSpecError as exc:
         raise kopf.PermanentError(f"invalid TTSService spec: {exc}") from None
+    if spec.gpu.sharing.mode == "dra" and spec.gpu.count > 0 and not DRA:
+        raise kopf.PermanentError(NO_DRA)
     owner = _owner(name, namespace, uid, spec)
     try:
         await apply_children(_api(memo), owner, _images(memo), known)
@@ -357,7 +365,6 @@ async def pod_changed(type: str, body: kopf.Body, namespace: str | None, labels:
     await _sync_sharing(api, memo, services, pods_by_service, resolve)
 
 
-@kopf.on.event("resource.k8s.io", "v1", "resourceclaims")
 async def claim_changed(namespace: str | None, name: str, memo: kopf.Memo, **kw: Any) -> None:
     """A claim allocated (or freed) by the scheduler: its pods' groups are known now (DRA). The initial
     listing counts too: at a restart a pod's own event may have come before its claim was indexed."""
@@ -371,6 +378,10 @@ async def claim_changed(namespace: str | None, name: str, memo: kopf.Memo, **kw:
                 found = True
     if found:
         await _sync_sharing(_api(memo), memo, services, pods_by_service, resolve)
+
+
+if DRA:
+    kopf.on.event("resource.k8s.io", "v1", "resourceclaims")(claim_changed)
 
 
 async def _place_gated(api: Api, memo: kopf.Memo, pods: list[PodInfo], kw: dict[str, Any]) -> None:

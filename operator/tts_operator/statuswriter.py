@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
+from tts_operator.allocations import NO_DRA, dra_enabled
 from tts_operator.api import Api, ApiError
 from tts_operator.spec import InvalidSpecError, parse_spec
 from tts_operator.status import PodInfo, aggregate, status_changed
@@ -108,6 +109,8 @@ class StatusWriter:
         try:
             parsed = parse_spec(entry["spec"], name)
             replicas, port = parsed.replicas, parsed.port
+            if parsed.gpu.sharing.mode == "dra" and parsed.gpu.count > 0 and not dra_enabled():
+                invalid = NO_DRA
         except InvalidSpecError as exc:
             invalid = str(exc)
         current = self._current(key, entry)

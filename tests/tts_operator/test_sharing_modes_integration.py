@@ -275,3 +275,23 @@ def test_prefer_idle_places_a_new_pod_near_idle_memory(
     ranked = [(t["preference"]["matchFields"][0]["values"][0], t["weight"]) for t in terms]
     assert ranked == [("node-b", 100), ("node-a", 33)]
     assert pod["metadata"]["annotations"]["hami.io/gpu-scheduler-policy"] == "binpack"
+
+
+def test_dra_service_is_refused_clearly_without_dra_access(kube_api: KubeAPI, run_operator: Operator) -> None:
+    """An operator that may not watch claims (here told so: RESIDENCY_DRA=off, as `tts-operator run` decides
+    when RBAC or the API server says no) opens no claim watch and says what to fix; nothing is created."""
+    operator = run_operator(RESIDENCY_DRA="off", **FAST)
+    _apply(kube_api, _service("voice", DRA))
+
+    def degraded() -> dict[str, Any] | None:
+        conditions = ((_get(kube_api, "tts", "voice") or {}).get("status") or {}).get("conditions") or []
+        return next((c for c in conditions if c["type"] == "Degraded" and c["status"] == "True"), None)
+
+    condition = kube_api.wait_for(degraded, timeout=30, what="Degraded condition")
+    assert "gpu.sharing.mode dra" in condition["message"] and "resourceclaims" in condition["message"]
+    operator.wait_logged("Handler 'reconcile_service' failed permanently")
+    assert _get(kube_api, "deployment", "voice") is None
+    assert _get(kube_api, "resourceclaimtemplate", "voice-gpu") is None
+    streams = [line for line in operator.logs().splitlines() if "Starting the watch-stream for" in line]
+    assert any("pods.v1" in line for line in streams)
+    assert not any("resource.k8s.io" in line for line in streams)
