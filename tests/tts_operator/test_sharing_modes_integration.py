@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from support.cluster import ROOT
 from support.kube import SERVICE_LABEL, KubeAPI, OperatorProcess
+from tts_operator.builders import Images, Owner, build_children
+from tts_operator.spec import parse_spec
 
 pytestmark = pytest.mark.slow
 
@@ -295,3 +300,30 @@ def test_dra_service_is_refused_clearly_without_dra_access(kube_api: KubeAPI, ru
     streams = [line for line in operator.logs().splitlines() if "Starting the watch-stream for" in line]
     assert any("pods.v1" in line for line in streams)
     assert not any("resource.k8s.io" in line for line in streams)
+
+
+EXAMPLES = sorted((ROOT / "examples").glob("ttsservice-sharing-*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_each_mode_example_and_its_children_apply_on_the_api_server(kube_api: KubeAPI, path: Path) -> None:
+    """The example applies, and everything the operator renders for it (the pod template's resources or
+    claims, the DRA claim template) is accepted by the API server (`kubectl apply --dry-run=server`)."""
+    doc = yaml.safe_load(path.read_text())
+    _apply(kube_api, doc)
+    created = _get(kube_api, "tts", doc["metadata"]["name"])
+    assert created is not None
+    owner = Owner(name=doc["metadata"]["name"], namespace=kube_api.namespace, uid=created["metadata"]["uid"],
+                  spec=parse_spec(created["spec"], doc["metadata"]["name"]))
+    children = build_children(owner, Images())
+    for child in children:
+        kube_api.cluster.kubectl("apply", "-n", kube_api.namespace, "--dry-run=server", "-f", "-",
+                                 input=json.dumps(child))
+    pod = next(c for c in children if c["kind"] == "Deployment")["spec"]["template"]["spec"]
+    resources = pod["containers"][0]["resources"]
+    mode = owner.spec.gpu.sharing.mode
+    expected = {"exclusive": lambda: resources["limits"] == {"nvidia.com/gpu": "1"},
+                "timeSlicing": lambda: resources["limits"] == {"nvidia.com/gpu.shared": "1"},
+                "hami": lambda: resources["limits"]["nvidia.com/gpumem"] == "4096",
+                "dra": lambda: pod["resourceClaims"][0]["resourceClaimTemplateName"] == f"{owner.name}-gpu"}
+    assert expected[mode](), (mode, resources, pod.get("resourceClaims"))
