@@ -66,11 +66,14 @@ def test_suspend_keeps_the_worker_warm_and_every_failure_has_its_outcome(make_en
     with e.lease("m") as lease:
         assert lease.synthesize("warm").samples.tobytes() == before.tobytes()
 
-    # The driver cannot bring it back: the worker is ended, the model unloaded, and loads again.
+    # The driver cannot bring it back: the worker is ended (not re-checkpointed: its state is gone), the
+    # model unloaded, and it loads again.
     e.offload("m")
     helper.driver.fail["restore"] = 999
+    helper.driver.calls.clear()
     with pytest.raises(WorkerCrashedError, match="CUDA checkpoint"):
         e.restore("m")
+    assert helper.driver.calls == ["restore"]
     assert e.model_report("m").state == State.UNLOADED and e.pids()[1:] == []
     with e.lease("m") as lease:
         assert lease.synthesize("warm").samples.tobytes() == before.tobytes()

@@ -72,7 +72,8 @@ class SuspendingExecutor(WorkerExecutor):
             try:
                 self.helper.resume(pid)
             except ResumeFailed as e:
-                self.suspended = False
+                # Nothing left to re-checkpoint: the driver has it in a failed state.
+                self.suspended = self.resumed = False
                 self._close_locked()  # its GPU state is gone: nothing of it can serve again
                 raise WorkerCrashedError(
                     f"model {self.spec.name!r} could not be resumed from its CUDA checkpoint ({e}); the "

@@ -314,6 +314,10 @@ class TorchBackend:
             del src, storage, fs
         plan.clear()
         self.weights_bytes = total
+        if self.cuda:
+            # A factory that built on the GPU left its blocks in the caching allocator: give them back,
+            # or they would count as this model's workspace and stay reserved.
+            self._free_cuda_cache()
         self._pin()
         self.restore()
 
