@@ -109,3 +109,14 @@ def test_the_probe_reads_the_nth_visible_gpu(monkeypatch: pytest.MonkeyPatch) ->
     assert not NvmlProbe(0, nvml=FakeNvml()).available()  # NVML has no GPU-other
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert not NvmlProbe(0, nvml=FakeNvml()).available()
+
+
+def test_the_pods_share_counts_an_offloaded_workers_context_by_its_host_pid() -> None:
+    from tts_runtime.engine import ManualClock
+    from tts_runtime.engine.budget import GpuBudget
+
+    context = 520 << 20
+    nv = FakeNvml(procs={PEER: 3 * GIB, HOST_PID: context})
+    slot = slot_with(Stats(device="cuda:0", host_bytes=GIB, gpu_pids=[HOST_PID]))
+    budget = GpuBudget({"m": slot}, NvmlProbe(nvml=nv), ManualClock(), 0.0, share_bytes=4 * GIB)
+    assert budget.held_bytes() == context  # not 0 (the pod PID), not the peer pod's 3 GiB

@@ -12,7 +12,7 @@ from tts_runtime.engine.backends import Stats
 from tts_runtime.engine.clock import Clock
 from tts_runtime.engine.gpu import GpuProbe
 from tts_runtime.engine.planning import choose_victims
-from tts_runtime.engine.reporting import process_pids
+from tts_runtime.engine.reporting import gpu_pids
 from tts_runtime.engine.slot import Slot
 from tts_runtime.residency import InsufficientGpuMemoryError, Verb
 
@@ -62,7 +62,8 @@ class GpuBudget:
             if s is not but:
                 with s.cond:
                     total += s.gpu_bytes()
-        seen = self.gpu.process_bytes(process_pids(self._slots.values()))
+        # Under the PIDs NVML knows them by (host PIDs in a pod without hostPID: `gpu.identify_self`).
+        seen = self.gpu.process_bytes(gpu_pids(self._slots.values()))
         return max(total, seen or 0)
 
     def _over_share(self, slot: Slot, needed: int) -> int:
