@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -148,7 +149,9 @@ def serve(parser: argparse.ArgumentParser, settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_seconds)),
+        # The one drain budget (docs/runtime.md): when it ends uvicorn cancels what still runs (answered
+        # 503), and the engine gets what is left of the same budget, not a second one.
+        timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout_seconds)),
         server_header=False,
     )
     server = DrainingServer(config, runtime.drain)

@@ -34,5 +34,7 @@ def run_admin(runner: VerbRunner, slot: Slot, verb: Verb, limit: float) -> None:
             if state in (State.UNLOADED, State.FAILED):
                 raise InvalidTransitionError(f"model {name!r} is {state.value}; use load, not restore")
             run = Verb.RESTORE if state == State.CPU else None
+        elif verb == Verb.RELEASE and state == State.UNLOADED:
+            run = None  # nothing to free: no transition, nothing counted
         if run is not None:
             runner.run(slot, run)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from tts_runtime.engine.backends import Stats
 from tts_runtime.engine.clock import Clock
-from tts_runtime.engine.gpu import GpuProbe
+from tts_runtime.engine.gpu import GpuProbe, device_index
 from tts_runtime.engine.planning import choose_victims
 from tts_runtime.engine.reporting import gpu_pids
 from tts_runtime.engine.slot import Slot
@@ -72,11 +72,15 @@ class GpuBudget:
             return 0
         return max(0, self.held_bytes(but=slot) + needed - self.share_bytes)
 
-    def _evict_for(self, slot: Slot, short: int, evict: Callable[[Slot], object]) -> None:
+    def _evict_for(
+        self, slot: Slot, short: int, evict: Callable[[Slot], object], index: int | None = None
+    ) -> None:
+        """Offload idle peers worth `short` bytes; with `index`, only peers on that GPU (others free nothing
+        there)."""
         now = self.clock.monotonic()
         views = []
         for s in self._slots.values():
-            if s is slot:
+            if s is slot or (index is not None and device_index(s.device) != index):
                 continue
             with s.cond:
                 views.append(s.view(now))
@@ -85,7 +89,8 @@ class GpuBudget:
 
     def ensure(self, slot: Slot, needed: int, evict: Callable[[Slot], object]) -> None:
         """Make room for `needed` bytes (`evict`ing idle peers of this process) or raise the refusal."""
-        if needed <= 0 or not slot.device.startswith("cuda"):
+        index = device_index(slot.device)
+        if needed <= 0 or index is None:
             return
         over = self._over_share(slot, needed)
         if over > 0:
@@ -97,21 +102,21 @@ class GpuBudget:
                 held = self.held_bytes(but=slot)
                 raise self.refuse(slot, needed, f"the pod's GPU share is {self.share_bytes} bytes and its "
                                   f"other models hold {held} that cannot be offloaded now", demand=False)
-        free = self.gpu.free_bytes()
+        free = self.gpu.free_bytes(index)  # the model's own GPU: cuda:1 is never budgeted on GPU 0
         if free is None or free >= needed:
             self.clear_demand(slot)
             return
-        self._evict_for(slot, needed - free, evict)
-        free = self.gpu.free_bytes() or 0
+        self._evict_for(slot, needed - free, evict, index)
+        free = self.gpu.free_bytes(index) or 0
         deadline = self.clock.monotonic() + self.wait_seconds
         if free < needed and self.wait_seconds > 0:
             # Say what we wait for, so the operator can ask an idle peer pod to offload meanwhile.
             self.set_demand(slot, needed)
             while free < needed and self.clock.monotonic() < deadline:
                 self.clock.sleep(0.25)
-                free = self.gpu.free_bytes() or 0
+                free = self.gpu.free_bytes(index) or 0
         if free < needed:
-            raise self.refuse(slot, needed, f"{free} bytes free", free)
+            raise self.refuse(slot, needed, f"{free} bytes free on {slot.device}", free)
         self.clear_demand(slot)
 
     def refuse(
@@ -128,7 +133,7 @@ class GpuBudget:
             "offloading "
             "this runtime's idle models; retry later",
             needed_bytes=needed,
-            free_bytes=free if free is not None else (self.gpu.free_bytes() or 0),
+            free_bytes=free if free is not None else (self.gpu.free_bytes(device_index(slot.device)) or 0),
             retry_after=5.0,
         )
 

@@ -17,6 +17,7 @@ from tts_runtime.engine.clock import Clock, SystemClock
 from tts_runtime.engine.executor import ExecutionTimeout
 from tts_runtime.engine.gpu import GpuProbe, NoGpu, NvmlProbe
 from tts_runtime.engine.lease import Lease, Transition
+from tts_runtime.engine.lifecycle import sweep_stale_blocks
 from tts_runtime.engine.planning import plan_idle
 from tts_runtime.engine.reporting import gpu_pids, model_report, process_pids
 from tts_runtime.engine.slot import Slot
@@ -94,6 +95,8 @@ class Engine:
         # gpu_budget_bytes: the pod's share of a shared GPU (the operator passes what it was scheduled with).
         budget = GpuBudget(self._slots, self.gpu, self.clock, gpu_wait_seconds, gpu_budget_bytes)
         self._verbs = VerbRunner(budget, self.clock, self._emit, retry_backoff_seconds, self._checkpoint)
+        if any(s.execution == "worker" for s in specs):
+            sweep_stale_blocks()
 
     def _resolve_device(self, device: str) -> str:
         if device == "auto":
@@ -147,6 +150,8 @@ class Engine:
         return unsubscribe
 
     def _emit(self, t: Transition) -> None:
+        # Every verb end moves an idle timer: the monitor re-plans now, not at its next scheduled pass.
+        self._wake.set()
         with self._subs_lock:
             subs = list(self._subs)
         for cb in subs:
@@ -295,6 +300,16 @@ class Engine:
             self._wake.wait(min(next_due or MONITOR_MAX_SLEEP, MONITOR_MAX_SLEEP))
             self._wake.clear()
 
+    def cannot_serve(self) -> dict[str, str]:
+        """Models that cannot make progress now (a stopped or dead worker), with why: for readiness."""
+        out: dict[str, str] = {}
+        for name, slot in self._slots.items():
+            ex = slot.executor
+            why = ex.cannot_serve() if ex is not None else None
+            if why is not None:
+                out[name] = f"model {name!r} cannot serve: {why}"
+        return out
+
     # -- reports ----------------------------------------------------------------------------------
     def model_report(self, name: str) -> ModelReport:
         return model_report(self._slot(name), self.clock.monotonic(), self.gpu)
@@ -309,27 +324,42 @@ class Engine:
 
     # -- shutdown ---------------------------------------------------------------------------------
     def shutdown(self, drain_timeout: float = 30.0) -> None:
-        """Refuse new leases, wait up to `drain_timeout` for open ones, release everything, end workers."""
+        """Refuse new leases, wait up to `drain_timeout` for open leases and running verbs, then end every
+        worker: loading, serving or idle. Returns within the drain plus the time to kill and reap."""
         self._closing = True
         self._stop.set()
         self._wake.set()
+        deadline = time.monotonic() + max(0.0, drain_timeout)
+        for slot in self._slots.values():
+            with slot.cond:
+                while (slot.busy or slot.leases > 0) and deadline - time.monotonic() > 0:
+                    slot.cond.wait(deadline - time.monotonic())
+        for slot in self._slots.values():
+            with slot.cond:
+                if not (slot.busy or slot.leases > 0):
+                    continue
+                log.warning(
+                    "shutdown: %s is still %s with %d requests after the drain; ending its worker",
+                    slot.spec.name,
+                    slot.state.value,
+                    slot.leases,
+                )
+                victims = [ex for ex in (slot.pending, slot.executor) if ex is not None]
+            for ex in victims:
+                ex.kill()  # the load or request in flight fails now and its verb ends
+        for slot in self._slots.values():
+            with slot.cond:
+                # A killed worker ends its verb within a poll; an inline load cannot be killed: abandon it.
+                ends = time.monotonic() + 10.0
+                while slot.busy and ends - time.monotonic() > 0:
+                    slot.cond.wait(ends - time.monotonic())
+                if slot.busy:
+                    log.warning("shutdown: %s is still %s; abandoning it", slot.spec.name, slot.state.value)
+                    continue
+                self._run_verb(slot, Verb.RELEASE)
         if self._monitor is not None:
             self._monitor.join(timeout=10.0)
             self._monitor = None
-        deadline = time.monotonic() + drain_timeout
-        for slot in self._slots.values():
-            with slot.cond:
-                while slot.busy or slot.leases > 0:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        log.warning(
-                            "shutdown: %s still has %d leases; releasing anyway", slot.spec.name, slot.leases
-                        )
-                        break
-                    slot.cond.wait(left)
-                if slot.busy:
-                    continue  # a verb still runs; its executor is closed below when it ends
-                self._run_verb(slot, Verb.RELEASE)
         if self._checkpoint is not None:
             self._checkpoint.close()
 

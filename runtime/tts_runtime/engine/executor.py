@@ -42,6 +42,10 @@ class Executor(Protocol):
 
     def close(self) -> None: ...  # free everything, end the worker; idempotent
 
+    def kill(self) -> None: ...  # shutdown past its drain: end the worker now, the call in flight fails
+
+    def cannot_serve(self) -> str | None: ...  # why it cannot make progress now (a stopped worker), or None
+
 
 class InlineExecutor:
     """Runs the backend in this process (tests, CPU-only hosts that want no subprocess)."""
@@ -106,6 +110,12 @@ class InlineExecutor:
 
     def host_intact(self) -> bool:
         return self._loaded and not self._closed
+
+    def kill(self) -> None:
+        pass  # a thread cannot be killed; shutdown abandons it (it is a daemon thread)
+
+    def cannot_serve(self) -> str | None:
+        return None
 
     def close(self) -> None:
         if not self._closed:

@@ -20,10 +20,19 @@ from tts_runtime.residency import GpuReport
 log = logging.getLogger(__name__)
 
 
+def device_index(device: str) -> int | None:
+    """"cuda:1" -> 1, "cuda" -> 0; None for a device that is no GPU."""
+    if not device.startswith("cuda"):
+        return None
+    tail = device.partition(":")[2]
+    return int(tail) if tail.isdigit() else 0
+
+
 class GpuProbe(Protocol):
     def available(self) -> bool: ...
 
-    def free_bytes(self) -> int | None: ...
+    # `index`: the CUDA device (cuda:N) whose memory is asked about; None = the runtime's first GPU.
+    def free_bytes(self, index: int | None = None) -> int | None: ...
 
     def process_bytes(self, pids: Iterable[int]) -> int | None: ...
 
@@ -36,7 +45,7 @@ class NoGpu:
     def available(self) -> bool:
         return False
 
-    def free_bytes(self) -> int | None:
+    def free_bytes(self, index: int | None = None) -> int | None:
         return None
 
     def process_bytes(self, pids: Iterable[int]) -> int | None:
@@ -59,6 +68,28 @@ class NvmlProbe:
         self._handle: Any = None
         self._nvml: Any = nvml
         self._tried = False
+        self._others: dict[int, Any] = {}  # handles of cuda:N for N > 0, found on first use
+
+    def _other(self, index: int) -> Any:
+        """The NVML handle of CUDA device `index` (the index-th of CUDA_VISIBLE_DEVICES), None if unknown."""
+        if self._dev() is None:
+            return None
+        with self._lock:
+            if index not in self._others:
+                raw = os.environ.get("CUDA_VISIBLE_DEVICES")
+                visible = [v.strip() for v in raw.split(",")] if raw is not None else None
+                handle = None
+                try:
+                    if visible is None:
+                        handle = self._nvml.nvmlDeviceGetHandleByIndex(index)
+                    elif index < len(visible) and visible[index].isdigit():
+                        handle = self._nvml.nvmlDeviceGetHandleByIndex(int(visible[index]))
+                    elif index < len(visible):
+                        handle = self._nvml.nvmlDeviceGetHandleByUUID(visible[index])
+                except Exception as e:
+                    log.info("no GPU accounting for cuda:%d (%s)", index, e)
+                self._others[index] = handle
+            return self._others[index]
 
     def _dev(self) -> Any:
         with self._lock:
@@ -89,8 +120,8 @@ class NvmlProbe:
     def available(self) -> bool:
         return self._dev() is not None
 
-    def free_bytes(self) -> int | None:
-        h = self._dev()
+    def free_bytes(self, index: int | None = None) -> int | None:
+        h = self._dev() if not index else self._other(index)
         if h is None:
             return None
         try:
@@ -142,7 +173,8 @@ class FakeGpu:
     """A pretend GPU of `total_bytes` for tests of the budget; `used()` says what is taken (e.g. the
     bytes of the engine's models that are on "gpu", plus `used_by_others` for a peer pod)."""
 
-    def __init__(self, total_bytes: int, used: Callable[[], int] | None = None) -> None:
+    def __init__(self, total_bytes: int, used: Callable[[], int] | None = None, index: int = 0) -> None:
+        self.index = index  # the one CUDA device it pretends to be; others are unknown (None)
         self.total_bytes = total_bytes
         self.used_by_others = 0
         self.used: Callable[[], int] = used or (lambda: 0)
@@ -150,7 +182,9 @@ class FakeGpu:
     def available(self) -> bool:
         return True
 
-    def free_bytes(self) -> int | None:
+    def free_bytes(self, index: int | None = None) -> int | None:
+        if index not in (None, self.index):
+            return None
         return max(0, self.total_bytes - self.used_by_others - self.used())
 
     def process_bytes(self, pids: Iterable[int]) -> int | None:

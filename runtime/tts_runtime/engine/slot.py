@@ -26,6 +26,7 @@ class Slot:
     busy: bool = False  # a verb is running; the state is transient until it ends
     leases: int = 0
     executor: Executor | None = None
+    pending: Executor | None = None  # the executor of a load in progress (shutdown may have to kill it)
     stats: Stats | None = None
     error: str | None = None
     failures: int = 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import traceback
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -322,8 +323,16 @@ class TorchBackend:
         self.restore()
 
     def adopt_host(self, blobs: list[Blob]) -> None:
-        """Rebuild around a host arena in shared memory; ends in `cpu` (the caller restores)."""
+        """Rebuild around a host arena in shared memory; ends in `cpu` (the caller restores).
+
+        The plug-in gets the object graph keep-worker gives it: its own Parameter objects (a cached
+        reference stays valid) and real tensors wherever it keeps some outside its modules (its restore
+        hook moves them); those are rebuilt by its factory, since only module tensors are shared."""
         self.obj = self._build(meta=True)
+        stray = _stray_meta(self.obj)
+        if stray is not None:
+            log.info("%s keeps %s outside its modules: built for real, not on meta", self.spec.name, stray)
+            self.obj = self._build()
         if len(blobs) != 1 or "groups" not in blobs[0].meta:
             raise RuntimeError("shared host copy is not one torch arena; it was made by another version")
         arena = _bytes_tensor(blobs[0].data)
@@ -347,10 +356,14 @@ class TorchBackend:
             m = _Member(f.key, dtype, shape, tuple(meta["stride"]), int(meta["offset"]), f.places)
             block = arena[gm["offset"] : gm["offset"] + gm["nbytes"]]
             if isinstance(f.tensor, nn.Parameter):
-                # A meta parameter cannot take CPU data in place: one new Parameter for all its places.
-                m.param = nn.Parameter(m.view(block), requires_grad=False)
-                for owner, leaf in f.places:
-                    owner._parameters[leaf] = m.param
+                view = m.view(block)
+                if f.tensor.is_meta:
+                    # A meta parameter cannot take CPU data in place (`.data =`); swapping keeps the object.
+                    new = nn.Parameter(view, requires_grad=f.tensor.requires_grad)
+                    torch.utils.swap_tensors(f.tensor, new)  # type: ignore[no-untyped-call]
+                else:
+                    f.tensor.data = view
+                m.param = f.tensor
             members[gm["key"]].append(m)
         self.host = arena
         self.groups = [
@@ -570,6 +583,33 @@ class TorchBackend:
         if self.cuda:
             with contextlib.suppress(Exception):
                 self._free_cuda_cache()
+
+
+def _stray_meta(obj: Any, limit: int = 100_000) -> str | None:
+    """Where a skeleton holds a meta tensor that is no parameter or buffer of its modules, or None."""
+    known = {id(f.tensor) for f in _collect(obj)}
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [(type(obj).__name__, obj)]
+    while stack and len(seen) < limit:
+        path, x = stack.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, torch.Tensor):
+            if x.is_meta and id(x) not in known:
+                return path
+            continue
+        items: Any
+        if isinstance(x, dict):
+            items = x.items()
+        elif isinstance(x, list | tuple | set | frozenset):
+            items = enumerate(x)
+        elif hasattr(x, "__dict__") and not isinstance(x, type | types.ModuleType | types.FunctionType):
+            items = vars(x).items()
+        else:
+            continue
+        stack.extend((f"{path}.{k}", v) for k, v in items)
+    return None
 
 
 def _bytes_tensor(data: memoryview) -> torch.Tensor:

@@ -84,6 +84,9 @@ class VerbRunner:
                 return False
             try:
                 self.run(slot, verb)
+                if verb == Verb.OFFLOAD and slot.policy.pinned and slot.state == State.CPU:
+                    # Pinned while the offload ran: the pin wins, the model goes back on the GPU.
+                    self.run(slot, Verb.RESTORE)
             except ResidencyError as e:
                 log.warning("automatic %s of %s failed: %s", verb.value, slot.spec.name, e)
                 return False
@@ -96,8 +99,8 @@ class VerbRunner:
     def on_crash(self, slot: Slot, ex: Executor, error: str) -> None:
         """The worker died under a request: unload (consistently) so the next request loads again."""
         with slot.cond:
-            if slot.executor is not ex:
-                return
+            if slot.executor is not ex or slot.busy:
+                return  # already handled, or a verb runs and handles the failure itself
             src = slot.state
             slot.executor, slot.stats, slot.state, slot.error = None, None, State.UNLOADED, error
             slot.cond.notify_all()
@@ -132,6 +135,7 @@ class VerbRunner:
             return src, str(e), e
         if verb == Verb.LOAD:
             ex = self._new_executor(slot)
+            slot.pending = ex
             try:
                 slot.stats = ex.load(slot.spec.load_timeout_seconds)
             except GpuOutOfMemory as e:
@@ -140,6 +144,8 @@ class VerbRunner:
             except Exception as e:
                 ex.close()
                 return self._failed_load(slot, e)
+            finally:
+                slot.pending = None
             slot.executor, slot.error, slot.failures = ex, None, 0
             slot.known_bytes = slot.stats.device_bytes or slot.stats.host_bytes
             self.budget.remember(slot, slot.stats)
@@ -181,9 +187,14 @@ class VerbRunner:
     def _new_executor(self, slot: Slot) -> Executor:
         if slot.spec.execution == "inline":
             return InlineExecutor(slot.spec, slot.device)
+        ex: WorkerExecutor
         if slot.cpu_mode == "suspend" and self.checkpoint is not None:
-            return SuspendingExecutor(slot.spec, slot.device, self.checkpoint)
-        return WorkerExecutor(slot.spec, slot.device, slot.cpu_mode)
+            ex = SuspendingExecutor(slot.spec, slot.device, self.checkpoint)
+        else:
+            ex = WorkerExecutor(slot.spec, slot.device, slot.cpu_mode)
+        # A worker that dies while idle is noticed now, not by the next request (which would fail).
+        ex.on_death = lambda message: self.on_crash(slot, ex, message)
+        return ex
 
 
 def error_text(e: BaseException) -> str:

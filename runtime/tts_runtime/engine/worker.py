@@ -17,12 +17,12 @@ import multiprocessing as mp
 import multiprocessing.connection
 import os
 import queue
-import signal
 import sys
 import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
@@ -33,6 +33,15 @@ import numpy as np
 from tts_runtime.engine.backends import Blob, GpuOutOfMemory, Stats, make_backend
 from tts_runtime.engine.dispatch import Dispatcher, Job, Reply
 from tts_runtime.engine.executor import ExecutionTimeout
+from tts_runtime.engine.lifecycle import (
+    become_worker,
+    cannot_serve,
+    claim_block,
+    forget_block,
+    reserve,
+    shm_free_bytes,
+    start_process,
+)
 from tts_runtime.engine.spec import ModelSpec
 from tts_runtime.residency import InvalidRequestError, WorkerCrashedError
 
@@ -51,13 +60,17 @@ def _export(backend: Any, shm_name: str) -> Layout:
         layout.append((b.key, b.meta, offset, b.data.nbytes))
         offset += (b.data.nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
     shm = SharedMemory(name=shm_name, create=True, size=max(offset, 1))
-    buf = shm.buf
-    assert buf is not None
     try:
+        reserve(shm._fd, max(offset, 1))  # type: ignore[attr-defined]
+        buf = shm.buf
+        assert buf is not None
         for b, (_, _, off, n) in zip(blobs, layout, strict=True):
             buf[off : off + n] = b.data.cast("B")
-    finally:
+    except BaseException:
         shm.close()
+        shm.unlink()  # a block that could not be filled is of no use to anyone
+        raise
+    shm.close()
     return layout
 
 
@@ -145,7 +158,12 @@ def _wait_as_standby(conn: Connection, out: _Replies, spec: ModelSpec) -> tuple[
 
 
 def worker_main(
-    conn: Connection, spec_json: str, device: str, adopt: tuple[str, Layout] | None, standby: bool = False
+    conn: Connection,
+    spec_json: str,
+    device: str,
+    adopt: tuple[str, Layout] | None,
+    standby: bool = False,
+    parent_pid: int | None = None,
 ) -> None:
     """The worker process: serve memory verbs and requests until told to exit or the engine goes away.
 
@@ -154,8 +172,7 @@ def worker_main(
     dispatcher's threads, so several are in flight; any other op is a memory verb (or a query) run on this
     thread after the requests received before it have finished.
     """
-    # Ctrl-C reaches the whole process group; the engine, not the signal, decides when a worker ends.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    become_worker(os.getppid() if parent_pid is None else parent_pid)
     # Before torch or onnxruntime starts CUDA: number GPUs as NVML does (the engine's accounting).
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     spec = ModelSpec.model_validate_json(spec_json)
@@ -242,6 +259,9 @@ class Channel:
         self._gone = False
         self._reaped = False
         self.exitcode: int | None = None
+        self.expected_end = False  # the engine asked it to exit or killed it: its end is no news
+        # Called (from the reader thread) when the process ends while no request waits on it.
+        self.on_idle_end: Callable[[Channel], None] | None = None
         self._reader = threading.Thread(target=self._read, name=f"pipe-{name}", daemon=True)
         self._reader.start()
 
@@ -266,6 +286,8 @@ class Channel:
             waiting, self._waiting = self._waiting, {}
         for q in waiting.values():
             q.put(None)
+        if not waiting and not self.expected_end and self.on_idle_end is not None:
+            self.on_idle_end(self)
 
     def request(self, op: str, args: tuple[Any, ...]) -> tuple[int, Inbox]:
         q: Inbox = queue.SimpleQueue()
@@ -290,6 +312,7 @@ class Channel:
         return not self._gone and self.proc.is_alive()
 
     def kill(self) -> None:
+        self.expected_end = True
         with contextlib.suppress(ValueError, OSError):
             if self.proc.is_alive():
                 self.proc.kill()
@@ -330,6 +353,9 @@ class WorkerExecutor:
         self._shm: SharedMemory | None = None
         self._layout: Layout | None = None
         self._standby: Channel | None = None
+        # Told when the serving worker dies while idle (the engine unloads the model and says why).
+        self.on_death: Callable[[str], None] | None = None
+        claim_block(self._shm_name)
 
     def pids(self) -> list[int]:
         """The serving worker: the only process of this model that can hold GPU memory."""
@@ -352,13 +378,39 @@ class WorkerExecutor:
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(
             target=worker_main,
-            args=(child, self.spec.model_dump_json(), self.device, adopt, standby),
+            args=(child, self.spec.model_dump_json(), self.device, adopt, standby, os.getpid()),
             name=f"tts-{role}-{self.spec.name}",
             daemon=False,  # reaped explicitly by close(); a daemon could not start its own helpers
         )
-        proc.start()
+        start_process(proc)
         child.close()
-        return Channel(proc, parent, f"{role}-{self.spec.name}")
+        chan = Channel(proc, parent, f"{role}-{self.spec.name}")
+        chan.on_idle_end = self._idle_end
+        return chan
+
+    def _idle_end(self, chan: Channel) -> None:
+        """The serving worker died with no request on it (killed, OOM-killed, crashed): tell the engine now,
+        so the report says so and the next request loads again instead of failing."""
+        if self._chan is not chan or self.on_death is None:
+            return  # a standby that was never adopted, or no longer this model's worker
+        msg = (
+            f"the worker process of model {self.spec.name!r} exited (code {chan.proc.exitcode}) while "
+            "idle; the model was unloaded and loads again on the next request"
+        )
+        log.warning(msg)
+        # Not on the reader thread: unloading reaps this channel, which joins that thread.
+        threading.Thread(target=self.on_death, args=(msg,), name="worker-died", daemon=True).start()
+
+    def cannot_serve(self) -> str | None:
+        """Why this model's worker cannot make progress now (stopped, dead), or None."""
+        c = self._chan
+        return cannot_serve(c.pid) if c is not None and c.pid is not None else None
+
+    def kill(self) -> None:
+        """End the worker at once (shutdown past its drain): the call in flight fails and is reaped."""
+        for chan in (self._chan, self._standby):
+            if chan is not None:
+                chan.kill()
 
     def _spawn(self, adopt: tuple[str, Layout] | None) -> None:
         self._chan = self._start(adopt, False, "worker")
@@ -402,7 +454,7 @@ class WorkerExecutor:
                 msg = q.get(timeout=left)
             except queue.Empty:
                 chan.forget(rid)
-                chan.kill()
+                chan.kill()  # marks the end expected: this timeout reports it
                 self._drop(chan)
                 raise ExecutionTimeout(
                     f"{op} of model {self.spec.name!r} ran past {timeout:g}s; its worker was stopped"
@@ -418,7 +470,14 @@ class WorkerExecutor:
                 raise GpuOutOfMemory(value)
             if kind == "invalid":
                 raise InvalidRequestError(value)
-            raise RuntimeError(value)
+            raise RuntimeError(self._message_of(op, value))
+
+    def _message_of(self, op: str, value: str) -> str:
+        """A worker's error for clients: the message. Its traceback (server paths) goes to the log only."""
+        message, sep, tb = str(value).partition("\nTraceback (most recent call last):")
+        if sep:
+            log.error("%s of model %s failed in its worker:%s%s", op, self.spec.name, sep, tb)
+        return message.strip()
 
     def _crashed(self, chan: Channel, op: str) -> WorkerCrashedError:
         self._drop(chan)
@@ -458,14 +517,45 @@ class WorkerExecutor:
                 self.stats = self._call("offload", (), 60.0)
                 return self.stats
             if self._shm is None:
-                self._layout = self._call("export", (self._shm_name,), 120.0)
+                if not self._shm_fits():
+                    return self._offload_in_worker_locked()
+                try:
+                    self._layout = self._call("export", (self._shm_name,), 120.0)
+                except RuntimeError as e:
+                    if "No space left" not in str(e):
+                        raise
+                    log.warning("%s: %s", self.spec.name, e)
+                    return self._offload_in_worker_locked()  # /dev/shm filled up meanwhile
                 self._shm = SharedMemory(name=self._shm_name)
             chan = self._chan
+            if chan is not None:
+                chan.expected_end = True
             self._call("exit", (), 30.0)
             if chan is not None:
                 self._drop(chan)
             self._spawn_standby()
         self.stats = replace(self.stats, vram_bytes=0)
+        return self.stats
+
+    def _shm_fits(self) -> bool:
+        """Whether /dev/shm can take the host copy; if not, say so and fall back to keep-worker."""
+        need = self.stats.host_bytes
+        free = shm_free_bytes()
+        if free is None or free >= need + (1 << 20):
+            return True
+        log.warning(
+            "model %s: cpuMode exit-worker needs %d bytes in /dev/shm for its host copy but only %d are "
+            "free; keeping the host copy in the worker instead (keep-worker). Give the pod a larger "
+            "/dev/shm (Docker: --shm-size; Kubernetes: an emptyDir with medium Memory)",
+            self.spec.name,
+            need,
+            free,
+        )
+        return False
+
+    def _offload_in_worker_locked(self) -> Stats:
+        self.exit_on_offload = self.use_standby = False  # for good: the space will not grow by itself
+        self.stats = self._call("offload", (), 60.0)
         return self.stats
 
     def restore(self, timeout: float) -> Stats:
@@ -504,6 +594,7 @@ class WorkerExecutor:
         chan = self._chan
         if chan is None:
             return
+        chan.expected_end = True
         if chan.alive():
             with contextlib.suppress(Exception):
                 self._ask(chan, "exit", (), 5.0)
@@ -525,6 +616,7 @@ class WorkerExecutor:
                 orphan.close()
                 orphan.unlink()
         self.stats = Stats(device=self.stats.device)
+        forget_block(self._shm_name)
 
     def close(self) -> None:
         # A verb that hangs is ended by its own timeout; close must not wait behind it for long.

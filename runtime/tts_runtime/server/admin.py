@@ -22,11 +22,15 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", tags=["health"])
 async def readyz(runtime: RuntimeDep) -> Response:
-    # A lazily-unloaded model is still ready: readiness never waits for weights.
+    # A lazily-unloaded model is still ready: readiness never waits for weights. A model whose worker
+    # cannot make progress (stopped, hung in the kernel's eyes) is not: its requests would only pile up.
     if runtime.drain.active:
         return JSONResponse({"status": "draining"}, status_code=503)
     if not runtime.ready:
         return JSONResponse({"status": "starting"}, status_code=503)
+    stuck = runtime.engine.cannot_serve()
+    if stuck:
+        return JSONResponse({"status": "degraded", "models": stuck}, status_code=503)
     return JSONResponse({"status": "ready"})
 
 

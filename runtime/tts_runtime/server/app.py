@@ -11,13 +11,13 @@ from importlib import resources
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
-from starlette.concurrency import run_in_threadpool
 
 from tts_runtime.engine import Engine
 from tts_runtime.server import admin, errors, events, legacy, speech
+from tts_runtime.server.guards import Guards
 from tts_runtime.server.mcp_tools import build_mcp
 from tts_runtime.server.metrics import Metrics
-from tts_runtime.server.state import Admission, Runtime
+from tts_runtime.server.state import Admission, Drain, Runtime
 from tts_runtime.settings import VERSION, Settings
 
 log = logging.getLogger("tts_runtime.server")
@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         metrics=metrics,
         admission=Admission(settings.max_queue, metrics),
         admin_token=settings.resolve_admin_token(),
+        drain=Drain(settings.drain_timeout_seconds),
     )
     mcp = build_mcp(engine, runtime.admin_token)
     mcp_app = mcp.streamable_http_app(
@@ -56,11 +57,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 runtime.drain.begin()
                 runtime.ready = False
         finally:
-            log.info(
-                "draining: waiting up to %.0fs for requests, then releasing models",
-                settings.drain_timeout_seconds,
-            )
-            await run_in_threadpool(engine.shutdown, settings.drain_timeout_seconds)
+            runtime.drain.begin()  # a no-op after a signal; starts the budget when the app just ends
+            left = runtime.drain.remaining()
+            log.info("draining: up to %.1fs more for requests in flight, then every model released", left)
+            # Its own thread: the shared pool may be full of requests waiting on the models it ends.
+            await asyncio.to_thread(engine.shutdown, left)
+            runtime.speech.close()
             unsubscribe()
 
     app = FastAPI(
@@ -70,7 +72,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         lifespan=lifespan,
     )
     app.state.runtime = runtime
-    errors.install(app, lambda kind: metrics.errors.labels(kind).inc())
+    count_error = metrics.errors.labels
+    errors.install(app, lambda kind: count_error(kind).inc())
+    app.add_middleware(Guards, drain=runtime.drain, count_error=lambda kind: count_error(kind).inc())
     app.include_router(speech.router)
     app.include_router(admin.router)
     app.include_router(events.router)

@@ -125,7 +125,9 @@ def install(app: FastAPI, count_error: Any) -> None:
 
     async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+            exc.status_code, "http_error"
+        )
         count_error(code)
         headers = dict(exc.headers or {})
         return error_response(ApiError(exc.status_code, str(exc.detail), code=code, headers=headers))

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from starlette.concurrency import run_in_threadpool
 
 from tts_runtime.engine import Engine
 from tts_runtime.residency import ResidencyError
 from tts_runtime.server import audio
 from tts_runtime.server.errors import ApiError
+from tts_runtime.server.inflight import ClientGone, run_for_client
 from tts_runtime.server.state import EngineDep, RuntimeDep
 from tts_runtime.settings import MAX_INPUT_CHARS
 
@@ -101,17 +102,22 @@ def choose_voice(requested: str | None, voices: list[str], default: str | None, 
 
 
 def _speak(
-    engine: Engine, name: str, text: str, voice: str | None, speed: float, fmt: str
+    gone: threading.Event, engine: Engine, name: str, text: str, voice: str | None, speed: float, fmt: str
 ) -> tuple[bytes, int]:
     """Lease, synthesize and encode in one worker-thread hop (each hop costs latency on small requests).
-    The lease ends before encoding, so an offload after use overlaps the encoding."""
+    The lease ends before encoding, so an offload after use overlaps the encoding. A client that left
+    while this waited for its model costs no synthesis."""
     with engine.lease(name) as lease:
+        if gone.is_set():
+            raise ClientGone(f"the client of a {name} request disconnected")
         out = lease.synthesize(text, voice=voice, speed=speed)
     return audio.encode(out.samples, out.sample_rate, fmt), out.sample_rate
 
 
 @router.post("/v1/audio/speech", response_class=Response, tags=["speech"])
-async def create_speech(body: SpeechRequest, engine: EngineDep, runtime: RuntimeDep) -> Response:
+async def create_speech(
+    body: SpeechRequest, request: Request, engine: EngineDep, runtime: RuntimeDep
+) -> Response:
     started = time.perf_counter()
     # Unresolved names never become a label: a client must not grow the metric's cardinality.
     name = "unknown"
@@ -131,10 +137,14 @@ async def create_speech(body: SpeechRequest, engine: EngineDep, runtime: Runtime
             # The engine knows a model's voices before its first load (hibari lists what is on disk),
             # so a wrong voice is refused without loading anything.
             voice = choose_voice(body.voice, engine.voices(name), engine.spec(name).default_voice, name)
-            content, sample_rate = await run_in_threadpool(
-                _speak, engine, name, body.input, voice, body.speed, body.response_format
+            content, sample_rate = await run_for_client(
+                request, runtime, name, _speak, engine, name, body.input, voice, body.speed,
+                body.response_format,
             )
         status = "ok"
+    except ClientGone:
+        status = "disconnected"  # nobody to answer: not `ok`, and not an error of ours
+        return Response(status_code=499)
     finally:
         runtime.metrics.request_seconds.labels(name, body.response_format, status).observe(
             time.perf_counter() - started

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 
@@ -16,12 +18,20 @@ from tts_runtime.server.errors import ApiError
 from tts_runtime.server.metrics import Metrics
 from tts_runtime.settings import Settings
 
+T = TypeVar("T")
+# Speech threads per model; requests beyond wait in that model's queue (no thread held, dropped if their
+# client leaves). A worker executes one request at a time, so more threads would only wait on it.
+SPEECH_THREADS_PER_MODEL = 8
+
 
 class Drain:
-    """Set once the process was asked to stop: /readyz turns 503 and event streams end."""
+    """Set once the process was asked to stop: /readyz turns 503 and event streams end. One budget of
+    `seconds` runs from that moment: requests in flight, then the engine's release, all within it."""
 
-    def __init__(self) -> None:
+    def __init__(self, seconds: float = 30.0) -> None:
+        self.seconds = seconds
         self._active = False
+        self._deadline: float | None = None
         self._event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -33,6 +43,8 @@ class Drain:
 
     def begin(self) -> None:
         """Safe from a signal handler or any thread."""
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.seconds
         self._active = True
         loop, event = self._loop, self._event
         if loop is not None and event is not None and not loop.is_closed():
@@ -41,6 +53,12 @@ class Drain:
     @property
     def active(self) -> bool:
         return self._active
+
+    def remaining(self) -> float:
+        """Seconds left of the drain budget (the whole budget before the drain began)."""
+        if self._deadline is None:
+            return self.seconds
+        return max(0.0, self._deadline - time.monotonic())
 
     async def wait(self) -> None:
         if self._event is None:
@@ -76,6 +94,27 @@ class Admission:
             self._metrics.queue_depth.set(self.depth)
 
 
+class SpeechPools:
+    """Threads for speech, one pool per model: a backlog on one model (its requests block waiting for it)
+    never takes the threads of another model, nor those of control routes, health and metrics."""
+
+    def __init__(self, per_model: int) -> None:
+        self._per_model = per_model
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+
+    async def run(self, model: str, fn: Callable[..., T], *args: object) -> T:
+        pool = self._pools.get(model)
+        if pool is None:
+            pool = ThreadPoolExecutor(self._per_model, thread_name_prefix=f"speech-{model}")
+            self._pools[model] = pool
+        # Awaiting the future is cancellable at once (the thread finishes on its own), unlike anyio's pool.
+        return await asyncio.wrap_future(pool.submit(fn, *args))
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
 @dataclass
 class Runtime:
     """Everything one app serves from; built cheaply in `create_app` (no weights are touched)."""
@@ -86,16 +125,19 @@ class Runtime:
     admission: Admission
     admin_token: str | None
     drain: Drain = field(default_factory=Drain)
+    speech: SpeechPools = field(default_factory=lambda: SpeechPools(SPEECH_THREADS_PER_MODEL))
     ready: bool = False
 
 
-def get_runtime(request: Request) -> Runtime:
+# Async on purpose: a sync dependency runs in the shared thread pool, so a speech backlog would delay
+# every route, /readyz included, behind it.
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
-def get_engine(request: Request) -> Engine:
-    return get_runtime(request).engine
+async def get_engine(request: Request) -> Engine:
+    return (await get_runtime(request)).engine
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
@@ -112,16 +154,24 @@ def token_matches(expected: str | None, authorization: str | None) -> bool:
     return hmac.compare_digest(given.strip().encode(), expected.encode())
 
 
-def require_admin(request: Request) -> None:
-    runtime = get_runtime(request)
-    if not token_matches(runtime.admin_token, request.headers.get("authorization")):
-        raise ApiError(
-            401,
-            "this admin route needs 'Authorization: Bearer <token>' with the token of --admin-token "
-            "or --admin-token-file",
-            code="unauthorized",
-            headers={"WWW-Authenticate": "Bearer"},
+async def require_admin(request: Request) -> None:
+    runtime = await get_runtime(request)
+    authorization = request.headers.get("authorization")
+    if token_matches(runtime.admin_token, authorization):
+        return
+    if authorization:  # a wrong token is not a missing one: say which, so the user fixes the right thing
+        message = (
+            "the admin token sent is wrong: send 'Authorization: Bearer <token>' with the token of "
+            "--admin-token or --admin-token-file"
         )
+        code = "invalid_token"
+    else:
+        message = (
+            "this admin route needs 'Authorization: Bearer <token>' with the token of --admin-token "
+            "or --admin-token-file"
+        )
+        code = "unauthorized"
+    raise ApiError(401, message, code=code, headers={"WWW-Authenticate": "Bearer"})
 
 
 AdminDep = Depends(require_admin)

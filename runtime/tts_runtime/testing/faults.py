@@ -81,3 +81,80 @@ class OomOnRestore(TinyTTS):
 def oom_on_restore_factory(**options: Any) -> OomOnRestore:
     """`tts_runtime.testing.faults:oom_on_restore_factory`: restore hits CUDA OOM `fail_restores` times."""
     return OomOnRestore(**options)
+
+
+def _wait_for_file(path: str) -> None:
+    while not Path(path).exists():
+        time.sleep(0.01)
+
+
+class GatedTTS(TinyTTS):
+    """Each synthesize waits until the file `gate` exists (a backlog a test releases at once); with
+    `count_path`, every synthesis that ran is counted in that file (one character per call)."""
+
+    def __init__(self, gate: str, count_path: str | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        self.gate = gate
+        self.count_path = count_path
+
+    def synthesize(self, text: str, voice: str, speed: float) -> tuple[torch.Tensor, int]:
+        _wait_for_file(self.gate)
+        if self.count_path is not None:
+            with open(self.count_path, "a") as f:
+                f.write(".")
+        return super().synthesize(text, voice, speed)
+
+
+def gated_factory(**options: Any) -> GatedTTS:
+    """`tts_runtime.testing.faults:gated_factory`: synthesize waits for the file `gate`."""
+    return GatedTTS(**options)
+
+
+class SlowOffloadTTS(TinyTTS):
+    """Its offload hook waits until the file `gate` exists (a test acts while the offload runs); with
+    `entered`, that file is created when the hook starts."""
+
+    def __init__(self, gate: str, entered: str | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        self.gate = gate
+        self.entered = entered
+
+    def residency_offload(self) -> None:
+        if self.entered is not None:
+            Path(self.entered).touch()
+        _wait_for_file(self.gate)
+        super().residency_offload()
+
+
+def slow_offload_factory(**options: Any) -> SlowOffloadTTS:
+    """`tts_runtime.testing.faults:slow_offload_factory`: offload waits for the file `gate`."""
+    return SlowOffloadTTS(**options)
+
+
+class OwnTensorsTTS(TinyTTS):
+    """A plug-in as engine.md allows: a tensor of its own outside its modules (`codebook`), moved by its
+    restore hook, and a cache of its parameters built once (`cached`); both must work after every restore."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.codebook = torch.linspace(0.5, 1.0, 4)
+        self.cached = [self.proj.weight, self.out.weight]
+
+    def residency_offload(self) -> None:
+        self.codebook = self.codebook.to("cpu")
+        super().residency_offload()
+
+    def residency_restore(self, device: str) -> None:
+        self.codebook = self.codebook.to(device)
+        super().residency_restore(device)
+
+    def synthesize(self, text: str, voice: str, speed: float) -> tuple[torch.Tensor, int]:
+        if any(p is not q for p, q in zip(self.cached, (self.proj.weight, self.out.weight), strict=True)):
+            raise RuntimeError("the cached parameters are not the model's parameters any more")
+        wave, sr = super().synthesize(text, voice, speed)
+        return wave * self.codebook[0].to("cpu") * self.cached[0].to("cpu").abs().mean() * 10, sr
+
+
+def own_tensors_factory(**options: Any) -> OwnTensorsTTS:
+    """`tts_runtime.testing.faults:own_tensors_factory`."""
+    return OwnTensorsTTS(**options)
