@@ -79,7 +79,7 @@ def test_sigterm_while_a_model_loads_ends_every_worker_within_the_drain(tmp_path
 
 
 def test_one_drain_budget_the_request_cut_short_gets_503(tmp_path: Path) -> None:
-    drain = 3.0
+    drain = 6.0
     model = {"name": "tiny", "backend": "torch", "factory": "tts_runtime.testing.tiny:factory",
              "options": {"delay_seconds": 60.0}}
     proc = runtime_with(tmp_path, model, drain)
@@ -97,8 +97,9 @@ def test_one_drain_budget_the_request_cut_short_gets_503(tmp_path: Path) -> None
         t0 = time.monotonic()
         proc.popen.send_signal(signal.SIGTERM)
         assert proc.popen.wait(drain + 10) == 0
-        # One budget: the drain, then killing and reaping the worker; not drain + drain + 5 s.
-        assert time.monotonic() - t0 < drain + 4, proc.logs()
+        # One budget: the drain, then killing and reaping the worker and the interpreter's exit (seconds
+        # on a loaded 2-core runner); it used to be the drain twice plus 5 s (17 s here) and more.
+        assert time.monotonic() - t0 < drain + 8, proc.logs()
         t.join(10)
         r = result["r"]
         assert r.status_code == 503, r.text

@@ -44,7 +44,8 @@ class ModelSpec(BaseModel):
     default_voice: str | None = None
     policy: Policy = Field(default_factory=lambda: Policy.model_validate({}))
     load_timeout_seconds: float = Field(120.0, gt=0)
-    request_timeout_seconds: float | None = Field(300.0, gt=0)
+    # A TTS client gives up long before 5 minutes; a stuck worker is killed after this and restarts.
+    request_timeout_seconds: float | None = Field(60.0, gt=0)
     cpu_mode: CpuMode = "auto"
     # exit-worker only: keep a warm standby process (imports done, no CUDA, nothing mapped) while `cpu`, so
     # restore skips the spawn and `import torch`; it costs host RAM (~the imports' RSS), never GPU bytes.

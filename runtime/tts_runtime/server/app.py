@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -61,9 +62,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             left = runtime.drain.remaining()
             log.info("draining: up to %.1fs more for requests in flight, then every model released", left)
             # Its own thread: the shared pool may be full of requests waiting on the models it ends.
+            started = time.monotonic()
             await asyncio.to_thread(engine.shutdown, left)
             runtime.speech.close()
             unsubscribe()
+            log.info("every model released in %.1fs; exiting", time.monotonic() - started)
 
     app = FastAPI(
         title="Residency TTS runtime",
