@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,10 @@ HAMI_CORES = "nvidia.com/gpucores"  # percent per GPU
 HAMI_POLICIES = ("hami.io/node-scheduler-policy", "hami.io/gpu-scheduler-policy")
 CLAIM = "gpu"  # the pod's resourceClaims entry (DRA) and the runtime container's resources.claims name
 CLAIM_SPEC = f"{ann.GROUP}/claim-spec"  # pod template annotation: a hash of the claim template's spec
+# The runtime's one drain budget on SIGTERM (requests in flight, then every model released), and what the
+# kubelet allows past it before SIGKILL: killing and reaping workers, the interpreter's exit.
+DRAIN_SECONDS = 30.0
+GRACE_MARGIN_SECONDS = 15
 
 Manifest = dict[str, Any]
 
@@ -42,13 +47,22 @@ class Owner:
 
 @dataclass(frozen=True)
 class Images:
+    """What the operator's own settings (the chart's values) put into every inference pod."""
+
     runtime: str = RUNTIME_IMAGE
     agent: str = AGENT_IMAGE
+    drain_seconds: float = DRAIN_SECONDS
 
     @classmethod
     def from_env(cls) -> Images:
+        drain = os.environ.get("RESIDENCY_RUNTIME_DRAIN_SECONDS")
         return cls(runtime=os.environ.get("RESIDENCY_RUNTIME_IMAGE") or RUNTIME_IMAGE,
-                   agent=os.environ.get("RESIDENCY_AGENT_IMAGE") or AGENT_IMAGE)
+                   agent=os.environ.get("RESIDENCY_AGENT_IMAGE") or AGENT_IMAGE,
+                   drain_seconds=float(drain) if drain else DRAIN_SECONDS)
+
+    def grace_seconds(self) -> int:
+        """The pod's terminationGracePeriodSeconds: always past the runtime's drain."""
+        return math.ceil(self.drain_seconds) + GRACE_MARGIN_SECONDS
 
 
 def labels(service: str) -> dict[str, str]:
@@ -137,6 +151,7 @@ def _runtime_container(owner: Owner, images: Images) -> Manifest:
     env = [
         {"name": "TTS_RUNTIME_MODELS_JSON", "value": models_json(spec)},
         {"name": "TTS_RUNTIME_ADMIN_TOKEN_FILE", "value": f"{SHARED_DIR}/admin-token"},
+        {"name": "TTS_RUNTIME_DRAIN_TIMEOUT_SECONDS", "value": f"{images.drain_seconds:g}"},
         {"name": "HF_HOME", "value": CACHE_DIR},
         *[e.model_dump(by_alias=True, exclude_none=True) for e in spec.env],
     ]
@@ -219,7 +234,7 @@ def build_deployment(owner: Owner, images: Images) -> Manifest:
         "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
                             "seccompProfile": {"type": "RuntimeDefault"}},
-        "terminationGracePeriodSeconds": 45,  # the runtime drains leases for up to 30 s
+        "terminationGracePeriodSeconds": images.grace_seconds(),
         "containers": [_runtime_container(owner, images), _agent_container(images)],
         "volumes": _volumes(spec),
     }
