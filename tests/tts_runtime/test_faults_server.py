@@ -20,7 +20,6 @@ from support.procs import wait_for
 from tts_runtime.server import create_app
 from tts_runtime.server.background import serve_in_thread
 from tts_runtime.server.guards import MAX_BODY_BYTES
-from tts_runtime.server.state import SPEECH_THREADS_PER_MODEL
 from tts_runtime.settings import Settings
 
 FAULTS = "tts_runtime.testing.faults"
@@ -92,32 +91,29 @@ def test_a_speech_backlog_does_not_starve_control_health_metrics_or_other_models
 
 
 def test_a_client_that_leaves_costs_no_synthesis_and_is_counted_disconnected(tmp_path: Path) -> None:
-    gate, count = tmp_path / "gate", tmp_path / "count"
-    app = create_app(settings(gated(gate, count)))
+    load_gate, count = tmp_path / "load-gate", tmp_path / "count"
+    (tmp_path / "gate").touch()  # synthesis itself is not held back
+    model = gated(tmp_path / "gate", count)
+    model["options"]["load_gate"] = str(load_gate)  # the load is: the request waits for its model
+    model["policy"] = {"offloadAfterUse": False}
+    app = create_app(settings(model))
     with serve_in_thread(app) as url:
-        runtime = app.state.runtime
-        busy = SPEECH_THREADS_PER_MODEL  # these take every speech thread of the model
-        results: list[int] = []
-
-        def request() -> None:
-            results.append(httpx.post(f"{url}/v1/audio/speech", json=speech("slow"), timeout=120).status_code)
-
-        threads = [threading.Thread(target=request) for _ in range(busy)]
-        for t in threads:
-            t.start()
-        wait_for(lambda: runtime.admission.depth == busy, what="the model's threads to fill")
-        # One more, queued behind them; its client gives up and disconnects.
+        # The client gives up while its model loads, and disconnects.
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{url}/v1/audio/speech", json=speech("slow"), timeout=httpx.Timeout(10, read=1.0))
         count_of = 'residency_request_duration_seconds_count{format="pcm",model="slow",status="%s"}'
-        disconnected = count_of % "disconnected"
-        wait_for(lambda: metric(url, disconnected) == 1, what="the disconnect to be counted")
-        gate.touch()
-        for t in threads:
-            t.join(60)
-        assert results == [200] * busy
-        assert count.read_text() == "." * busy  # the client that left cost no synthesis
-        assert metric(url, count_of % "ok") == busy
+        wait_for(lambda: metric(url, count_of % "disconnected") == 1, what="the disconnect to be counted")
+        load_gate.touch()
+
+        def lease_ended() -> bool:
+            m = httpx.get(f"{url}/v1/models/slow", timeout=10).json()["residency"]
+            return m["state"] == "gpu" and m["leases"] == 0 and m["lastUsed"] is not None
+
+        wait_for(lease_ended, timeout=60, what="the abandoned request to end")
+        assert not count.exists()  # loaded, but nothing synthesized for nobody
+        assert metric(url, count_of % "ok") == 0
+        assert httpx.post(f"{url}/v1/audio/speech", json=speech("slow"), timeout=30).status_code == 200
+        assert count.read_text() == "."
 
 
 # -- limits ----------------------------------------------------------------------------------------------

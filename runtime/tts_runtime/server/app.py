@@ -18,7 +18,7 @@ from tts_runtime.server import admin, errors, events, legacy, speech
 from tts_runtime.server.guards import Guards
 from tts_runtime.server.mcp_tools import build_mcp
 from tts_runtime.server.metrics import Metrics
-from tts_runtime.server.state import Admission, Drain, Runtime
+from tts_runtime.server.state import Admission, Drain, Runtime, SpeechPools
 from tts_runtime.settings import VERSION, Settings
 
 log = logging.getLogger("tts_runtime.server")
@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         admission=Admission(settings.max_queue, metrics),
         admin_token=settings.resolve_admin_token(),
         drain=Drain(settings.drain_timeout_seconds),
+        speech=SpeechPools(settings.max_queue),
     )
     mcp = build_mcp(engine, runtime.admin_token)
     mcp_app = mcp.streamable_http_app(

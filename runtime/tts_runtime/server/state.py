@@ -19,9 +19,6 @@ from tts_runtime.server.metrics import Metrics
 from tts_runtime.settings import Settings
 
 T = TypeVar("T")
-# Speech threads per model; requests beyond wait in that model's queue (no thread held, dropped if their
-# client leaves). A worker executes one request at a time, so more threads would only wait on it.
-SPEECH_THREADS_PER_MODEL = 8
 
 
 class Drain:
@@ -96,7 +93,8 @@ class Admission:
 
 class SpeechPools:
     """Threads for speech, one pool per model: a backlog on one model (its requests block waiting for it)
-    never takes the threads of another model, nor those of control routes, health and metrics."""
+    never takes the threads of another model, nor those of control routes, health and metrics. Each pool
+    can hold every admitted request (`--max-queue`), so all of them reach the worker, which batches them."""
 
     def __init__(self, per_model: int) -> None:
         self._per_model = per_model
@@ -125,7 +123,7 @@ class Runtime:
     admission: Admission
     admin_token: str | None
     drain: Drain = field(default_factory=Drain)
-    speech: SpeechPools = field(default_factory=lambda: SpeechPools(SPEECH_THREADS_PER_MODEL))
+    speech: SpeechPools = field(default_factory=lambda: SpeechPools(64))
     ready: bool = False
 
 

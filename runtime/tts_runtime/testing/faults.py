@@ -90,9 +90,14 @@ def _wait_for_file(path: str) -> None:
 
 class GatedTTS(TinyTTS):
     """Each synthesize waits until the file `gate` exists (a backlog a test releases at once); with
-    `count_path`, every synthesis that ran is counted in that file (one character per call)."""
+    `load_gate`, building the model waits for that file too (a slow load); with `count_path`, every
+    synthesis that ran is counted in that file (one character per call)."""
 
-    def __init__(self, gate: str, count_path: str | None = None, **options: Any) -> None:
+    def __init__(
+        self, gate: str, count_path: str | None = None, load_gate: str | None = None, **options: Any
+    ) -> None:
+        if load_gate is not None:
+            _wait_for_file(load_gate)
         super().__init__(**options)
         self.gate = gate
         self.count_path = count_path
