@@ -306,3 +306,13 @@ def test_a_release_of_an_unloaded_model_is_no_transition(make_engine, tiny_spec,
     seen = events(e)
     assert e.release("tiny").state == State.UNLOADED
     assert seen == []
+
+
+def test_hibari_reports_the_gpu_it_was_given_not_gpu_0() -> None:
+    from tts_runtime.engine.hibari_backend import CUDA, HibariBackend
+    from tts_runtime.engine.spec import ModelSpec
+
+    backend = HibariBackend(ModelSpec(name="hibari"), "cuda:1")
+    # What a session on the CUDA provider leaves behind (no GPU on this host to build a real one).
+    backend.providers, backend.engines = [CUDA, "CPUExecutionProvider"], {"heart": object()}
+    assert backend.stats().device == "cuda:1"
