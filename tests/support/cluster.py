@@ -40,6 +40,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -141,9 +142,16 @@ class Cluster:
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(ROOT / "crds"))
 
     # --- namespaces and identities --------------------------------------------------------------------
-    def create_namespace(self, prefix: str = "t") -> str:
-        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    def create_namespace(self, prefix: str = "t", name: str | None = None) -> str:
+        """A new namespace, once pods can be made in it: the controller-manager has given it its `default`
+        ServiceAccount (until then the API server refuses pods there, 403)."""
+        name = name or f"{prefix}-{uuid.uuid4().hex[:8]}"
         self.kubectl("create", "namespace", name)
+        deadline = time.monotonic() + 60
+        while self.request("GET", f"/api/v1/namespaces/{name}/serviceaccounts/default")[0] != 200:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"namespace {name} got no default ServiceAccount in 60 s")
+            time.sleep(0.1)
         return name
 
     def delete_namespace(self, name: str) -> None:

@@ -90,7 +90,7 @@ class KubeAPI:
         """`count` more fresh namespaces (`<namespace>-<i>`), deleted with the test's own."""
         names = [f"{self.namespace}-{len(self._more) + i}" for i in range(count)]
         for name in names:
-            self.cluster.kubectl("create", "namespace", name)
+            self.cluster.create_namespace(name=name)
             self._more.append(name)
         return names
 
