@@ -25,16 +25,19 @@ RUN pip wheel --no-deps --wheel-dir /wheels .
 # Everything else comes from the default index, pinned by constraints.txt. onnxruntime-gpu (a CUDA 12 build, like
 # torch cu128's libraries) replaces onnxruntime under the same import name, so hibari runs on the GPU.
 # A CPU-only image (CI, laptops: ~1 GB instead of ~5 GB) takes TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu,
-# or TORCH_FIND_LINKS=<folder mounted into the build> holding a `torch-2.13.0+cpu` wheel (scripts/build-images.sh).
+# or TORCH_FIND_LINKS=<folder mounted into the build> holding a `torch-2.13.0+cpu` wheel (scripts/build-images.sh),
+# and keeps the CPU onnxruntime (ONNXRUNTIME=onnxruntime): no CUDA build of either to download.
 FROM builder AS runtime-venv
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 ARG TORCH_FIND_LINKS=""
+ARG ONNXRUNTIME=onnxruntime-gpu
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --extra-index-url "${TORCH_INDEX_URL}" ${TORCH_FIND_LINKS:+--find-links "${TORCH_FIND_LINKS}"} \
         -c constraints.txt "torch==${TORCH_VERSION}" \
     && /opt/venv/bin/pip install -c constraints.txt "$(ls /wheels/residency-*.whl)[runtime,torch]" \
-    && /opt/venv/bin/pip uninstall --yes onnxruntime && /opt/venv/bin/pip install -c constraints.txt onnxruntime-gpu \
+    && if [ "${ONNXRUNTIME}" != onnxruntime ]; then /opt/venv/bin/pip uninstall --yes onnxruntime \
+        && /opt/venv/bin/pip install -c constraints.txt "${ONNXRUNTIME}"; fi \
     && /opt/venv/bin/pip uninstall --yes pip
 
 # The operator's virtual environment: kopf, kubernetes client, httpx; no torch, no audio.

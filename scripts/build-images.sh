@@ -2,9 +2,9 @@
 # Builds both images of the Dockerfile: PREFIX/residency-runtime:TAG and PREFIX/residency-operator:TAG.
 #   scripts/build-images.sh [--tag TAG] [--prefix PREFIX] [--cpu]
 # TAG defaults to the project's version (pyproject.toml), PREFIX to ghcr.io/residency-dev.
-# --cpu: the runtime with torch's CPU build (~1.4 GB instead of ~5.4 GB with CUDA; no GPU inside): from
-#   $TORCH_WHEELS (a folder holding a torch-<version>+cpu wheel, mounted into a podman build) when set, else
-#   from PyTorch's CPU index. CI builds this way (the CUDA wheels alone are ~3 GB to download).
+# --cpu: the runtime with the CPU builds of torch and onnxruntime (~1.4 GB instead of ~5.4 GB; no GPU use):
+#   torch from $TORCH_WHEELS (a folder holding a torch-<version>+cpu wheel, mounted into a podman build) when
+#   set, else from PyTorch's CPU index. CI builds this way (the CUDA wheels alone are ~3 GB to download).
 # Engine: $ENGINE (docker or podman), else docker when its daemon answers, else podman, which needs no daemon
 #   (chroot isolation, host network: what works on machines without a container runtime of their own).
 # Env: PYTHON_IMAGE (the base, default the Dockerfile's python:3.11-slim-bookworm), EXTRA_BUILD_ARGS.
@@ -34,6 +34,7 @@ common+=(${EXTRA_BUILD_ARGS:-})
 
 runtime=()
 if [ "$cpu" = 1 ]; then
+  runtime+=(--build-arg ONNXRUNTIME=onnxruntime)
   if [ -n "${TORCH_WHEELS:-}" ]; then
     [ "$engine" = podman ] || { echo "TORCH_WHEELS needs podman (a build-time volume)" >&2; exit 2; }
     runtime+=(-v "$TORCH_WHEELS:/torch-wheels:ro" --build-arg TORCH_FIND_LINKS=/torch-wheels

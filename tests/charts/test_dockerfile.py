@@ -221,7 +221,9 @@ def test_hadolint_finds_nothing() -> None:
 def test_the_runtime_image_swaps_in_the_cuda_12_onnxruntime() -> None:
     # onnxruntime-gpu 1.24.x is built for CUDA 12, as torch cu128's libraries; it must replace the CPU
     # wheel (same import name), installed after it.
+    # (A CPU-only build, scripts/build-images.sh --cpu, passes ONNXRUNTIME=onnxruntime and keeps it.)
     assert _constraints()["onnxruntime-gpu"] == "1.24.4"
+    assert _stage_args(BY_NAME["runtime-venv"])["ONNXRUNTIME"] == "onnxruntime-gpu"
     run = _run_text(BY_NAME["runtime-venv"])
     swap = run.index("pip uninstall --yes onnxruntime ")
-    assert run.index("[runtime,torch]") < swap < run.index("onnxruntime-gpu")
+    assert run.index("[runtime,torch]") < swap < run.index('install -c constraints.txt "${ONNXRUNTIME}"')

@@ -2,7 +2,8 @@
 
 Marker `image` (not in the default run: `pytest -m image`; .ci/run runs it as its own step). Builds with
 scripts/build-images.sh (podman needs no daemon; docker works too), the runtime with torch's CPU build.
-Where `../shared/images/base.sh` exists (machines without an image registry) it provides the base image.
+Where `../shared/images/base.sh` exists (or in $RESIDENCY_SHARED_IMAGES; machines without an image registry)
+it provides the base image.
 Without podman or docker the tests skip, unless RESIDENCY_REQUIRE_IMAGES=1 (CI), where that is an error.
 """
 
@@ -28,7 +29,7 @@ from support.procs import free_port, wait_for
 # The first test also waits for both builds (~10 min on 2 cores).
 pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]
 
-BASE_SH = REPO.parent / "shared" / "images" / "base.sh"
+BASE_SH = Path(os.environ.get("RESIDENCY_SHARED_IMAGES") or REPO.parent / "shared" / "images") / "base.sh"
 TAG = "test"
 PREFIX = "localhost"
 RUNTIME = f"{PREFIX}/residency-runtime:{TAG}"

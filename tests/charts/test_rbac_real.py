@@ -41,7 +41,8 @@ OPERATOR: set[Grant] = grants({
 OPERATOR_CLUSTER: set[Grant] = grants({("apiextensions.k8s.io", "customresourcedefinitions"): "list watch"})
 # The agent's Role (made by the operator, builders.build_role): its own pod is fenced in by admission.
 AGENT: set[Grant] = grants({("", "pods"): "get list watch patch"})
-PROBLEM = re.compile(r"\b403\b|forbidden|\[ERROR|Traceback", re.IGNORECASE)
+PROBLEM = re.compile(r"\b403\b|forbidden|not enough permissions|failed to post|\[ERROR|Traceback",
+                     re.IGNORECASE)
 MODES = {"cluster-wide": False, "watchNamespaces": True}
 
 
@@ -176,7 +177,7 @@ def test_full_flow_with_the_components_own_tokens(kube_cluster: Cluster, namespa
             assert rules(agent_client, namespace) == AGENT
             token_file = tmp_path / "admin-token"
             runtime = start_runtime(tmp_path / "runtime.log", "--host", "127.0.0.1", "--admin-token-file",
-                                    str(token_file), "--log-level", "warning")
+                                    str(token_file), "--log-level", "warning", timeout=180)
             agent = Process([executable("tts-operator"), "agent", "--pod", pod, "--namespace", namespace,
                              "--runtime-url", runtime.url, "--admin-token-file", str(token_file),
                              "--health-host", "127.0.0.1", "--health-port", "0"],
