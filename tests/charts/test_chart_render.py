@@ -228,7 +228,9 @@ def test_rbac_follows_watched_namespaces(rendered: tuple[str, list[dict[str, Any
     for resource in ("deployments", "services", "serviceaccounts", "roles", "rolebindings"):
         assert any(r == resource and v == "create" for _, r, v in granted), resource
     assert not any(g == "kopf.dev" for g, _, _ in granted), "standalone operator needs no peering rules"
-    assert not any(v in {"*", "escalate", "bind", "impersonate", "update", "delete"} for _, _, v in granted)
+    assert not any(v in {"*", "escalate", "bind", "impersonate", "update"} for _, _, v in granted)
+    # The one delete: DRA claim templates are immutable, replaced by delete + create.
+    assert {r for _, r, v in granted if v == "delete"} == {"resourceclaimtemplates"}
     assert {v for _, r, v in granted if r == "ttsservices/status"} == {"patch"}
     assert not any(r in {"*", "secrets"} for _, r, _ in granted)
 

@@ -25,7 +25,8 @@ from tts_operator import annotations as ann
 pytestmark = pytest.mark.slow
 
 # Exactly what the operator sends in a namespace it reconciles (templates/rbac.yaml says which call needs
-# each): GET, LIST, WATCH, POST, PATCH; PATCH alone on status. No update, no delete, nothing else.
+# each): GET, LIST, WATCH, POST, PATCH; PATCH alone on status; DELETE of its (immutable) DRA claim templates
+# only. No update, nothing else.
 OPERATOR: set[Grant] = grants({
     ("tts.residency.dev", "ttsservices"): "get list watch patch",
     ("tts.residency.dev", "ttsservices/status"): "patch",
@@ -36,6 +37,9 @@ OPERATOR: set[Grant] = grants({
     ("rbac.authorization.k8s.io", "rolebindings"): "get list watch create patch",
     ("", "pods"): "get list watch patch",
     ("", "events"): "create",
+    # GPU sharing mode dra (rbac.dra, on by default): claim allocations, and the claim templates it owns.
+    ("resource.k8s.io", "resourceclaims"): "list watch",
+    ("resource.k8s.io", "resourceclaimtemplates"): "get list watch create delete",
 })
 # Cluster-wide mode only: Kopf follows the CRD (installed or changed while it runs).
 OPERATOR_CLUSTER: set[Grant] = grants({("apiextensions.k8s.io", "customresourcedefinitions"): "list watch"})
