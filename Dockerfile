@@ -16,6 +16,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
+COPY contract/ contract/
 COPY runtime/ runtime/
 COPY operator/ operator/
 RUN pip wheel --no-deps --wheel-dir /wheels .

@@ -32,7 +32,7 @@ TEXT = "Residency keeps idle models off the GPU."
 
 
 def _spec(name: str, factory: str, options: dict[str, Any], mode: str) -> Any:
-    from tts_runtime.engine import ModelSpec
+    from tts_contract import ModelSpec
 
     return ModelSpec.model_validate({
         "name": name, "backend": "torch", "factory": factory, "options": options, "cpuMode": mode,
@@ -117,7 +117,8 @@ def suspend_check(model: tuple[str, str, dict[str, Any]], repeats: int) -> str:
 
 def hibari_check(device: str) -> dict[str, Any]:
     """The default voice: which provider its session really got, and why not CUDA when not."""
-    from tts_runtime.engine import Engine, ModelSpec, NoGpu, NvmlProbe
+    from tts_contract import ModelSpec
+    from tts_runtime.engine import Engine, NoGpu, NvmlProbe
 
     spec = ModelSpec.model_validate({"name": "hibari", "policy": {"pinned": True}})
     gpu = NoGpu() if device == "cpu" else NvmlProbe()

@@ -240,7 +240,8 @@ def synth(engine: Any) -> Any:
 def measure_model(path: Path, size_bytes: int, device: str, mode: str, repeats: int) -> dict[str, Any]:
     import numpy as np
 
-    from tts_runtime.engine import Engine, ModelSpec, NoGpu, NvmlProbe
+    from tts_contract import ModelSpec
+    from tts_runtime.engine import Engine, NoGpu, NvmlProbe
 
     spec = ModelSpec.model_validate({
         "name": "bench", "backend": "torch", "factory": "residency_gpu:tiny_from_file",

@@ -94,7 +94,8 @@ def raw_call(model: str) -> tuple[Call, Callable[[], None]]:
 
 
 def engine_call(model: str) -> tuple[Call, Callable[[], None]]:
-    from tts_runtime.engine import Engine, ModelSpec
+    from tts_contract import ModelSpec
+    from tts_runtime.engine import Engine
 
     spec = ModelSpec.model_validate({**MODELS[model]["spec"], "policy": {"offloadAfterUse": False}})
     engine = Engine([spec], device="cpu")

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 # A real API server for every test that asks for `kube_cluster`, `namespace`, `kube_api` or `run_operator`
 # (support/cluster.py, support/kube.py): without one, those tests skip with one line saying how to run them.
 pytest_plugins = ["support.cluster", "support.kube"]
+
+# Subprocesses (tts-runtime, tts-operator) import this checkout's code, whatever the venv's install points at.
+_ROOT = Path(__file__).resolve().parent.parent
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [*(str(_ROOT / root) for root in ("contract", "runtime", "operator")), os.environ.get("PYTHONPATH", "")]
+).rstrip(os.pathsep)
 
 
 def _cuda_available() -> bool:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tts_operator import settings as settings_module
 from tts_operator.spec import quantity_bytes
 
 # HAMi writes both on the pod when its scheduler extender picks the devices (before binding):
@@ -98,8 +98,9 @@ NO_DRA = ("gpu.sharing.mode dra: this operator does not watch resource.k8s.io/v1
 
 
 def dra_enabled() -> bool:
-    """Whether `tts-operator run` found DRA served and allowed (RESIDENCY_DRA=on; set by it at start)."""
-    return os.environ.get("RESIDENCY_DRA", "off") == "on"
+    """Whether `tts-operator run` found DRA served and allowed (OperatorSettings.dra, decided at start)."""
+    settings = settings_module.loaded()
+    return settings is not None and settings.dra == "on"
 
 
 # What the operator must be allowed to do for DRA mode: watch claims (their allocations) and keep the claim
@@ -118,7 +119,11 @@ def dra_available(namespaces: list[str]) -> tuple[bool, str]:
     try:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+        try:
+            kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+        except (kubernetes.config.ConfigException, OSError) as err:
+            # Kopf says the same when it starts; DRA is simply off until a restart with credentials.
+            return False, f"no Kubernetes credentials to ask with ({err})"
     with kubernetes.client.ApiClient() as client:
         try:
             groups = kubernetes.client.ApisApi(client).get_api_versions()

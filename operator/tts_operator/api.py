@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kubernetes
 
 MERGE_PATCH = "application/merge-patch+json"
-# Blocking calls in flight at once. asyncio's default executor has min(32, cores + 4) threads, 6 on a 2-core
-# pod: a burst of creates at hundreds of services would queue behind it.
-THREADS = int(os.environ.get("RESIDENCY_API_THREADS", "32"))
 
 # kind -> (API prefix, plural)
 PATHS = {
@@ -43,15 +39,16 @@ def path(kind: str, namespace: str, name: str | None = None, sub: str | None = N
 class Api:
     """One shared client (created once at startup, kept in kopf's memo)."""
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int) -> None:
+        """`threads`: blocking calls in flight at once (OperatorSettings.api_threads)."""
         try:
             kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
         except kubernetes.config.ConfigException:
             kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
         config = kubernetes.client.Configuration.get_default_copy()
-        config.connection_pool_maxsize = THREADS  # one pooled connection per thread, none thrown away
+        config.connection_pool_maxsize = threads  # one pooled connection per thread, none thrown away
         self._client = kubernetes.client.ApiClient(config)
-        self._executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="kube-api")
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube-api")
 
     def _call(self, method: str, url: str, body: Any = None, content_type: str | None = None) -> Any:
         headers = {"Accept": "application/json"}

@@ -5,15 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
-from tts_operator import annotations as ann
+from tts_contract import names
+from tts_operator.settings import AGENT_IMAGE, DRAIN_SECONDS, RUNTIME_IMAGE
 from tts_operator.spec import MIB, TTSServiceSpec
 
-RUNTIME_IMAGE = "ghcr.io/residency-dev/residency-runtime:0.1.0"
-AGENT_IMAGE = "ghcr.io/residency-dev/residency-operator:0.1.0"
 UID = 10001
 RUNTIME_PORT = 8000
 AGENT_PORT = 8081
@@ -26,10 +24,9 @@ HAMI_MEMORY = "nvidia.com/gpumem"  # MiB per GPU
 HAMI_CORES = "nvidia.com/gpucores"  # percent per GPU
 HAMI_POLICIES = ("hami.io/node-scheduler-policy", "hami.io/gpu-scheduler-policy")
 CLAIM = "gpu"  # the pod's resourceClaims entry (DRA) and the runtime container's resources.claims name
-CLAIM_SPEC = f"{ann.GROUP}/claim-spec"  # pod template annotation: a hash of the claim template's spec
-# The runtime's one drain budget on SIGTERM (requests in flight, then every model released), and what the
-# kubelet allows past it before SIGKILL: killing and reaping workers, the interpreter's exit.
-DRAIN_SECONDS = 30.0
+CLAIM_SPEC = f"{names.GROUP}/claim-spec"  # pod template annotation: a hash of the claim template's spec
+# What the kubelet allows past the runtime's drain budget (OperatorSettings.runtime_drain_seconds) before
+# SIGKILL: killing and reaping workers, the interpreter's exit.
 GRACE_MARGIN_SECONDS = 15
 
 Manifest = dict[str, Any]
@@ -53,20 +50,14 @@ class Images:
     agent: str = AGENT_IMAGE
     drain_seconds: float = DRAIN_SECONDS
 
-    @classmethod
-    def from_env(cls) -> Images:
-        drain = os.environ.get("RESIDENCY_RUNTIME_DRAIN_SECONDS")
-        return cls(runtime=os.environ.get("RESIDENCY_RUNTIME_IMAGE") or RUNTIME_IMAGE,
-                   agent=os.environ.get("RESIDENCY_AGENT_IMAGE") or AGENT_IMAGE,
-                   drain_seconds=float(drain) if drain else DRAIN_SECONDS)
-
     def grace_seconds(self) -> int:
         """The pod's terminationGracePeriodSeconds: always past the runtime's drain."""
         return math.ceil(self.drain_seconds) + GRACE_MARGIN_SECONDS
 
 
 def labels(service: str) -> dict[str, str]:
-    return {ann.MANAGED_BY_LABEL: ann.MANAGED_BY, ann.NAME_LABEL: ann.NAME, ann.SERVICE_LABEL: service}
+    return {names.MANAGED_BY_LABEL: names.MANAGED_BY, names.NAME_LABEL: names.NAME,
+            names.SERVICE_LABEL: service}
 
 
 def agent_name(service: str) -> str:
@@ -83,23 +74,18 @@ def _meta(owner: Owner, name: str) -> Manifest:
         "namespace": owner.namespace,
         "labels": labels(owner.name),
         "ownerReferences": [{
-            "apiVersion": f"{ann.GROUP}/{ann.VERSION}", "kind": "TTSService", "name": owner.name,
+            "apiVersion": f"{names.GROUP}/{names.VERSION}", "kind": "TTSService", "name": owner.name,
             "uid": owner.uid, "controller": True, "blockOwnerDeletion": True,
         }],
     }
 
 
 def models_json(spec: TTSServiceSpec) -> str:
-    """`TTS_RUNTIME_MODELS_JSON`. The policy is left out on purpose: a policy edit must not change the pod
-    template (that would roll out); the agent applies `spec.residency` before the pod reports ready."""
-    model = spec.model
-    options = dict(model.options)
-    if model.source is not None and model.source.uri is not None:
-        options.setdefault("weights", model.source.uri)
-    elif model.source is not None and model.source.pvc is not None:
-        options.setdefault("weights", f"{WEIGHTS_DIR}/{model.source.pvc.sub_path}".rstrip("/"))
-    entry = {"name": model.name, "variant": model.variant, "backend": model.backend,
-             "factory": model.factory, "options": options}
+    """`TTS_RUNTIME_MODELS_JSON`: the runtime's `ModelSpec`, built (so validated) by the contract. The
+    policy is left out on purpose: a policy edit must not change the pod template (that would roll out);
+    the agent applies `spec.residency` before the pod reports ready."""
+    entry = spec.model.model_spec(WEIGHTS_DIR).model_dump(
+        mode="json", by_alias=True, include={"name", "variant", "backend", "factory", "options"})
     return json.dumps({"models": [entry]}, sort_keys=True, separators=(",", ":"))
 
 
@@ -276,7 +262,7 @@ def _sharing_pod(owner: Owner, pod_spec: Manifest, template_meta: Manifest) -> N
     if sharing.placement == "preferIdle":
         # The operator removes the gate once it has given the pod its preferred nodes (affinity can be set
         # only while a pod is gated).
-        pod_spec["schedulingGates"] = [{"name": ann.PLACEMENT_GATE}]
+        pod_spec["schedulingGates"] = [{"name": names.PLACEMENT_GATE}]
         if sharing.mode == "hami":
             annotations.update(dict.fromkeys(HAMI_POLICIES, "binpack"))  # onto GPUs peers already use
     if annotations:

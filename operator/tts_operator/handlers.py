@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -14,7 +13,9 @@ from typing import Any, cast
 
 import kopf
 
-from tts_operator import annotations as ann
+from tts_contract import annotations as ann
+from tts_contract import names
+from tts_operator import settings as settings_module
 from tts_operator.allocations import NO_DRA, ClaimAllocation, claim_allocation, dra_enabled
 from tts_operator.api import PATHS, Api, ApiError
 from tts_operator.builders import (
@@ -52,15 +53,12 @@ from tts_operator.status import PodInfo
 from tts_operator.statuswriter import Debouncer, ServiceKey, StatusWriter
 from tts_operator.written import ObservedPod, Written
 
-G, V, P = ann.GROUP, ann.VERSION, ann.PLURAL
+G, V, P = names.GROUP, names.VERSION, names.PLURAL
 MANAGED: dict[str, Any] = {
-    ann.MANAGED_BY_LABEL: ann.MANAGED_BY, ann.SERVICE_LABEL: kopf.PRESENT}
+    names.MANAGED_BY_LABEL: names.MANAGED_BY, names.SERVICE_LABEL: kopf.PRESENT}
 log = logging.getLogger(__name__)
-# A service's status is recomputed this long after the first event that may change it (a pod's report, a
-# spec change): the events of a storm within it are one write.
-STATUS_SECONDS = float(os.environ.get("RESIDENCY_STATUS_SECONDS", "0.5"))
-# The level check: children and pod annotations are compared with what they should be this often.
-RECHECK_SECONDS = float(os.environ.get("RESIDENCY_RECHECK_SECONDS", "30"))
+# Read once by `tts-operator run` before it imports this module (the timer's interval is fixed here).
+SETTINGS = settings_module.current()
 # How soon to look again when a child still belongs to a deleted TTSService of the same name.
 STALE_RETRY_SECONDS = 1.0
 # Stands in, for the sharing plan only, for an offload request that is served but not yet reported on.
@@ -106,8 +104,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.finalizer = f"{G}/finalizer"  # only used if a deletion handler ever appears
     settings.posting.level = logging.WARNING  # events for problems users must act on, not for every pass
     settings.watching.server_timeout = 600
-    memo["api"] = Api()
-    memo["images"] = Images.from_env()
+    memo["api"] = Api(SETTINGS.api_threads)
+    memo["images"] = Images(runtime=SETTINGS.runtime_image, agent=SETTINGS.agent_image,
+                            drain_seconds=SETTINGS.runtime_drain_seconds)
     memo["written"] = Written()
     memo["sharing"] = SharingPasses()
 
@@ -118,7 +117,7 @@ async def start_status(memo: kopf.Memo, **kw: Any) -> None:
     services, pods = _service_index(kw), _pod_index(kw)
     writer = StatusWriter(_api(memo), lambda key: list(services.get(key, [])),
                           lambda key: list(pods.get(key, [])))
-    memo["status"] = Debouncer(writer.write, STATUS_SECONDS)
+    memo["status"] = Debouncer(writer.write, SETTINGS.status_seconds)
 
 
 @kopf.on.cleanup()
@@ -132,7 +131,7 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 @kopf.index("pods", labels=MANAGED)
 def pods_by_service(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
                     ) -> dict[tuple[str, str], PodInfo]:
-    return {(namespace or "", labels[ann.SERVICE_LABEL]): ObservedPod.from_pod(body)}
+    return {(namespace or "", labels[names.SERVICE_LABEL]): ObservedPod.from_pod(body)}
 
 
 @kopf.index(G, V, P)
@@ -230,10 +229,10 @@ def _spread(memo: kopf.Memo, name: str, namespace: str | None, **_: Any) -> floa
     second, every interval after. Its status is brought up to date now: a new service shows a status at once,
     and that write is an event for kopf, which after a patch of its own conflicted waits for the next one."""
     _status(memo).mark((namespace or "", name))
-    return random.uniform(0.5, 1.5) * RECHECK_SECONDS
+    return random.uniform(0.5, 1.5) * SETTINGS.recheck_seconds
 
 
-@kopf.timer(G, V, P, interval=RECHECK_SECONDS, initial_delay=_spread)
+@kopf.timer(G, V, P, interval=SETTINGS.recheck_seconds, initial_delay=_spread)
 async def recheck_service(name: str, namespace: str | None, uid: str, spec: kopf.Spec, memo: kopf.Memo,
                           **kw: Any) -> None:
     """The level check: children compared with what the watches show (no reads), pods' policy, status."""
@@ -282,7 +281,7 @@ def _child_event(plural: str) -> None:
     def index_child(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
                     ) -> dict[tuple[str, str], dict[str, Any]]:
         """The level check compares children with these instead of reading them from the API server."""
-        return {(namespace or "", labels[ann.SERVICE_LABEL]): observed_part(body)}
+        return {(namespace or "", labels[names.SERVICE_LABEL]): observed_part(body)}
 
     @kopf.on.event(group, version, plural, labels=MANAGED, id=f"child-{plural}")
     async def child_changed(type: str, body: kopf.Body, namespace: str | None, labels: kopf.Labels,
@@ -307,7 +306,7 @@ async def _child_outcome(plural: str, type: str, body: kopf.Body, namespace: str
     meta = body.get("metadata") or {}
     if ref is None or (type == "MODIFIED" and meta.get("deletionTimestamp")):
         return "not ours or going"
-    service, ns = labels[ann.SERVICE_LABEL], namespace or ""
+    service, ns = labels[names.SERVICE_LABEL], namespace or ""
     entries = [e for e in _service_index(kw).get((ns, service), []) if e["uid"] == ref.get("uid")]
     if not entries or ref.get("name") != service:
         return "owner gone"
@@ -344,7 +343,7 @@ async def pod_changed(type: str, body: kopf.Body, namespace: str | None, labels:
     that the operator is done with a pod's version)."""
     services, pods_by_service, resolve = _service_index(kw), _pod_index(kw), _resolver(kw)
     api, written = _api(memo), _written(memo)
-    service = labels[ann.SERVICE_LABEL]
+    service = labels[names.SERVICE_LABEL]
     entries = list(services.get((namespace or "", service), []))
     pod = ObservedPod.from_pod(body)
     _status(memo).mark((namespace or "", service))
@@ -405,7 +404,7 @@ async def _place_gated(api: Api, memo: kopf.Memo, pods: list[PodInfo], kw: dict[
         if observed is None:
             continue
         spec = observed.get("spec") or {}
-        gates = [g for g in spec.get("schedulingGates") or [] if g.get("name") != ann.PLACEMENT_GATE]
+        gates = [g for g in spec.get("schedulingGates") or [] if g.get("name") != names.PLACEMENT_GATE]
         if len(gates) == len(spec.get("schedulingGates") or []):
             continue  # already placed
         patch: dict[str, Any] = {"metadata": {"resourceVersion": observed["metadata"]["resourceVersion"]},

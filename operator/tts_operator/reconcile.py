@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tts_operator import annotations as ann
+from tts_contract import annotations as ann
 from tts_operator.api import Api, ApiError
 from tts_operator.builders import Images, Manifest, Owner, build_children, claim_template_name, differs
 from tts_operator.spec import TTSServiceSpec

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
-from tts_operator import annotations as ann
+from tts_contract import Policy, Verb
+from tts_contract import annotations as ann
 from tts_operator.allocations import ClaimAllocation, Device
 from tts_operator.status import PodInfo
 
@@ -71,23 +72,19 @@ def with_claims(pod: PodInfo, lookup: ClaimLookup) -> PodInfo:
 
 
 def _priority(pod: PodInfo) -> int:
-    policy = ann.parse(ann.PolicyValue, pod.policy)
     models = pod.residency.models if pod.residency is not None else []
-    found = [m.policy.priority for m in models if m.policy is not None]
-    return max(found) if found else (policy.priority if policy is not None else 0)
+    if models:
+        return max(m.policy.priority for m in models)
+    policy = ann.parse(Policy, pod.policy)
+    return policy.priority if policy is not None else 0
 
 
 def _idle_bytes(pod: PodInfo, max_priority: int) -> int:
-    """GPU bytes this pod could free now: idle, unpinned models at or below `max_priority`."""
+    """GPU bytes this pod could free now: idle and freeable models at or below `max_priority`."""
     if pod.residency is None:
         return 0
-    total = 0
-    for model in pod.residency.models:
-        policy = model.policy or ann.parse(ann.PolicyValue, pod.policy) or ann.PolicyValue.model_validate({})
-        idle = model.state == "gpu" and model.leases == 0
-        if idle and not policy.pinned and policy.priority <= max_priority:
-            total += model.vram_bytes
-    return total
+    return sum(m.vram_bytes for m in pod.residency.models
+               if m.freeable(Verb.OFFLOAD) and m.policy.priority <= max_priority)
 
 
 def request_id(peer: PodInfo) -> str:
@@ -180,7 +177,7 @@ def plan_gpu_sharing(pods: list[PodInfo], budgets: Mapping[str, int | None], now
             # The runtime reports all the model needs; what is already free on the GPU need not be freed.
             free = demander.residency.gpu.free_bytes if demander.residency.gpu is not None else 0
             need = sum(m.gpu_demand_bytes for m in wanted) - free
-            ceiling = max((m.policy.priority if m.policy else _priority(demander)) for m in wanted)
+            ceiling = max(m.policy.priority for m in wanted)
             # Requests still pending (from an earlier pass or another demander) are already freeing memory:
             # counting them keeps every later pass from asking one more peer for the same shortfall.
             freed = sum(_idle_bytes(p, ceiling) for p in members if p is not demander and p.key in asked)

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from kubernetes.utils import parse_quantity
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tts_operator.annotations import PolicyValue
-
-# Env names the operator sets itself; a user value would silently break the pod.
-RESERVED_ENV = ("TTS_RUNTIME_MODELS_JSON", "TTS_RUNTIME_ADMIN_TOKEN", "TTS_RUNTIME_ADMIN_TOKEN_FILE",
-                "TTS_RUNTIME_GPU_MEMORY_BUDGET_BYTES", "POD_NAME", "POD_NAMESPACE")
-# Children append "-agent" (6 chars) to the name and must stay valid DNS labels (63).
-MAX_NAME_LENGTH = 57
-_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+from tts_contract import MAX_SERVICE_NAME_LENGTH, RESERVED_ENV, Policy, ServiceModel
 
 
 class InvalidSpecError(ValueError):
@@ -24,41 +16,6 @@ class InvalidSpecError(ValueError):
 
 class _Spec(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
-
-
-class PvcSource(_Spec):
-    claim_name: str = Field(alias="claimName", min_length=1)
-    sub_path: str = Field("", alias="subPath")
-
-
-class ModelSource(_Spec):
-    """Where the weights come from: a URI the runtime fetches (hf://, https://) or a PVC mounted read-only."""
-
-    uri: str | None = None
-    pvc: PvcSource | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> ModelSource:
-        if (self.uri is None) == (self.pvc is None):
-            raise ValueError("set exactly one of model.source.uri or model.source.pvc")
-        return self
-
-
-class ModelSpec(_Spec):
-    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
-    variant: str = "base"
-    backend: Literal["hibari", "torch", "plugin"] = "hibari"
-    factory: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
-    source: ModelSource | None = None
-
-    @model_validator(mode="after")
-    def _plugin_needs_factory(self) -> ModelSpec:
-        if self.backend == "plugin" and not self.factory:
-            raise ValueError("model.factory ('module:callable') is required when model.backend is 'plugin'")
-        if self.factory is not None and not _FACTORY.match(self.factory):
-            raise ValueError(f"model.factory must look like 'module:callable', got {self.factory!r}")
-        return self
 
 
 MIB = 2**20
@@ -176,26 +133,18 @@ class EnvVar(_Spec):
 
 
 class TTSServiceSpec(_Spec):
-    model: ModelSpec
+    model: ServiceModel
     image: str | None = None
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         None, alias="imagePullPolicy")
     replicas: int = Field(1, ge=0, le=100)
     gpu: GpuSpec = Field(default_factory=lambda: GpuSpec.model_validate({}))
-    residency: PolicyValue = Field(default_factory=lambda: PolicyValue.model_validate({}))
+    residency: Policy = Field(default_factory=lambda: Policy.model_validate({}))
     port: int = Field(8000, ge=1, le=65535)
     resources: dict[str, Any] = Field(default_factory=dict)
     node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     env: list[EnvVar] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _release_after_offload(self) -> TTSServiceSpec:
-        policy = self.residency
-        if (not policy.offload_after_use and policy.idle_release_seconds
-                and policy.idle_release_seconds < policy.idle_offload_seconds):
-            raise ValueError("residency.idleReleaseSeconds must be 0 (never) or at least idleOffloadSeconds")
-        return self
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -205,8 +154,9 @@ def _location(loc: tuple[int | str, ...]) -> str:
 def parse_spec(raw: Any, name: str = "") -> TTSServiceSpec:
     """The spec, or InvalidSpecError listing every problem as `spec.<field>: <what to fix>`."""
     problems: list[str] = []
-    if name and len(name) > MAX_NAME_LENGTH:
-        problems.append(f"metadata.name: at most {MAX_NAME_LENGTH} characters (children add suffixes)")
+    if name and len(name) > MAX_SERVICE_NAME_LENGTH:
+        problems.append(
+            f"metadata.name: at most {MAX_SERVICE_NAME_LENGTH} characters (children add suffixes)")
     try:
         spec = TTSServiceSpec.model_validate(raw if raw is not None else {})
     except ValidationError as exc:

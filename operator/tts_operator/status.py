@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from tts_operator import annotations as ann
+from tts_contract import annotations as ann
+from tts_contract import names
 from tts_operator.allocations import HAMI_ALLOCATED, HAMI_NODE, Device, hami_devices, pod_claims
 
 Conditions = list[dict[str, Any]]
@@ -47,13 +48,13 @@ class PodInfo:
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
         return cls(
             namespace=meta.get("namespace", ""), name=meta.get("name", ""),
-            service=(meta.get("labels") or {}).get(ann.SERVICE_LABEL, ""),
+            service=(meta.get("labels") or {}).get(names.SERVICE_LABEL, ""),
             node=(body.get("spec") or {}).get("nodeName"), ready=ready,
             terminating=bool(meta.get("deletionTimestamp")),
             residency=ann.parse(ann.ResidencyValue, notes.get(ann.RESIDENCY)),
             policy=notes.get(ann.POLICY), gpu_share=notes.get(ann.GPU_SHARE),
             offload_request=notes.get(ann.OFFLOAD_REQUEST),
-            gated=any(g.get("name") == ann.PLACEMENT_GATE
+            gated=any(g.get("name") == names.PLACEMENT_GATE
                       for g in (body.get("spec") or {}).get("schedulingGates") or []),
             hami=hami_devices(notes.get(HAMI_ALLOCATED)), hami_node=notes.get(HAMI_NODE),
             claims=pod_claims(body),

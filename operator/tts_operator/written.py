@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from tts_operator import annotations as ann
+from tts_contract import annotations as ann
 from tts_operator.status import PodInfo
 
 # The annotations the operator writes, and the PodInfo field that holds what the watch shows of each.

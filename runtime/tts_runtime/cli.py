@@ -9,10 +9,16 @@ import sys
 from types import FrameType
 from typing import TYPE_CHECKING
 
-import uvicorn
 from pydantic import ValidationError
 
-from tts_runtime.settings import VERSION, ConfigError, Settings
+from tts_contract.extras import missing_extra
+
+try:
+    import uvicorn
+
+    from tts_runtime.settings import VERSION, ConfigError, Settings
+except ModuleNotFoundError as err:  # `pip install .` without [runtime]
+    raise SystemExit(missing_extra(err, "tts-runtime", "runtime")) from None
 
 if TYPE_CHECKING:
     from tts_runtime.server.state import Drain

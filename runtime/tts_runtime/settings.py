@@ -8,12 +8,12 @@ import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tts_contract import ModelSpec, PolicyPatch
 from tts_runtime import __version__
-from tts_runtime.engine.spec import ModelsFileError, ModelSpec, load_model_specs, parse_model_specs
-from tts_runtime.residency import PolicyPatch
+from tts_runtime.engine.models_file import ModelsFileError, load_model_specs, parse_model_specs
 
 VERSION = __version__
 
@@ -99,8 +99,12 @@ class Settings(BaseSettings):
             parse_model_specs([spec.to_json() for spec in specs], source="models")
         except ModelsFileError as err:
             raise ConfigError(str(err)) from err
-        patch = self.policy_patch()
-        return [spec.model_copy(update={"policy": spec.policy.merged(patch)}) for spec in specs]
+        try:
+            patch = self.policy_patch()
+            return [spec.model_copy(update={"policy": spec.policy.merged(patch)}) for spec in specs]
+        except ValidationError as err:
+            problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in err.errors())
+            raise ConfigError(f"policy settings (--offload-after-use, --idle-*): {problems}") from None
 
     def resolve_admin_token(self) -> str | None:
         """The admin token: given directly, read from the token file, or generated into it (0600)."""

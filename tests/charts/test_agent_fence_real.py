@@ -18,7 +18,8 @@ from realchart import as_token, installed, pod_token, release_name, token
 
 from support.cluster import ROOT, Cluster
 from support.procs import wait_for
-from tts_operator import annotations as ann
+from tts_contract import annotations as ann
+from tts_contract import names
 from tts_operator.builders import Images, Owner, build_children
 from tts_operator.spec import parse_spec
 
@@ -54,7 +55,7 @@ def fenced(kube_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> I
 
             def pods() -> list[str]:
                 items = kube_cluster.json("get", "pods", "-n", namespace, "-l",
-                                          f"{ann.SERVICE_LABEL}=hibari")["items"]
+                                          f"{names.SERVICE_LABEL}=hibari")["items"]
                 return sorted(p["metadata"]["name"] for p in items)
 
             own, other = wait_for(lambda: (found := pods()) and len(found) == 2 and found, timeout=60,
@@ -115,10 +116,10 @@ def test_agent_is_refused_another_pods_annotations(fenced: Fenced) -> None:
 
 def test_agent_is_refused_its_own_labels(fenced: Fenced) -> None:
     done = fenced.agent.kubectl("label", "pod", fenced.own, "-n", fenced.namespace,
-                                f"{ann.SERVICE_LABEL}=other", "--overwrite", check=False)
+                                f"{names.SERVICE_LABEL}=other", "--overwrite", check=False)
     _refused((done.returncode == 0, done.stderr), "may not change its pod's spec, labels")
     labels = fenced.admin.json("get", "pod", fenced.own, "-n", fenced.namespace)["metadata"]["labels"]
-    assert labels[ann.SERVICE_LABEL] == "hibari"
+    assert labels[names.SERVICE_LABEL] == "hibari"
 
 
 def test_agent_is_refused_its_own_spec(fenced: Fenced) -> None:

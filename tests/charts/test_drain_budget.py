@@ -9,6 +9,7 @@ import pytest
 from chartlib import objects, one, render
 
 from tts_operator.builders import Images, Owner, build_deployment
+from tts_operator.settings import OperatorSettings
 from tts_operator.spec import parse_spec
 from tts_runtime.settings import Settings
 
@@ -28,7 +29,10 @@ def test_the_chart_operator_and_runtime_agree_on_the_drain(
     assert float(drain) == values.get("runtime", {}).get("drainSeconds", 30)
 
     monkeypatch.setenv("RESIDENCY_RUNTIME_DRAIN_SECONDS", drain)  # what the operator pod sees
-    pod = build_deployment(_owner(), Images.from_env())["spec"]["template"]["spec"]
+    read = OperatorSettings()  # what the operator reads at start
+    images = Images(runtime=read.runtime_image, agent=read.agent_image,
+                    drain_seconds=read.runtime_drain_seconds)
+    pod = build_deployment(_owner(), images)["spec"]["template"]["spec"]
     runtime = next(c for c in pod["containers"] if c["name"] == "runtime")
     runtime_env = {e["name"]: e.get("value") for e in runtime["env"]}
     settings = Settings(drain_timeout_seconds=runtime_env["TTS_RUNTIME_DRAIN_TIMEOUT_SECONDS"])

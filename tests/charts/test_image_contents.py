@@ -17,6 +17,7 @@ from packaging.utils import canonicalize_name
 
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 SOURCE_ROOTS = {
+    "tts_contract": REPO / "contract" / "tts_contract",
     "tts_runtime": REPO / "runtime" / "tts_runtime",
     "tts_operator": REPO / "operator" / "tts_operator",
 }

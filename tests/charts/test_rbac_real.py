@@ -20,7 +20,8 @@ from realchart import Grant, as_token, grants, installed, pod_token, release_nam
 
 from support.cluster import ROOT, Cluster
 from support.procs import Process, executable, free_port, start_runtime, wait_for
-from tts_operator import annotations as ann
+from tts_contract import annotations as ann
+from tts_contract import names
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +90,7 @@ def test_operator_holds_exactly_what_it_sends(kube_cluster: Cluster, namespace: 
 def _children(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for kind in ("deployment", "service", "serviceaccount", "role", "rolebinding"):
-        items = cluster.json("get", kind, "-n", namespace, "-l", f"{ann.SERVICE_LABEL}=hibari")["items"]
+        items = cluster.json("get", kind, "-n", namespace, "-l", f"{names.SERVICE_LABEL}=hibari")["items"]
         for item in items:
             found[f"{kind}/{item['metadata']['name']}"] = item
     return found
@@ -97,7 +98,7 @@ def _children(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
 
 def _pods(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = cluster.json(
-        "get", "pods", "-n", namespace, "-l", f"{ann.SERVICE_LABEL}=hibari")["items"]
+        "get", "pods", "-n", namespace, "-l", f"{names.SERVICE_LABEL}=hibari")["items"]
     return [p for p in items if not p["metadata"].get("deletionTimestamp")]
 
 

@@ -24,12 +24,13 @@ import yaml
 from support.cluster import TEST_LABEL
 from support.cluster import Cluster as KubeCluster
 from support.procs import Process, executable, free_port, start_runtime, wait_for
-from tts_operator import annotations as ann
+from tts_contract import Policy, names
+from tts_contract import annotations as ann
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-GROUP, VERSION, PLURAL = ann.GROUP, ann.VERSION, ann.PLURAL
+GROUP, VERSION, PLURAL = names.GROUP, names.VERSION, names.PLURAL
 
 
 class Cluster:
@@ -78,7 +79,7 @@ class Cluster:
 
     def pods(self, service: str) -> list[dict[str, Any]]:
         response = self.core.list_namespaced_pod(
-            self.namespace, label_selector=f"{ann.SERVICE_LABEL}={service}", _preload_content=False
+            self.namespace, label_selector=f"{names.SERVICE_LABEL}={service}", _preload_content=False
         )
         items: list[dict[str, Any]] = json.loads(response.data)["items"]
         return items
@@ -186,7 +187,7 @@ def test_operator_agent_and_runtime_on_a_real_cluster(cluster: Cluster, tmp_path
         wait_for(
             lambda: (
                 cluster.apps.list_namespaced_deployment(
-                    cluster.namespace, label_selector=f"{ann.SERVICE_LABEL}={name}"
+                    cluster.namespace, label_selector=f"{names.SERVICE_LABEL}={name}"
                 ).items
             ),
             timeout=60,
@@ -278,8 +279,8 @@ def test_operator_agent_and_runtime_on_a_real_cluster(cluster: Cluster, tmp_path
         wait_for(
             lambda: (
                 (
-                    ann.parse(ann.PolicyValue, cluster.pod_annotations(pod_name).get(ann.POLICY))
-                    or ann.PolicyValue()
+                    ann.parse(Policy, cluster.pod_annotations(pod_name).get(ann.POLICY))
+                    or Policy()
                 ).idle_offload_seconds
                 == 321
             ),

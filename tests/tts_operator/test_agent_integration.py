@@ -14,7 +14,8 @@ import pytest
 
 from support.kube import KubeAPI, OperatorProcess, PodVersions, make_pod
 from support.procs import Process, RuntimeProcess, executable, free_port, start_runtime
-from tts_operator import annotations as ann
+from tts_contract import annotations as ann
+from tts_contract import names
 
 pytestmark = pytest.mark.slow
 
@@ -281,7 +282,7 @@ def test_operator_status_and_policy_follow_a_real_agent_and_runtime(
     """The whole loop: runtime, agent, pod annotation, operator status; and spec, operator, agent, runtime."""
     run_operator(RESIDENCY_STATUS_SECONDS="0.5", RESIDENCY_RECHECK_SECONDS="2")
     service = {
-        "apiVersion": f"{ann.GROUP}/{ann.VERSION}",
+        "apiVersion": f"{names.GROUP}/{names.VERSION}",
         "kind": "TTSService",
         "metadata": {"name": "voice"},
         "spec": {"model": {"name": "hibari"}, "replicas": 1},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, cast
 
-from tts_operator import annotations as ann
+from tts_contract import annotations as ann
 from tts_operator.agent.loop import Agent, Timing
 from tts_operator.agent.pod_client import PodClient
 from tts_operator.agent.runtime_client import RuntimeClient

@@ -93,7 +93,8 @@ def test_bad_spec_is_refused_by_the_server_with_every_reason(kube_api: KubeAPI) 
                                             f"{kube_api.namespace}/ttsservices", bad)
     assert status == 422, body
     message = body["message"]
-    assert "spec.replicas" in message and "model.factory ('module:callable') is required" in message, message
+    assert "spec.replicas" in message, message
+    assert "model.factory ('package.module:callable') is required" in message, message
     assert kube_api.get("ttsservices", None, "voice") is None
 
 

@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import pytest
 
-from tts_operator import annotations as ann
+from tts_contract import annotations as ann
 from tts_operator.api import Api, ApiError
 from tts_operator.status import PodInfo
 from tts_operator.statuswriter import Debouncer, ServiceKey, StatusWriter

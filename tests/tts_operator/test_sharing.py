@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from tts_operator import annotations as ann
+from tts_contract import annotations as ann
 from tts_operator.sharing import Touched, plan_gpu_sharing
 from tts_operator.status import PodInfo
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tts_operator import annotations as ann
+from tts_contract import annotations as ann
 from tts_operator.allocations import MIB, ClaimAllocation, Device, claim_allocation, hami_devices, pod_claims
 from tts_operator.builders import (
     CLAIM_SPEC,

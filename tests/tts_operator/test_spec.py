@@ -16,7 +16,7 @@ def test_defaults() -> None:
 @pytest.mark.parametrize(("raw", "expected"), [
     ({}, "spec.model: Field required"),
     ({"model": {"name": "x"}, "replicas": -1}, "spec.replicas"),
-    ({"model": {"name": "x", "backend": "plugin"}}, "model.factory ('module:callable') is required"),
+    ({"model": {"name": "x", "backend": "plugin"}}, "backend 'plugin' needs factory"),
     ({"model": {"name": "x", "backend": "onnx"}}, "spec.model.backend"),
     ({"model": {"name": "x", "source": {}}}, "exactly one of model.source.uri or model.source.pvc"),
     ({"model": {"name": "x"}, "port": 70000}, "spec.port"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from tts_operator import annotations as ann
+from tts_contract import annotations as ann
 from tts_operator.status import PodInfo, aggregate, human_bytes, set_condition, status_changed
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tts_operator import annotations as ann
+from tts_contract import annotations as ann
 from tts_operator.written import ObservedPod, Written
 
 SHARE, REQUEST = ann.GPU_SHARE, ann.OFFLOAD_REQUEST

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from tts_runtime.engine import Engine, ManualClock, ModelSpec
+from tts_contract import ModelSpec
+from tts_runtime.engine import Engine, ManualClock
 from tts_runtime.engine.lease import Transition
 
 TINY = "tts_runtime.testing.tiny:factory"

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tts_runtime.engine import ModelSpec
+from tts_contract import ModelSpec
 from tts_runtime.engine.backends import Blob
+from tts_runtime.engine.errors import InvalidRequestError
 from tts_runtime.engine.hibari_backend import CPU_ONLY, HibariBackend, available_voices, deep_sizeof
-from tts_runtime.residency import InvalidRequestError
 
 TEXT = "Good morning, Zorblatt."  # an unknown word: the OOV net runs too
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tts_runtime.engine import ModelSpec
+from tts_contract import ModelSpec
 from tts_runtime.engine.backends import Blob, GpuOutOfMemory
 from tts_runtime.engine.torch_backend import TorchBackend, modules_of
 from tts_runtime.testing.tiny import TinyPlugin, TinyTTS

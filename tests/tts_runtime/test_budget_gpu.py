@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from tts_runtime.engine import FakeGpu, ManualClock, ModelSpec
+from tts_contract import ModelSpec, Policy, State, Verb
+from tts_runtime.engine import FakeGpu, ManualClock
 from tts_runtime.engine.backends import Stats
 from tts_runtime.engine.budget import GpuBudget
+from tts_runtime.engine.errors import InsufficientGpuMemoryError
 from tts_runtime.engine.slot import Slot
-from tts_runtime.residency import InsufficientGpuMemoryError, Policy, State, Verb
 
 MB = 1 << 20
 

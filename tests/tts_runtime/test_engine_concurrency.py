@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from tts_contract import PolicyPatch, State, Verb
 from tts_runtime.engine import Engine
-from tts_runtime.residency import BusyError, InvalidRequestError, PolicyPatch, State, Verb
+from tts_runtime.engine.errors import BusyError, InvalidRequestError
 from tts_runtime.testing.tiny import TinyTTS
 
 

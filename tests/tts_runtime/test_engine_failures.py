@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from tts_contract import State, Verb
 from tts_runtime.engine import Engine, FakeGpu
-from tts_runtime.residency import InsufficientGpuMemoryError, ModelLoadError, State, Verb
+from tts_runtime.engine.errors import InsufficientGpuMemoryError, ModelLoadError
 
 FAULTS = "tts_runtime.testing.faults"
 MB = 1 << 20

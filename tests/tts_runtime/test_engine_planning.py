@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from tts_contract import Policy, State, Verb
 from tts_runtime.engine.planning import SlotView, choose_victims, plan_idle, retry_backoff
-from tts_runtime.residency import Policy, State, Verb
 
 
 def view(name: str = "m", state: State = State.GPU, idle: float = 0.0, **kw: object) -> SlotView:

@@ -18,7 +18,8 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys
     from fastapi.testclient import TestClient
-    from tts_runtime.engine import Engine, ModelSpec
+    from tts_runtime.engine import Engine
+    from tts_contract import ModelSpec
     from tts_runtime.server import create_app
     from tts_runtime.settings import Settings
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tts_runtime.engine import ModelsFileError, ModelSpec, load_model_specs, spec_from_cli
+from tts_contract import ModelSpec
+from tts_runtime.engine.models_file import ModelsFileError, load_model_specs, spec_from_cli
 
 
 def test_json_text_with_camel_case_and_policy() -> None:

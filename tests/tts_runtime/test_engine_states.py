@@ -5,15 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tts_contract import PolicyPatch, State, Verb
 from tts_runtime.engine import Engine
-from tts_runtime.residency import (
-    InvalidRequestError,
-    InvalidTransitionError,
-    PolicyPatch,
-    State,
-    UnknownModelError,
-    Verb,
-)
+from tts_runtime.engine.errors import InvalidRequestError, InvalidTransitionError, UnknownModelError
 
 
 def states(engine: Engine) -> dict[str, str]:
@@ -116,7 +110,7 @@ def test_policy_changes_at_run_time(make_engine, tiny_spec, clock) -> None:
     e.tick()
     assert states(e)["tiny"] == "cpu"
     assert e.model_report("tiny").policy.idle_offload_seconds == 10
-    e.set_policy("tiny", PolicyPatch(pinned=True, idleReleaseSeconds=1))
+    e.set_policy("tiny", PolicyPatch(pinned=True, idleReleaseSeconds=10))
     clock.advance(1000)
     e.tick()
     assert states(e)["tiny"] == "cpu"  # pinned: never moved automatically
@@ -166,7 +160,7 @@ def test_bad_requests_are_client_errors_and_leave_the_model_alone(make_engine, t
 
 
 def test_release_while_leased_waits_then_times_out(make_engine, tiny_spec) -> None:
-    from tts_runtime.residency import BusyError
+    from tts_runtime.engine.errors import BusyError
 
     e = make_engine([tiny_spec()])
     with e.lease("tiny"):
@@ -178,7 +172,7 @@ def test_release_while_leased_waits_then_times_out(make_engine, tiny_spec) -> No
 
 
 def test_shutdown_refuses_new_leases_and_releases_everything(tiny_spec) -> None:
-    from tts_runtime.residency import BusyError
+    from tts_runtime.engine.errors import BusyError
 
     e = Engine([tiny_spec()], device="cpu")
     e.start()

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from support.procs import wait_for
+from tts_contract import PolicyPatch, State, Verb
 from tts_runtime.engine import Engine
+from tts_runtime.engine.errors import InsufficientGpuMemoryError
 from tts_runtime.engine.gpu import FakeGpu
 from tts_runtime.engine.lifecycle import process_state, sweep_stale_blocks
-from tts_runtime.residency import InsufficientGpuMemoryError, PolicyPatch, State, Verb
 
 FAULTS = "tts_runtime.testing.faults"
 KEEP = {"offloadAfterUse": False}
@@ -66,7 +67,8 @@ def test_a_worker_ignores_sigterm_and_sigint_sent_to_the_group(make_engine, tiny
 DIES = textwrap.dedent(
     """
     import os, signal, sys, threading
-    from tts_runtime.engine import Engine, ModelSpec
+    from tts_runtime.engine import Engine
+    from tts_contract import ModelSpec
     spec = ModelSpec(name="tiny", backend="torch", factory="tts_runtime.testing.faults:hanging_factory",
                      policy={"offloadAfterUse": False})
     e = Engine([ModelSpec(name="ok", backend="torch", factory="tts_runtime.testing.tiny:factory",
@@ -143,8 +145,9 @@ SMALL_SHM = textwrap.dedent(
     """
     import logging, os, sys
     logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
-    from tts_runtime.engine import Engine, ModelSpec
-    from tts_runtime.residency import State
+    from tts_runtime.engine import Engine
+    from tts_contract import ModelSpec
+    from tts_contract import State
     spec = ModelSpec(name="big", backend="torch", factory="tts_runtime.testing.tiny:factory",
                      options={"size_bytes": 8 << 20}, cpu_mode="exit-worker",
                      policy={"offloadAfterUse": False})
@@ -309,8 +312,8 @@ def test_a_release_of_an_unloaded_model_is_no_transition(make_engine, tiny_spec,
 
 
 def test_hibari_reports_the_gpu_it_was_given_not_gpu_0() -> None:
+    from tts_contract import ModelSpec
     from tts_runtime.engine.hibari_backend import CUDA, HibariBackend
-    from tts_runtime.engine.spec import ModelSpec
 
     backend = HibariBackend(ModelSpec(name="hibari"), "cuda:1")
     # What a session on the CUDA provider leaves behind (no GPU on this host to build a real one).

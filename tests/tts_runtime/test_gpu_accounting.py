@@ -7,12 +7,12 @@ import os
 import pytest
 
 from support.fake_nvml import FakeNvml
-from tts_runtime.engine import ModelSpec, NvmlProbe
+from tts_contract import ModelSpec, Policy, State
+from tts_runtime.engine import NvmlProbe
 from tts_runtime.engine.backends import Stats
 from tts_runtime.engine.gpu import identify_self
 from tts_runtime.engine.reporting import gpu_pids, model_report
 from tts_runtime.engine.slot import Slot
-from tts_runtime.residency import Policy, State
 
 GIB = 1 << 30
 HOST_PID = 4_182_733  # how the host numbers our worker; inside the pod it is a small number

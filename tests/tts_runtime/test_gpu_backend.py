@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tts_runtime.engine import ModelSpec
+from tts_contract import ModelSpec
 from tts_runtime.engine.backends import GpuOutOfMemory
 from tts_runtime.engine.torch_backend import TorchBackend
 

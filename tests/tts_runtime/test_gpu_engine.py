@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tts_runtime.engine import Engine, ModelSpec, NvmlProbe
-from tts_runtime.residency import State
+from tts_contract import ModelSpec, State
+from tts_runtime.engine import Engine, NvmlProbe
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 SIZE = 512 << 20

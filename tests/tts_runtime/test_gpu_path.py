@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tts_runtime.engine import Engine, ModelSpec, NvmlProbe
-from tts_runtime.residency import State
+from tts_contract import ModelSpec, State
+from tts_runtime.engine import Engine, NvmlProbe
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 SIZE = 256 << 20
@@ -72,7 +72,7 @@ def test_the_workspace_a_model_used_is_measured_and_counted() -> None:
         e.offload("tiny")
         s = e._slots["tiny"]
         assert s.workspace_bytes > 0
-        from tts_runtime.residency import Verb
+        from tts_contract import Verb
 
         assert e._verbs.budget.needed(s, Verb.RESTORE) == s.known_bytes + s.workspace_bytes
     finally:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tts_contract import ModelReport, Policy, ResidencyReport, State, Verb
 from tts_runtime.engine import Transition
-from tts_runtime.residency import ModelReport, Policy, ResidencyReport, State, Verb
 from tts_runtime.server.metrics import Metrics
 
 

@@ -243,6 +243,34 @@ async def test_policy_is_patched_partially_in_camel_case() -> None:
         )
 
 
+@pytest.mark.parametrize("body", [
+    '{"idleReleaseSeconds": null}', '{"idleOffloadSeconds": 1e999}', '{"idleOffloadSeconds": Infinity}',
+    '{"idleReleaseSeconds": NaN}', '{"priority": 5000}', '{"pinned": "yes"}', '{"priority": 2.5}',
+    '{"offloadAfterUse": false, "idleReleaseSeconds": 5}'])
+async def test_a_policy_the_contract_refuses_is_a_400_and_changes_nothing(body: str) -> None:
+    """Every write path validates with the contract's rules: nothing a monitor pass cannot plan is stored."""
+    async with running(tiny_settings()) as (_, client):
+        before = (await client.get("/v1/models/tiny/policy")).json()
+        response = await client.put("/v1/models/tiny/policy", content=body,
+                                    headers={"content-type": "application/json"})
+        assert_error(response, 400)
+        assert (await client.get("/v1/models/tiny/policy")).json() == before
+        # The idle monitor still works: a use is followed by the offload-after-use, and status answers.
+        assert (await speak(client)).status_code == 200
+        await wait_for(client, "cpu")
+        assert (await client.get("/gpu/status")).status_code == 200
+
+
+async def test_legacy_timeout_that_breaks_the_release_rule_changes_no_model() -> None:
+    async with running(tiny_settings()) as (_, client):
+        policy = {"offloadAfterUse": False, "idleOffloadSeconds": 60, "idleReleaseSeconds": 120}
+        put = await client.put("/v1/models/tiny/policy", json=policy)
+        assert put.status_code == 200, put.text
+        assert_error(await client.post("/gpu/timeout", json={"timeout": 600}), 400, "idleReleaseSeconds")
+        assert_error(await client.post("/gpu/timeout", json={"timeout": "1e999"}), 400, "timeout")
+        assert (await client.get("/v1/models/tiny/policy")).json()["idleOffloadSeconds"] == 60
+
+
 async def test_requests_in_flight_finish_across_an_offload_and_a_policy_change() -> None:
     async with running(tiny_settings(delay=0.6)) as (_, client):
         request = asyncio.ensure_future(speak(client, response_format="pcm"))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from test_cuda_checkpoint import FakeDriver
 
+from tts_contract import State
 from tts_runtime.engine.cuda_checkpoint import CUDA_ERROR_TIMEOUT, Probe, ProcessState, Suspender
-from tts_runtime.residency import State, WorkerCrashedError
+from tts_runtime.engine.errors import WorkerCrashedError
 
 pytestmark = pytest.mark.slow
 

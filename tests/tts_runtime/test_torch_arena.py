@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from tts_runtime.engine import ModelSpec
+from tts_contract import ModelSpec
 from tts_runtime.engine.backends import Blob
 from tts_runtime.engine.torch_backend import GRAPHS, StaleGraphError, TorchBackend
 

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tts_runtime.engine import Engine, ModelSpec
-from tts_runtime.engine.worker import WorkerExecutor
-from tts_runtime.residency import (
+from tts_contract import ModelSpec, State
+from tts_runtime.engine import Engine
+from tts_runtime.engine.errors import (
     InsufficientGpuMemoryError,
     InvalidRequestError,
     ModelLoadError,
-    State,
     WorkerCrashedError,
 )
+from tts_runtime.engine.worker import WorkerExecutor
 
 pytestmark = pytest.mark.slow
 FAULTS = "tts_runtime.testing.faults"
@@ -147,7 +147,7 @@ def test_worker_load_hanging_past_its_timeout_is_stopped(make_engine, tiny_spec)
 
 
 def test_hibari_in_a_worker(make_engine) -> None:
-    from tts_runtime.engine import ModelSpec
+    from tts_contract import ModelSpec
 
     e = make_engine([ModelSpec(name="hibari", policy=KEEP)])
     assert "heart" in e.model_report("hibari").voices

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tts_operator.agent.cli import add_arguments, run
+from tts_operator.agent.cli import run_agent
+from tts_operator.settings import AgentSettings, add_flags
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="tts-operator agent", description="Residency agent sidecar")
-    add_arguments(parser)
-    return run(parser.parse_args())
+    add_flags(parser, AgentSettings)
+    return run_agent(parser, parser.parse_args())
 
 
 if __name__ == "__main__":

@@ -4,59 +4,27 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
 from pathlib import Path
 from types import FrameType
 
+from tts_contract.extras import missing_extra
+from tts_operator.settings import AgentSettings, from_args
+
 log = logging.getLogger("tts_operator.agent")
 
-DEFAULT_RUNTIME_URL = "http://127.0.0.1:8000"
-DEFAULT_TOKEN_FILE = "/var/run/residency/admin-token"
+def run_agent(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The agent with the settings read once from the environment and the flags; or the message naming
+    the missing extra when installed without [operator]."""
+    try:
+        return run(from_args(parser, AgentSettings, args))
+    except ModuleNotFoundError as err:
+        raise SystemExit(missing_extra(err, "tts-operator agent", "operator")) from None
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {text}")
-    return value
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The agent's options; defaults come from the downward API so the pod spec needs no arguments."""
-    parser.add_argument("--pod", default=os.environ.get("POD_NAME"), help="own pod name (env POD_NAME)")
-    parser.add_argument(
-        "--namespace", default=os.environ.get("POD_NAMESPACE"), help="own pod namespace (env POD_NAMESPACE)"
-    )
-    parser.add_argument("--runtime-url", default=DEFAULT_RUNTIME_URL, help="the runtime over localhost")
-    parser.add_argument(
-        "--admin-token-file",
-        default=os.environ.get("RESIDENCY_ADMIN_TOKEN_FILE", DEFAULT_TOKEN_FILE),
-        help="bearer token for the runtime's admin routes, written by the runtime at its start "
-        "(env RESIDENCY_ADMIN_TOKEN_FILE)",
-    )
-    parser.add_argument(
-        "--health-port", type=int, default=8081, help="/healthz and /readyz (0: any free port)"
-    )
-    parser.add_argument("--health-host", default="0.0.0.0", help="address of the probe server")
-    parser.add_argument(
-        "--min-publish-interval",
-        type=_positive,
-        default=1.0,
-        help="seconds between two writes of the residency annotation (the latest state always follows)",
-    )
-    parser.add_argument(
-        "--log-level",
-        type=str.upper,
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        default=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        help="log verbosity (env LOG_LEVEL)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
+def run(args: AgentSettings) -> int:
     """Run the agent until SIGTERM/SIGINT; answers the process exit status."""
     # Imported here so `tts-operator --help` does not pay for the Kubernetes client.
     from tts_operator.agent.health import HealthServer
@@ -70,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         # Their DEBUG logs every request of the loop; the agent logs what matters itself.
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     missing = [flag for flag, value in (("--pod", args.pod), ("--namespace", args.namespace)) if not value]
-    if missing:
+    if missing or args.pod is None or args.namespace is None:
         print(
             f"tts-operator agent: {' and '.join(missing)} required: pass them, or set POD_NAME/POD_NAMESPACE "
             "from the downward API (fieldRef metadata.name / metadata.namespace)",

@@ -10,7 +10,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tts_operator import annotations as ann
+from tts_contract import Policy
+from tts_contract import annotations as ann
 from tts_operator.agent.backoff import Backoff
 from tts_operator.agent.plan import models_needing_policy, offload_targets, policy_body
 from tts_operator.agent.pod_client import PodApiError, PodClient, PodForbidden, annotations_of
@@ -193,7 +194,7 @@ class Agent:
         return raw, value
 
     def _sync_policy(self) -> None:
-        _, desired = self._annotation(ann.POLICY, ann.PolicyValue)
+        _, desired = self._annotation(ann.POLICY, Policy)
         report = self._report
         if desired is None or report is None or not self._runtime_ok:
             return

@@ -6,16 +6,14 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from tts_operator.annotations import OffloadRequestValue, PolicyValue
+from pydantic import ValidationError
+
+from tts_contract import ModelReport, OffloadRequestValue, Policy, Verb
 
 Report = Mapping[str, Any]
 
-# States an offload request can act on: a verb on a transient state would only be refused (409).
-_OFFLOADABLE = frozenset({"gpu"})
-_RELEASABLE = frozenset({"gpu", "cpu", "failed"})
 
-
-def policy_body(desired: PolicyValue) -> dict[str, Any]:
+def policy_body(desired: Policy) -> dict[str, Any]:
     """The `PUT /v1/models/{model}/policy` body: the whole policy, camelCase."""
     return desired.model_dump(by_alias=True)
 
@@ -28,7 +26,7 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def policy_differs(desired: PolicyValue, current: Any) -> bool:
+def policy_differs(desired: Policy, current: Any) -> bool:
     """Whether a model's reported policy differs from the desired one in any field the annotation sets."""
     if not isinstance(current, Mapping):
         return True
@@ -36,7 +34,7 @@ def policy_differs(desired: PolicyValue, current: Any) -> bool:
     return any(key not in current or not _same(current[key], value) for key, value in want.items())
 
 
-def models_needing_policy(desired: PolicyValue, report: Report) -> list[str]:
+def models_needing_policy(desired: Policy, report: Report) -> list[str]:
     """Models of the runtime whose policy is not (or no longer, e.g. after a restart) the desired one."""
     return [
         str(model["name"])
@@ -46,18 +44,14 @@ def models_needing_policy(desired: PolicyValue, report: Report) -> list[str]:
 
 
 def offload_targets(request: OffloadRequestValue, report: Report) -> list[str]:
-    """Models to run the requested verb on: holding what the verb frees, not leased, not pinned.
-
-    A lease means a request is being served: taking its model away would fail it. A pinned model is
-    exempt from automatic offloading, and a peer's request is automatic.
-    """
-    states = _OFFLOADABLE if request.verb == "offload" else _RELEASABLE
+    """Models to run the requested verb on: those idle and freeable for it (the contract's one rule)."""
+    verb = Verb(request.verb)
     targets: list[str] = []
     for model in report.get("models") or []:
-        if not isinstance(model, Mapping) or "name" not in model:
-            continue
-        policy = model.get("policy")
-        pinned = bool(policy.get("pinned")) if isinstance(policy, Mapping) else False
-        if model.get("state") in states and not model.get("leases") and not pinned:
-            targets.append(str(model["name"]))
+        try:
+            line = ModelReport.model_validate(model)
+        except ValidationError:
+            continue  # a line this version cannot read is left alone
+        if line.freeable(verb):
+            targets.append(line.name)
     return targets

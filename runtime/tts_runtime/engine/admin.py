@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
+from tts_contract import State, Verb
+from tts_runtime.engine.errors import BusyError, InvalidTransitionError
 from tts_runtime.engine.slot import Slot
 from tts_runtime.engine.verbs import VerbRunner
-from tts_runtime.residency import BusyError, InvalidTransitionError, State, Verb
 
 
 def run_admin(runner: VerbRunner, slot: Slot, verb: Verb, limit: float) -> None:

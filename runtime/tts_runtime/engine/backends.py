@@ -9,8 +9,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tts_runtime.engine.spec import ModelSpec
-from tts_runtime.residency import InvalidRequestError
+from tts_contract import ModelSpec
+from tts_runtime.engine.errors import InvalidRequestError
 
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 

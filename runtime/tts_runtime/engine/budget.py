@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from tts_contract import Verb
 from tts_runtime.engine.backends import Stats
 from tts_runtime.engine.clock import Clock
+from tts_runtime.engine.errors import InsufficientGpuMemoryError
 from tts_runtime.engine.gpu import GpuProbe, device_index
 from tts_runtime.engine.planning import choose_victims
 from tts_runtime.engine.reporting import gpu_pids
 from tts_runtime.engine.slot import Slot
-from tts_runtime.residency import InsufficientGpuMemoryError, Verb
 
 DEMAND_TTL = 60.0  # seconds a refused GPU demand stays in the report for the operator to see
 

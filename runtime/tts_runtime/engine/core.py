@@ -10,10 +10,20 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import numpy as np
+from pydantic import ValidationError
 
+from tts_contract import ModelReport, ModelSpec, Policy, PolicyPatch, ResidencyReport, State, Verb
 from tts_runtime.engine.admin import run_admin
 from tts_runtime.engine.budget import GpuBudget
 from tts_runtime.engine.clock import Clock, SystemClock
+from tts_runtime.engine.errors import (
+    BusyError,
+    InvalidRequestError,
+    ModelLoadError,
+    ResidencyError,
+    UnknownModelError,
+    WorkerCrashedError,
+)
 from tts_runtime.engine.executor import ExecutionTimeout
 from tts_runtime.engine.gpu import GpuProbe, NoGpu, NvmlProbe
 from tts_runtime.engine.lease import Lease, Transition
@@ -21,27 +31,19 @@ from tts_runtime.engine.lifecycle import sweep_stale_blocks
 from tts_runtime.engine.planning import plan_idle
 from tts_runtime.engine.reporting import gpu_pids, model_report, process_pids
 from tts_runtime.engine.slot import Slot
-from tts_runtime.engine.spec import ModelSpec
 from tts_runtime.engine.suspending import Checkpointer, suspend_helper
 from tts_runtime.engine.verbs import VerbRunner
-from tts_runtime.residency import (
-    BusyError,
-    ModelLoadError,
-    ModelReport,
-    Policy,
-    PolicyPatch,
-    ResidencyError,
-    ResidencyReport,
-    State,
-    UnknownModelError,
-    Verb,
-    WorkerCrashedError,
-)
 
 log = logging.getLogger(__name__)
 
 OPENAI_ALIASES = frozenset({"tts-1", "tts-1-hd", "gpt-4o-mini-tts"})
 MONITOR_MAX_SLEEP = 5.0
+
+
+def _policy_problem(err: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'policy'}: {str(e['msg']).removeprefix('Value error, ')}"
+        for e in err.errors())
 
 
 class Engine:
@@ -263,12 +265,24 @@ class Engine:
 
     # -- policy and the idle monitor --------------------------------------------------------------
     def set_policy(self, name: str, patch: PolicyPatch) -> Policy:
-        slot = self._slot(name)
-        with slot.cond:
-            slot.policy = slot.policy.merged(patch)
-            policy = slot.policy
+        return self.set_policies([name], patch)[name]
+
+    def set_policies(self, names: list[str], patch: PolicyPatch) -> dict[str, Policy]:
+        """Apply `patch` to every named model, or to none: each merged policy is validated whole first
+        (InvalidRequestError saying which rule), so a stored policy is always one the monitor can plan."""
+        slots = [self._slot(name) for name in names]
+        merged: dict[str, Policy] = {}
+        for slot in slots:
+            with slot.cond:
+                try:
+                    merged[slot.spec.name] = slot.policy.merged(patch)
+                except ValidationError as err:
+                    raise InvalidRequestError(f"model {slot.spec.name!r}: {_policy_problem(err)}") from None
+        for slot in slots:
+            with slot.cond:
+                slot.policy = merged[slot.spec.name]
         self._wake.set()
-        return policy
+        return merged
 
     def tick(self) -> float | None:
         """One pass of the idle monitor: apply every action due now; returns seconds to the next one."""

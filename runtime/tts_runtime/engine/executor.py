@@ -7,9 +7,9 @@ from typing import Protocol
 
 import numpy as np
 
+from tts_contract import ModelSpec
 from tts_runtime.engine.backends import Backend, Stats, make_backend
 from tts_runtime.engine.dispatch import Dispatcher
-from tts_runtime.engine.spec import ModelSpec
 
 
 class ExecutionTimeout(Exception):

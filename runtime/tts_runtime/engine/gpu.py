@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tts_runtime.residency import GpuReport
+from tts_contract import GpuReport
 
 log = logging.getLogger(__name__)
 

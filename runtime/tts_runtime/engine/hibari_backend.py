@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from tts_contract import ModelSpec
 from tts_runtime.engine.backends import Blob, GpuOutOfMemory, Stats, as_samples, check_request
 from tts_runtime.engine.gpu import GpuIdentity, NvmlProbe, identify_self
-from tts_runtime.engine.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 SAMPLE_RATE = 24000

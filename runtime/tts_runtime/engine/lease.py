@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tts_runtime.residency import State, Verb
+from tts_contract import State, Verb
 
 if TYPE_CHECKING:
     from tts_runtime.engine.core import Engine

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tts_runtime.residency import Policy, State, Verb
+from tts_contract import Policy, State, Verb, idle_and_freeable
 
 
 @dataclass(frozen=True)
@@ -38,15 +38,13 @@ def plan_idle(views: list[SlotView]) -> tuple[list[Action], float | None]:
             next_due = seconds
 
     for v in views:
-        if v.policy.pinned or v.leases > 0:
-            continue
         release_after = v.policy.idle_release_seconds
-        if v.state in (State.GPU, State.CPU, State.FAILED) and release_after > 0:
+        if release_after > 0 and idle_and_freeable(v.state, v.leases, v.policy, Verb.RELEASE):
             if v.idle_seconds >= release_after:
                 actions.append(Action(v.name, Verb.RELEASE))
                 continue
             due_in(release_after - v.idle_seconds)
-        if v.state != State.GPU:
+        if not idle_and_freeable(v.state, v.leases, v.policy, Verb.OFFLOAD):
             continue
         # offloadAfterUse needs a use: a model an admin loaded to pre-warm stays until idleOffloadSeconds.
         after_use = v.policy.offload_after_use and v.used_since_restore
@@ -60,11 +58,8 @@ def plan_idle(views: list[SlotView]) -> tuple[list[Action], float | None]:
 def choose_victims(candidates: list[SlotView], needed_bytes: int) -> list[SlotView]:
     """Idle, unpinned GPU-resident models to offload to free `needed_bytes`: lowest priority, then
     least recently used, first. Returns [] when even all of them would not be enough (don't churn)."""
-    eligible = [
-        c
-        for c in candidates
-        if c.state == State.GPU and c.leases == 0 and not c.policy.pinned and c.gpu_bytes > 0
-    ]
+    eligible = [c for c in candidates
+                if c.gpu_bytes > 0 and idle_and_freeable(c.state, c.leases, c.policy, Verb.OFFLOAD)]
     eligible.sort(key=lambda c: (c.policy.priority, c.last_used))
     chosen: list[SlotView] = []
     freed = 0

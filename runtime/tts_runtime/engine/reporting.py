@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
+from tts_contract import ModelReport
 from tts_runtime.engine.backends import Stats
 from tts_runtime.engine.gpu import GpuProbe, NoGpu
 from tts_runtime.engine.slot import Slot
-from tts_runtime.residency import ModelReport
 
 
 def model_report(slot: Slot, now: float, gpu: GpuProbe) -> ModelReport:

@@ -6,11 +6,10 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from tts_contract import ModelSpec, Policy, State
 from tts_runtime.engine.backends import Stats
 from tts_runtime.engine.executor import Executor
 from tts_runtime.engine.planning import SlotView
-from tts_runtime.engine.spec import ModelSpec
-from tts_runtime.residency import Policy, State
 
 
 @dataclass(eq=False)

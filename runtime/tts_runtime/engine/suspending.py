@@ -14,11 +14,11 @@ import logging
 from dataclasses import replace
 from typing import Protocol
 
+from tts_contract import ModelSpec
 from tts_runtime.engine.backends import Stats
 from tts_runtime.engine.cuda_checkpoint import Probe, ResumeFailed, SuspendRefused
-from tts_runtime.engine.spec import ModelSpec
+from tts_runtime.engine.errors import WorkerCrashedError
 from tts_runtime.engine.worker import WorkerExecutor
-from tts_runtime.residency import WorkerCrashedError
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tts_contract import ModelSpec
 from tts_runtime.engine.backends import (
     Blob,
     GpuOutOfMemory,
@@ -33,7 +34,6 @@ from tts_runtime.engine.backends import (
 )
 from tts_runtime.engine.gpu import GpuIdentity, NvmlProbe, identify_self
 from tts_runtime.engine.host_memory import CudaHostPinner, HostPinner, PinnedRegion
-from tts_runtime.engine.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 _ALIGN = 64  # a block starts on a multiple of every element size, so each view's offset is whole

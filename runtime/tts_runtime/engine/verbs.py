@@ -6,24 +6,22 @@ import logging
 import time
 from collections.abc import Callable
 
+from tts_contract import VERB_PATH, State, Verb
 from tts_runtime.engine.backends import GpuOutOfMemory
 from tts_runtime.engine.budget import GpuBudget
 from tts_runtime.engine.clock import Clock
+from tts_runtime.engine.errors import (
+    InsufficientGpuMemoryError,
+    ModelLoadError,
+    ResidencyError,
+    WorkerCrashedError,
+)
 from tts_runtime.engine.executor import ExecutionTimeout, Executor, InlineExecutor
 from tts_runtime.engine.lease import Transition
 from tts_runtime.engine.planning import plan_idle, retry_backoff
 from tts_runtime.engine.slot import Slot
 from tts_runtime.engine.suspending import Checkpointer, SuspendingExecutor
 from tts_runtime.engine.worker import WorkerExecutor
-from tts_runtime.residency import (
-    VERB_PATH,
-    InsufficientGpuMemoryError,
-    ModelLoadError,
-    ResidencyError,
-    State,
-    Verb,
-    WorkerCrashedError,
-)
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from tts_contract import ModelSpec
 from tts_runtime.engine.backends import Blob, GpuOutOfMemory, Stats, make_backend
 from tts_runtime.engine.dispatch import Dispatcher, Job, Reply
+from tts_runtime.engine.errors import InvalidRequestError, WorkerCrashedError
 from tts_runtime.engine.executor import ExecutionTimeout
 from tts_runtime.engine.lifecycle import (
     become_worker,
@@ -42,8 +44,6 @@ from tts_runtime.engine.lifecycle import (
     shm_free_bytes,
     start_process,
 )
-from tts_runtime.engine.spec import ModelSpec
-from tts_runtime.residency import InvalidRequestError, WorkerCrashedError
 
 log = logging.getLogger(__name__)
 _ALIGN = 64

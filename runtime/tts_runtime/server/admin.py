@@ -8,8 +8,8 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from tts_contract import PolicyPatch, Verb
 from tts_runtime.engine import Engine
-from tts_runtime.residency import PolicyPatch, Verb
 from tts_runtime.server.state import AdminDep, EngineDep, RuntimeDep
 
 router = APIRouter()

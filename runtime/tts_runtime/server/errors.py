@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tts_runtime.residency import (
+from tts_runtime.engine.errors import (
     BusyError,
     InsufficientGpuMemoryError,
     InvalidRequestError,

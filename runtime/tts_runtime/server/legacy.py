@@ -8,7 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from tts_runtime.residency import InvalidTransitionError, ModelReport, PolicyPatch, State
+from tts_contract import ModelReport, PolicyPatch, State
+from tts_runtime.engine.errors import InvalidTransitionError
 from tts_runtime.server.errors import ApiError
 from tts_runtime.server.state import AdminDep, EngineDep
 
@@ -118,8 +119,7 @@ async def gpu_timeout(request: Request, engine: EngineDep) -> dict[str, Any]:
     """The seed's idle timeout is `idleOffloadSeconds`, set for every model."""
     seconds = await _timeout_value(request)
     patch = PolicyPatch.model_validate({"idle_offload_seconds": seconds})
-    for name in engine.names():
-        await run_in_threadpool(engine.set_policy, name, patch)
+    await run_in_threadpool(engine.set_policies, engine.names(), patch)
     return {"status": "updated", "timeout": seconds, "models": engine.names()}
 
 

@@ -8,7 +8,8 @@ import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-from tts_runtime.residency import PolicyPatch, ResidencyError, State
+from tts_contract import PolicyPatch, State
+from tts_runtime.engine.errors import ResidencyError
 from tts_runtime.server.state import token_matches
 
 log = logging.getLogger("tts_runtime.mcp")
@@ -77,15 +78,13 @@ def build_mcp(engine: Any, admin_token: str | None, *, trust_local: bool = False
         ctx: Context, timeout_seconds: float, model: str | None = None
     ) -> dict[str, Any]:
         authorize(ctx)
-        if not timeout_seconds >= 0:
-            raise ToolError("timeout_seconds must be a number of seconds >= 0")
+        try:
+            patch = PolicyPatch.model_validate({"idle_offload_seconds": timeout_seconds})
+        except ValueError as err:
+            raise ToolError(f"timeout_seconds must be a finite number of seconds >= 0: {err}") from err
         names = await run(targets, model)
-        patch = PolicyPatch.model_validate({"idle_offload_seconds": timeout_seconds})
-        policies = {}
-        for name in names:
-            policy = await run(engine.set_policy, name, patch)
-            policies[name] = policy.to_json()
-        return {"policies": policies}
+        policies = await run(engine.set_policies, names, patch)
+        return {"policies": {name: policy.to_json() for name, policy in policies.items()}}
 
     @server.tool(description="Load a model onto the GPU now (or restore it from host RAM).")
     async def load_model(ctx: Context, model: str) -> dict[str, Any]:

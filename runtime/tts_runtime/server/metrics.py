@@ -16,7 +16,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from tts_runtime.residency import ResidencyReport, State
+from tts_contract import ResidencyReport, State
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

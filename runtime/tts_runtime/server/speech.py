@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tts_runtime.engine import Engine
-from tts_runtime.residency import ResidencyError
+from tts_runtime.engine.errors import ResidencyError
 from tts_runtime.server import audio
 from tts_runtime.server.errors import ApiError
 from tts_runtime.server.inflight import ClientGone, run_for_client

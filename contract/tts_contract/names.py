@@ -1,0 +1,38 @@
+"""Names of the contract: API group, kind, label keys, and the patterns names must match."""
+
+from __future__ import annotations
+
+import re
+
+GROUP = "tts.residency.dev"
+VERSION = "v1alpha1"
+KIND = "TTSService"
+PLURAL = "ttsservices"
+
+PLACEMENT_GATE = f"{GROUP}/placement"  # scheduling gate: the operator sets the pod's preferred nodes first
+
+SERVICE_LABEL = f"{GROUP}/service"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "tts-operator"
+NAME_LABEL = "app.kubernetes.io/name"
+NAME = "residency"
+
+# Patterns are RE2-compatible and ASCII-only, so the CRD (Go regexp) and Python (re.fullmatch) agree on
+# every string; `\w` and a bare `$` are avoided on purpose (Unicode letters, a trailing newline).
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+# The name requests use (`"model": ...`, `/v1/models/{model}`): 1-63 characters.
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+# `package.module:callable`, the callable possibly an attribute path (`pkg.mod:Cls.create`).
+FACTORY_PATTERN = rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*$"
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
+
+# A TTSService's children append "-agent" (6 characters) to its name and must stay DNS labels (63).
+MAX_SERVICE_NAME_LENGTH = 57
+# Env names the operator sets on the runtime container itself; a user value would silently break the pod.
+RESERVED_ENV = ("TTS_RUNTIME_MODELS_JSON", "TTS_RUNTIME_ADMIN_TOKEN", "TTS_RUNTIME_ADMIN_TOKEN_FILE",
+                "TTS_RUNTIME_GPU_MEMORY_BUDGET_BYTES", "POD_NAME", "POD_NAMESPACE")
+
+
+def matches(pattern: str, value: str) -> bool:
+    """Whether the whole `value` matches `pattern` the way the API server's pattern check does."""
+    return re.fullmatch(pattern, value) is not None
