@@ -274,7 +274,9 @@ def test_a_model_on_cuda_1_is_budgeted_on_its_own_gpu(make_engine, tiny_spec) ->
 
 # -- the idle monitor -------------------------------------------------------------------------------------
 def test_the_monitor_is_woken_when_a_verb_ends(make_engine, tiny_spec) -> None:
-    e = make_engine([tiny_spec(policy={"offloadAfterUse": False, "idleReleaseSeconds": 0.5})])
+    # (The contract's rule: without offload-after-use, release no earlier than the idle offload.)
+    policy = {"offloadAfterUse": False, "idleOffloadSeconds": 0.5, "idleReleaseSeconds": 0.5}
+    e = make_engine([tiny_spec(policy=policy)])
     e._wake.clear()
     e.load("tiny")  # an admin verb: the monitor must re-plan now (release due in 0.5 s), not in 5 s
     assert e._wake.is_set()
@@ -282,7 +284,9 @@ def test_the_monitor_is_woken_when_a_verb_ends(make_engine, tiny_spec) -> None:
 
 @pytest.mark.slow
 def test_an_idle_release_comes_on_time_after_an_admin_load(make_engine, tiny_spec) -> None:
-    e = make_engine([tiny_spec(policy={"offloadAfterUse": False, "idleReleaseSeconds": 0.5})])
+    # (The contract's rule: without offload-after-use, release no earlier than the idle offload.)
+    policy = {"offloadAfterUse": False, "idleOffloadSeconds": 0.5, "idleReleaseSeconds": 0.5}
+    e = make_engine([tiny_spec(policy=policy)])
     e.start()
     e.load("tiny")
     # Due 0.5 s after the load; the monitor's longest nap is 5 s.
