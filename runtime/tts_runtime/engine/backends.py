@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -11,8 +11,12 @@ import numpy as np
 
 from tts_contract import ModelSpec
 from tts_runtime.engine.errors import InvalidRequestError
+from tts_runtime.engine.segmenter import split
 
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
+FADE_SECONDS = 0.005  # at each join of runtime-made segments: long enough to remove a click, inaudible
+
+Chunks = Generator[tuple[np.ndarray, int], None, None]  # float32 mono samples and their rate, in playing order
 
 
 class GpuOutOfMemory(Exception):
@@ -67,6 +71,10 @@ class Backend(Protocol):
 
     def synthesize(self, text: str, voice: str | None, speed: float) -> tuple[np.ndarray, int]: ...
 
+    # The same audio in pieces, each yielded as soon as it exists (errors before the first piece for a
+    # bad request). Closing the generator early stops the synthesis of the rest.
+    def synthesize_stream(self, text: str, voice: str | None, speed: float) -> Chunks: ...
+
     def stats(self) -> Stats: ...
 
     def host_blobs(self) -> list[Blob]: ...  # the host copy as raw bytes (for shared memory)
@@ -93,11 +101,22 @@ def resolve_factory(ref: str) -> Callable[..., Any]:
     return obj  # type: ignore[no-any-return]
 
 
-def check_request(text: str, voice: str | None, speed: float, voices: list[str]) -> None:
+def check_request(
+    text: str,
+    voice: str | None,
+    speed: float,
+    voices: list[str],
+    speeds: tuple[float, float] = (MIN_SPEED, MAX_SPEED),
+    model: str = "this model",
+) -> None:
+    """`speeds`: the range the model really follows (a model that saturates must say so, not ignore it)."""
     if not isinstance(text, str) or not text.strip():
         raise InvalidRequestError("input text is empty; send the text to speak in 'input'")
-    if not MIN_SPEED <= float(speed) <= MAX_SPEED:
-        raise InvalidRequestError(f"speed {speed} is out of range; use {MIN_SPEED} to {MAX_SPEED}")
+    low, high = speeds
+    if not low <= float(speed) <= high:
+        raise InvalidRequestError(
+            f"speed {speed} is beyond what {model} can do; use a speed from {low:g} to {high:g}"
+        )
     if voice is not None and voices and voice not in voices:
         raise InvalidRequestError(f"unknown voice {voice!r}; this model has: {', '.join(voices)}")
 
@@ -110,6 +129,29 @@ def as_samples(samples: Any) -> np.ndarray:
     if arr.ndim != 1:
         arr = arr.reshape(-1)
     return arr
+
+
+def segmented(text: str, synthesize: Callable[[str], tuple[np.ndarray, int]]) -> Chunks:
+    """Stream any model: synthesize the text segment by segment (see `segmenter`), edges of each join
+    faded so the pieces play as one clip without a click."""
+    segments = split(text)
+    for i, seg in enumerate(segments):
+        samples, rate = synthesize(seg.text)
+        yield fade_edges(as_samples(samples), rate, i > 0, i < len(segments) - 1), rate
+
+
+def fade_edges(samples: np.ndarray, rate: int, fade_in: bool, fade_out: bool) -> np.ndarray:
+    """A raised-cosine fade of FADE_SECONDS at the start and/or end (a copy; the input is untouched)."""
+    n = min(samples.size // 2, max(1, int(rate * FADE_SECONDS)))
+    if n < 2 or not (fade_in or fade_out):
+        return samples
+    ramp = (0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, n))).astype(np.float32)
+    out = samples.copy()
+    if fade_in:
+        out[:n] *= ramp
+    if fade_out:
+        out[-n:] *= ramp[::-1]
+    return out
 
 
 def make_backend(spec: ModelSpec, device: str) -> Backend:

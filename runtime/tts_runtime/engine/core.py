@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from tts_contract import ModelReport, ModelSpec, Policy, PolicyPatch, ResidencyReport, State, Verb
 from tts_runtime.engine.admin import run_admin
+from tts_runtime.engine.backends import Chunks
 from tts_runtime.engine.budget import GpuBudget
 from tts_runtime.engine.clock import Clock, SystemClock
 from tts_runtime.engine.errors import (
@@ -240,6 +241,26 @@ class Engine:
             raise WorkerCrashedError(str(e)) from None
         except Exception as e:
             raise ResidencyError(f"model {slot.spec.name!r} failed to synthesize: {e}") from e
+
+    def _synthesize_stream(self, slot: Slot, text: str, voice: str | None, speed: float) -> Chunks:
+        """`_synthesize` in chunks, with the same errors; closing it early stops the model's work."""
+        ex = slot.executor
+        if ex is None:
+            raise WorkerCrashedError(f"model {slot.spec.name!r} lost its worker; retry the request")
+        chunks = ex.synthesize_stream(text, voice, speed, slot.spec.request_timeout_seconds)
+        try:
+            yield from chunks
+        except ResidencyError as e:
+            if isinstance(e, WorkerCrashedError):
+                self._verbs.on_crash(slot, ex, str(e))
+            raise
+        except ExecutionTimeout as e:
+            self._verbs.on_crash(slot, ex, str(e))
+            raise WorkerCrashedError(str(e)) from None
+        except Exception as e:
+            raise ResidencyError(f"model {slot.spec.name!r} failed to synthesize: {e}") from e
+        finally:
+            chunks.close()
 
     def _run_verb(self, slot: Slot, verb: Verb) -> None:
         """Run one verb on a slot whose `cond` the caller holds (see `VerbRunner.run`)."""

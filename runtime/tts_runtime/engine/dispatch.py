@@ -14,7 +14,7 @@ import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # reply(value, error, final): a request's chunks (final False) and then its one final outcome.
@@ -28,6 +28,7 @@ class Job:
     op: str
     args: tuple[Any, ...]
     reply: Reply
+    cancel: threading.Event = field(default_factory=threading.Event)  # a stream's consumer has gone
 
 
 def concurrency_of(backend: Any) -> int:
@@ -166,4 +167,22 @@ def run_request(backend: Any, job: Job) -> Any:
     """One request on the backend; a streaming op sends its chunks through `job.reply` before returning."""
     if job.op == "synthesize":
         return backend.synthesize(*job.args)
+    if job.op == "stream":
+        return _stream(backend, job)
     raise ValueError(f"unknown request op {job.op!r}")
+
+
+def _stream(backend: Any, job: Job) -> str | None:
+    """`synthesize_stream`: each piece a chunk reply as soon as it exists; `job.cancel` stops it between
+    pieces (the final reply then says "cancelled")."""
+    if job.cancel.is_set():
+        return "cancelled"
+    chunks = backend.synthesize_stream(*job.args)
+    try:
+        for chunk in chunks:
+            job.reply(chunk, None, False)
+            if job.cancel.is_set():
+                return "cancelled"
+    finally:
+        chunks.close()
+    return None

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import queue
 import threading
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from tts_contract import ModelSpec
-from tts_runtime.engine.backends import Backend, Stats, make_backend
-from tts_runtime.engine.dispatch import Dispatcher
+from tts_runtime.engine.backends import Backend, Chunks, Stats, make_backend
+from tts_runtime.engine.dispatch import Dispatcher, Job
 
 
 class ExecutionTimeout(Exception):
@@ -37,6 +38,18 @@ class Executor(Protocol):
     def synthesize(
         self, text: str, voice: str | None, speed: float, timeout: float | None
     ) -> tuple[np.ndarray, int]: ...
+
+    # Chunks as the model makes them; `timeout` bounds the wait for each. Setting `cancel` (from any
+    # thread) or closing the generator stops the model after the piece in progress; after `cancel` the
+    # generator yields nothing more and ends once the model has stopped.
+    def synthesize_stream(
+        self,
+        text: str,
+        voice: str | None,
+        speed: float,
+        timeout: float | None,
+        cancel: threading.Event | None = None,
+    ) -> Chunks: ...
 
     def host_intact(self) -> bool: ...  # after a failure: is the host copy still usable (model can be `cpu`)?
 
@@ -107,6 +120,38 @@ class InlineExecutor:
     ) -> tuple[np.ndarray, int]:
         samples, sr = self._dispatch.call("synthesize", text, voice, speed)
         return samples, sr
+
+    def synthesize_stream(
+        self,
+        text: str,
+        voice: str | None,
+        speed: float,
+        timeout: float | None,
+        cancel: threading.Event | None = None,
+    ) -> Chunks:
+        replies: queue.SimpleQueue[tuple[Any, BaseException | None, bool]] = queue.SimpleQueue()
+        job = Job("stream", (text, voice, speed), lambda value, error, final: replies.put((value, error, final)))
+        self._dispatch.submit(job)
+        final = False
+        try:
+            while not final:
+                while True:
+                    if cancel is not None and cancel.is_set():
+                        job.cancel.set()
+                    try:
+                        value, error, final = replies.get(timeout=0.05)
+                        break
+                    except queue.Empty:
+                        continue
+                if error is not None:
+                    raise error
+                if not final and not job.cancel.is_set():
+                    yield value
+        finally:
+            if not final:  # the consumer left early: stop the model, wait until it has
+                job.cancel.set()
+                while not replies.get()[2]:
+                    pass
 
     def host_intact(self) -> bool:
         return self._loaded and not self._closed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -57,6 +58,27 @@ class Lease:
         t0 = time.perf_counter()
         samples, sr = self._engine._synthesize(self._slot, text, voice, speed)
         return Synthesis(samples, sr, self.model, voice, time.perf_counter() - t0)
+
+    def stream(
+        self, text: str, voice: str | None = None, speed: float = 1.0
+    ) -> Generator[Synthesis, None, None]:
+        """The audio of `text` in pieces, in order, each as soon as the model made it (`seconds`: the
+        wait for that piece). The lease must stay open until the generator ends; closing the generator
+        early stops the synthesis of the rest (within one piece's time), so a client that goes away
+        costs no more. A model without its own streaming is streamed sentence by sentence."""
+        if self._closed:
+            raise RuntimeError("this lease has ended; take a new one with engine.lease(...)")
+        chunks = self._engine._synthesize_stream(self._slot, text, voice, speed)
+        try:
+            while True:
+                t0 = time.perf_counter()
+                item = next(chunks, None)
+                if item is None:
+                    return
+                samples, rate = item
+                yield Synthesis(samples, rate, self.model, voice, time.perf_counter() - t0)
+        finally:
+            chunks.close()
 
     async def asynthesize(self, text: str, voice: str | None = None, speed: float = 1.0) -> Synthesis:
         return await asyncio.to_thread(self.synthesize, text, voice, speed)

@@ -25,12 +25,16 @@ from torch import nn
 
 from tts_contract import ModelSpec
 from tts_runtime.engine.backends import (
+    MAX_SPEED,
+    MIN_SPEED,
     Blob,
+    Chunks,
     GpuOutOfMemory,
     Stats,
     as_samples,
     check_request,
     resolve_factory,
+    segmented,
 )
 from tts_runtime.engine.gpu import GpuIdentity, NvmlProbe, identify_self
 from tts_runtime.engine.host_memory import CudaHostPinner, HostPinner, PinnedRegion
@@ -489,13 +493,34 @@ class TorchBackend:
                 )
         self._graph_base = base
 
-    def synthesize(self, text: str, voice: str | None, speed: float) -> tuple[np.ndarray, int]:
+    def _voice(self, text: str, voice: str | None, speed: float) -> str:
         voices = self._voices()
-        check_request(text, voice, speed, voices)
-        voice = voice or self.spec.default_voice or (voices[0] if voices else "default")
+        speeds = getattr(self.obj, "speed_range", None) or (MIN_SPEED, MAX_SPEED)
+        check_request(text, voice, speed, voices, speeds, f"model {self.spec.name!r}")
+        return voice or self.spec.default_voice or (voices[0] if voices else "default")
+
+    def synthesize(self, text: str, voice: str | None, speed: float) -> tuple[np.ndarray, int]:
+        voice = self._voice(text, voice, speed)
         with torch.inference_mode():
             samples, sr = self.obj.synthesize(text, voice, float(speed))
         return as_samples(samples), int(sr)
+
+    def synthesize_stream(self, text: str, voice: str | None, speed: float) -> Chunks:
+        """The plug-in's own `synthesize_stream(text, voice, speed)` generator if it has one, else the
+        runtime's segment-by-segment stream over its `synthesize`."""
+        chosen = self._voice(text, voice, speed)
+        native = getattr(self.obj, "synthesize_stream", None)
+        if callable(native):
+            chunks = iter(native(text, chosen, float(speed)))
+        else:
+            chunks = segmented(text, lambda part: self.obj.synthesize(part, chosen, float(speed)))
+        while True:
+            with torch.inference_mode():  # per step: the caller runs between steps, outside it
+                item = next(chunks, None)
+            if item is None:
+                return
+            samples, rate = item
+            yield as_samples(samples), int(rate)
 
     @property
     def max_concurrency(self) -> int:
@@ -518,7 +543,7 @@ class TorchBackend:
         good: list[tuple[int, tuple[str, str, float]]] = []
         for text, voice, speed in requests:
             try:
-                check_request(text, voice, speed, voices)
+                self._voice(text, voice, speed)
             except Exception as e:
                 out.append(e)
                 continue

@@ -22,6 +22,7 @@ import threading
 import time
 import traceback
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from multiprocessing.connection import Connection
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from tts_contract import ModelSpec
-from tts_runtime.engine.backends import Blob, GpuOutOfMemory, Stats, make_backend
+from tts_runtime.engine.backends import Blob, Chunks, GpuOutOfMemory, Stats, make_backend
 from tts_runtime.engine.dispatch import Dispatcher, Job, Reply
 from tts_runtime.engine.errors import InvalidRequestError, WorkerCrashedError
 from tts_runtime.engine.executor import ExecutionTimeout
@@ -48,7 +49,7 @@ from tts_runtime.engine.lifecycle import (
 log = logging.getLogger(__name__)
 _ALIGN = 64
 Layout = list[tuple[str, dict[str, Any], int, int]]  # key, meta, offset, nbytes
-REQUEST_OPS = frozenset({"synthesize"})  # run concurrently; every other op is a memory verb or a query
+REQUEST_OPS = frozenset({"synthesize", "stream"})  # run concurrently; other ops: memory verbs, queries
 
 
 # -- inside the worker -----------------------------------------------------------------------------
@@ -170,7 +171,8 @@ def worker_main(
     Protocol: the engine sends `(id, op, args)`; the worker answers `(id, kind, value)`, where kind is
     `chunk` (more to come) or a final `ok` / `oom` / `invalid` / `error`. Requests (`REQUEST_OPS`) run on the
     dispatcher's threads, so several are in flight; any other op is a memory verb (or a query) run on this
-    thread after the requests received before it have finished.
+    thread after the requests received before it have finished. `stream` answers a chunk per piece of
+    audio; `cancel` (args: the stream's id; no answer) stops that stream between pieces.
     """
     become_worker(os.getppid() if parent_pid is None else parent_pid)
     # Before torch or onnxruntime starts CUDA: number GPUs as NVML does (the engine's accounting).
@@ -183,14 +185,23 @@ def worker_main(
             os._exit(0)
     backend = make_backend(spec, device)
     pool = Dispatcher(backend, spec.name)
+    streams: weakref.WeakValueDictionary[int, Job] = weakref.WeakValueDictionary()  # in flight, to cancel
     shm: SharedMemory | None = None
     while True:
         try:
             rid, op, args = conn.recv()
         except (EOFError, OSError):
             break  # the engine died or closed the pipe: nothing left to serve
+        if op == "cancel":
+            job = streams.get(args[0])
+            if job is not None:  # else it had ended already: nothing to stop
+                job.cancel.set()
+            continue
         if op in REQUEST_OPS:
-            pool.submit(Job(op, tuple(args), out.reply_for(rid)))
+            job = Job(op, tuple(args), out.reply_for(rid))
+            if op == "stream":
+                streams[rid] = job
+            pool.submit(job)
             continue
         try:
             result: Any = None
@@ -303,6 +314,14 @@ class Channel:
             self.forget(rid)
             raise _Gone from None
         return rid, q
+
+    def notify(self, op: str, args: tuple[Any, ...]) -> None:
+        """A message that gets no answer (id 0): `cancel`."""
+        try:
+            with self._send_lock:
+                self.conn.send((0, op, args))
+        except (OSError, ValueError):
+            raise _Gone from None
 
     def forget(self, rid: int) -> None:
         with self._lock:
@@ -582,6 +601,87 @@ class WorkerExecutor:
         # No lock: requests wait on the worker together; the worker runs as many as its backend takes.
         samples, sr = self._call("synthesize", (text, voice, speed), timeout)
         return samples, sr
+
+    def synthesize_stream(
+        self,
+        text: str,
+        voice: str | None,
+        speed: float,
+        timeout: float | None,
+        cancel: threading.Event | None = None,
+    ) -> Chunks:
+        """Chunks as the worker sends them (one reply each); runs beside other requests, like `synthesize`."""
+        chan = self._chan
+        if chan is None:
+            raise WorkerCrashedError(f"model {self.spec.name!r} has no worker process (it was released)")
+        try:
+            rid, replies = chan.request("stream", (text, voice, speed))
+        except _Gone:
+            raise self._crashed(chan, "stream") from None
+        stopped = False
+
+        def stop() -> None:
+            nonlocal stopped
+            if not stopped:
+                stopped = True
+                with contextlib.suppress(_Gone):  # a dead worker is noticed by the wait below
+                    chan.notify("cancel", (rid,))
+
+        final = False
+        try:
+            while not final:
+                kind, value = self._next_reply(chan, rid, replies, timeout, cancel, stop)
+                final = kind != "chunk"
+                if final:
+                    self._raise_for(kind, value)
+                elif not stopped:
+                    yield value
+        finally:
+            if not final:  # the consumer left early: stop the model and wait until it has
+                stop()
+                with contextlib.suppress(Exception):
+                    while self._next_reply(chan, rid, replies, timeout, None, stop)[0] == "chunk":
+                        pass
+
+    def _next_reply(
+        self,
+        chan: Channel,
+        rid: int,
+        replies: Inbox,
+        timeout: float | None,
+        cancel: threading.Event | None,
+        stop: Callable[[], None],
+    ) -> tuple[str, Any]:
+        """The next reply of a stream, within `timeout`; `stop()` as soon as `cancel` is set."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if cancel is not None and cancel.is_set():
+                stop()
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                msg = replies.get(timeout=0.05 if left is None else min(left, 0.05))
+            except queue.Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    chan.forget(rid)
+                    chan.kill()
+                    self._drop(chan)
+                    raise ExecutionTimeout(
+                        f"a piece of a stream of model {self.spec.name!r} took longer than {timeout:g}s; "
+                        "its worker was stopped"
+                    ) from None
+                continue
+            if msg is None:
+                raise self._crashed(chan, "stream")
+            return msg
+
+    @staticmethod
+    def _raise_for(kind: str, value: Any) -> None:
+        if kind == "oom":
+            raise GpuOutOfMemory(value)
+        if kind == "invalid":
+            raise InvalidRequestError(value)
+        if kind != "ok":
+            raise RuntimeError(value)
 
     def host_intact(self) -> bool:
         if self._shm is not None:
