@@ -16,7 +16,7 @@ from tts_runtime.engine.segmenter import split
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 FADE_SECONDS = 0.005  # at each join of runtime-made segments: long enough to remove a click, inaudible
 
-Chunks = Generator[tuple[np.ndarray, int], None, None]  # float32 mono samples and their rate, in playing order
+Chunks = Generator[tuple[np.ndarray, int], None, None]  # float32 mono samples and their rate, in order
 
 
 class GpuOutOfMemory(Exception):

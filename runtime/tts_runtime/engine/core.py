@@ -242,12 +242,14 @@ class Engine:
         except Exception as e:
             raise ResidencyError(f"model {slot.spec.name!r} failed to synthesize: {e}") from e
 
-    def _synthesize_stream(self, slot: Slot, text: str, voice: str | None, speed: float) -> Chunks:
-        """`_synthesize` in chunks, with the same errors; closing it early stops the model's work."""
+    def _synthesize_stream(
+        self, slot: Slot, text: str, voice: str | None, speed: float, cancel: threading.Event | None
+    ) -> Chunks:
+        """`_synthesize` in chunks, with the same errors; `cancel` or closing it stops the model's work."""
         ex = slot.executor
         if ex is None:
             raise WorkerCrashedError(f"model {slot.spec.name!r} lost its worker; retry the request")
-        chunks = ex.synthesize_stream(text, voice, speed, slot.spec.request_timeout_seconds)
+        chunks = ex.synthesize_stream(text, voice, speed, slot.spec.request_timeout_seconds, cancel)
         try:
             yield from chunks
         except ResidencyError as e:

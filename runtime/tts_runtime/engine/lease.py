@@ -60,15 +60,19 @@ class Lease:
         return Synthesis(samples, sr, self.model, voice, time.perf_counter() - t0)
 
     def stream(
-        self, text: str, voice: str | None = None, speed: float = 1.0
+        self,
+        text: str,
+        voice: str | None = None,
+        speed: float = 1.0,
+        cancel: threading.Event | None = None,
     ) -> Generator[Synthesis, None, None]:
         """The audio of `text` in pieces, in order, each as soon as the model made it (`seconds`: the
-        wait for that piece). The lease must stay open until the generator ends; closing the generator
-        early stops the synthesis of the rest (within one piece's time), so a client that goes away
-        costs no more. A model without its own streaming is streamed sentence by sentence."""
+        wait for that piece). Keep the lease open until the generator ends. Setting `cancel` (from any
+        thread) or closing the generator stops the synthesis of the rest within one piece's time, so a
+        client that goes away costs no more. A model without its own streaming goes segment by segment."""
         if self._closed:
             raise RuntimeError("this lease has ended; take a new one with engine.lease(...)")
-        chunks = self._engine._synthesize_stream(self._slot, text, voice, speed)
+        chunks = self._engine._synthesize_stream(self._slot, text, voice, speed, cancel)
         try:
             while True:
                 t0 = time.perf_counter()

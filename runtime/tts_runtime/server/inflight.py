@@ -18,7 +18,8 @@ class ClientGone(Exception):
     """The client disconnected before its answer was ready; nobody is left to answer."""
 
 
-async def _disconnected(request: Request) -> None:
+async def disconnected(request: Request) -> None:
+    """Returns when the client has gone."""
     # The body has been read: the next message the server hands the app is the disconnect.
     while (await request.receive())["type"] != "http.disconnect":
         pass
@@ -33,7 +34,7 @@ async def run_for_client(
     still queued for a thread is dropped from the queue and never runs."""
     gone = threading.Event()
     work = asyncio.ensure_future(runtime.speech.run(model, fn, gone, *args))
-    left = asyncio.ensure_future(_disconnected(request))
+    left = asyncio.ensure_future(disconnected(request))
     try:
         done, _ = await asyncio.wait({work, left}, return_when=asyncio.FIRST_COMPLETED)
     finally:

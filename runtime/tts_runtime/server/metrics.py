@@ -87,6 +87,26 @@ class Metrics:
             buckets=_REQUEST_BUCKETS,
             registry=self.registry,
         )
+        self.first_audio_seconds = Histogram(
+            "residency_speech_first_audio_seconds",
+            "streamed speech: admission to the first audio encoded",
+            ["model", "format"],
+            buckets=_REQUEST_BUCKETS,
+            registry=self.registry,
+        )
+        self.speech_streams = Counter(
+            "residency_speech_streams_total",
+            "streamed speech responses by how they ended (completed, cancelled by the client, error); "
+            "counted once the lease is closed and the model stopped",
+            ["model", "format", "outcome"],
+            registry=self.registry,
+        )
+        self.speech_segments = Counter(
+            "residency_speech_segments_total",
+            "pieces of audio the model synthesized for streamed responses",
+            ["model"],
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "residency_queue_depth", "speech requests admitted (running + waiting)", registry=self.registry
         )

@@ -1,7 +1,8 @@
-"""`POST /v1/audio/speech`: OpenAI's speech API on top of the residency engine."""
+"""`POST /v1/audio/speech`: OpenAI's speech API on top of the residency engine, streamed or whole."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any, Literal
@@ -14,6 +15,7 @@ from tts_runtime.engine.errors import ResidencyError
 from tts_runtime.server import audio
 from tts_runtime.server.errors import ApiError
 from tts_runtime.server.inflight import ClientGone, run_for_client
+from tts_runtime.server.speech_stream import AudioStreamResponse, SpeechStream, SseSpeechResponse, no_audio
 from tts_runtime.server.state import EngineDep, RuntimeDep
 from tts_runtime.settings import MAX_INPUT_CHARS
 
@@ -51,6 +53,9 @@ class SpeechRequest(BaseModel):
     speed: float = 1.0
     instructions: str | None = None
     stream_format: Literal["audio", "sse"] = "audio"
+    # Not OpenAI's (Kokoro-FastAPI's): false sends the whole file at once, with its exact length in
+    # the headers (a wav's sizes filled in), after all of it is synthesized. Ignored for "sse".
+    stream: bool = True
 
     @field_validator("input")
     @classmethod
@@ -79,13 +84,6 @@ class SpeechRequest(BaseModel):
             raise ValueError(f"speed {value} is out of range; use a value from 0.25 to 4.0")
         return value
 
-    @field_validator("stream_format")
-    @classmethod
-    def _audio_only(cls, value: str) -> str:
-        if value != "audio":
-            raise ValueError("stream_format 'sse' is not supported; use 'audio' (the default)")
-        return value
-
 
 def choose_voice(requested: str | None, voices: list[str], default: str | None, model: str) -> str | None:
     """The voice to synthesize with: the requested one, or the default for OpenAI's names or none."""
@@ -111,6 +109,8 @@ def _speak(
         if gone.is_set():
             raise ClientGone(f"the client of a {name} request disconnected")
         out = lease.synthesize(text, voice=voice, speed=speed)
+    if out.samples.size == 0:
+        raise no_audio(name)
     return audio.encode(out.samples, out.sample_rate, fmt), out.sample_rate
 
 
@@ -122,8 +122,11 @@ async def create_speech(
     # Unresolved names never become a label: a client must not grow the metric's cardinality.
     name = "unknown"
     status = "error"
+    streamed = body.stream_format == "sse" or body.stream
     try:
-        async with runtime.admission.slot():
+        async with contextlib.AsyncExitStack() as admitted:
+            # A stream holds its admission slot until its last byte: it is work in flight.
+            await admitted.enter_async_context(runtime.admission.slot())
             try:
                 resolved = engine.resolve(body.model)
             except ResidencyError as err:
@@ -137,17 +140,37 @@ async def create_speech(
             # The engine knows a model's voices before its first load (hibari lists what is on disk),
             # so a wrong voice is refused without loading anything.
             voice = choose_voice(body.voice, engine.voices(name), engine.spec(name).default_voice, name)
-            content, sample_rate = await run_for_client(
-                request, runtime, name, _speak, engine, name, body.input, voice, body.speed,
-                body.response_format,
-            )
+            headers: dict[str, Any] = {"X-Model": name}
+            if streamed:
+                stream = SpeechStream(
+                    engine, runtime, name, body.input, voice, body.speed, body.response_format
+                )
+                first = await stream.start(request)
+                headers["X-Sample-Rate"] = str(stream.sample_rate)
+                # From here the response owns the stream and the slot; both end with its last byte.
+                stream.then_close(admitted.pop_all())
+                response: Response
+                if body.stream_format == "sse":
+                    response = SseSpeechResponse(stream, first, headers)
+                else:
+                    response = AudioStreamResponse(
+                        stream, first, audio.MEDIA_TYPES[body.response_format], headers
+                    )
+            else:
+                content, sample_rate = await run_for_client(
+                    request, runtime, name, _speak, engine, name, body.input, voice, body.speed,
+                    body.response_format,
+                )
+                headers["X-Sample-Rate"] = str(sample_rate)
+                media_type = audio.MEDIA_TYPES[body.response_format]
+                response = Response(content, media_type=media_type, headers=headers)
         status = "ok"
     except ClientGone:
         status = "disconnected"  # nobody to answer: not `ok`, and not an error of ours
         return Response(status_code=499)
     finally:
+        # A stream's figure is its time to first audio here; residency_speech_streams_total has its end.
         runtime.metrics.request_seconds.labels(name, body.response_format, status).observe(
             time.perf_counter() - started
         )
-    headers: dict[str, Any] = {"X-Sample-Rate": str(sample_rate), "X-Model": name}
-    return Response(content, media_type=audio.MEDIA_TYPES[body.response_format], headers=headers)
+    return response
