@@ -16,5 +16,12 @@ def decode(data: bytes, fmt: str, pcm_rate: int = 0) -> tuple[np.ndarray, int]:
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.audio[0]
         rate = int(stream.rate or stream.codec_context.sample_rate)
-        parts = [frame.to_ndarray().astype(np.float32).reshape(-1) for frame in container.decode(stream)]
+        parts = [_floats(frame.to_ndarray()) for frame in container.decode(stream)]
     return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), rate
+
+
+def _floats(samples: np.ndarray) -> np.ndarray:
+    """Integer samples scaled as the server scales them (x 32767), float ones as they are."""
+    if samples.dtype.kind == "i":
+        return (samples.astype(np.float32) / np.iinfo(samples.dtype).max).reshape(-1)
+    return samples.astype(np.float32).reshape(-1)

@@ -27,21 +27,25 @@ class Segment:
 
 
 def split(
-    text: str, language: str = "en", first_max: int = FIRST_MAX_CHARS, max_chars: int = MAX_CHARS
+    text: str,
+    language: str = "en",
+    first_max: int = FIRST_MAX_CHARS,
+    max_chars: int = MAX_CHARS,
+    join: bool = True,
 ) -> list[Segment]:
     """Segments in order, each at most `first_max` (the first) or `max_chars` characters unless one
-    word is longer; consecutive short sentences are joined up to `max_chars` after the first segment.
-    Whitespace between segments is dropped; no segment is empty and no word is ever cut."""
+    word is longer; with `join`, neighbours are joined while they fit. Whitespace between segments is
+    dropped; no segment is empty and no word is ever cut."""
     pieces: list[Segment] = []
     for paragraph in _PARAGRAPH.split(text):
         for sentence in sentences(language, paragraph):
             sentence = _SPACE.sub(" ", sentence).strip()
             if sentence:
-                pieces.extend(_fit(sentence, first_max if not pieces else max_chars))
-    return _merge(pieces, first_max, max_chars)
+                pieces.extend(_fit(sentence, first_max if not pieces else max_chars, join))
+    return _merge(pieces, first_max, max_chars) if join else pieces
 
 
-def _fit(sentence: str, limit: int) -> list[Segment]:
+def _fit(sentence: str, limit: int, join: bool) -> list[Segment]:
     """One sentence as segments within `limit`: whole, else at clause ends, else at spaces."""
     if len(sentence) <= limit:
         return [Segment(sentence, "sentence")]
@@ -56,7 +60,7 @@ def _fit(sentence: str, limit: int) -> list[Segment]:
         out.extend(Segment(w, "word") for w in words[:-1])
         out.append(Segment(words[-1], end))
     # Clauses that fit together travel together: fewer joins, more context for the model.
-    return _merge(out, limit, limit)
+    return _merge(out, limit, limit) if join else out
 
 
 def _words(text: str, limit: int) -> list[str]:
