@@ -117,7 +117,8 @@ async def test_each_format_streams_as_one_clip(fmt: str) -> None:
 
 def _best_lag(signal: np.ndarray, reference: np.ndarray, max_lag: int) -> int:
     head = reference[max_lag : max_lag + reference.size // 4]
-    scores = [float(np.dot(signal[max_lag + lag : max_lag + lag + head.size], head)) for lag in range(-max_lag, max_lag)]
+    start = max_lag + np.arange(-max_lag, max_lag)
+    scores = [float(np.dot(signal[at : at + head.size], head)) for at in start]
     return int(np.argmax(scores)) - max_lag
 
 
@@ -136,8 +137,9 @@ async def test_sse_sends_openai_events_then_done_with_usage() -> None:
         response = await speak(client, stream_format="sse")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
-    events = [json.loads(line[len("data: ") :]) for line in response.text.splitlines() if line.startswith("data: ")]
-    names = [line[len("event: ") :] for line in response.text.splitlines() if line.startswith("event: ")]
+    lines = response.text.splitlines()
+    events = [json.loads(line[len("data: ") :]) for line in lines if line.startswith("data: ")]
+    names = [line[len("event: ") :] for line in lines if line.startswith("event: ")]
     assert [e["type"] for e in events] == names
     assert {e["type"] for e in events[:-1]} == {"speech.audio.delta"} and len(events) >= 3
     audio = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
@@ -160,10 +162,11 @@ async def test_a_failure_mid_stream_is_an_error_event() -> None:
         "execution": "worker",
     }
     # A first sentence too long to share the short first segment with the next one.
-    first = ("The first sentence is long enough to be a segment of its own " + "and more " * 20)[:155] + "end."
+    first = ("The first sentence is long enough to be a segment of its own " + "and more " * 20)[:155]
+    first += "end."
     text = f"{first} crash"
     assert [s.text for s in split(text)] == [first, "crash"]  # the worker dies on the second segment
-    async with running(models(crashing)) as (app, client):
+    async with running(models(crashing)) as (_, client):
         response = await speak(client, "crashing", input=text, stream_format="sse")
         assert response.status_code == 200
         events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
@@ -176,7 +179,9 @@ async def test_a_failure_mid_stream_is_an_error_event() -> None:
 
 
 @pytest.mark.parametrize("text", ["😀😀😀", "你好世界", "مرحبا بالعالم"])
-@pytest.mark.parametrize("body", [{"stream": False}, {}, {"stream_format": "sse"}], ids=["whole", "audio", "sse"])
+@pytest.mark.parametrize(
+    "body", [{"stream": False}, {}, {"stream_format": "sse"}], ids=["whole", "audio", "sse"]
+)
 async def test_text_the_voice_cannot_speak_is_400(text: str, body: dict[str, Any]) -> None:
     async with running(models(HIBARI)) as (_, client):
         response = await speak(client, "hibari", input=text, response_format="mp3", **body)
