@@ -130,7 +130,7 @@ class InlineExecutor:
         cancel: threading.Event | None = None,
     ) -> Chunks:
         replies: queue.SimpleQueue[tuple[Any, BaseException | None, bool]] = queue.SimpleQueue()
-        job = Job("stream", (text, voice, speed), lambda value, error, final: replies.put((value, error, final)))
+        job = Job("stream", (text, voice, speed), lambda *reply: replies.put(reply))
         self._dispatch.submit(job)
         final = False
         try:
