@@ -630,7 +630,11 @@ class WorkerExecutor:
         final = False
         try:
             while not final:
-                kind, value = self._next_reply(chan, rid, replies, timeout, cancel, stop)
+                try:
+                    kind, value = self._next_reply(chan, rid, replies, timeout, cancel, stop)
+                except BaseException:
+                    final = True  # the worker is gone (crash, timeout): nothing left to stop
+                    raise
                 final = kind != "chunk"
                 if final:
                     self._raise_for(kind, value)
