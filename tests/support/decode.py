@@ -13,7 +13,7 @@ def decode(data: bytes, fmt: str, pcm_rate: int = 0) -> tuple[np.ndarray, int]:
     """Mono float32 samples and their rate; `pcm` is raw 16-bit little-endian at `pcm_rate`."""
     if fmt == "pcm":
         return np.frombuffer(data, "<i2").astype(np.float32) / 32767.0, pcm_rate
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), mode="r") as container:
         stream = container.streams.audio[0]
         rate = int(stream.rate or stream.codec_context.sample_rate)
         parts = [_floats(frame.to_ndarray()) for frame in container.decode(stream)]
