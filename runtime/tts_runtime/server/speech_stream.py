@@ -96,7 +96,9 @@ class SpeechStream:
                 raise data
             return bytes(data)
         except BaseException:
-            await self.aclose()
+            # Not waiting for the producer: it may still wait for its model (a load), and the answer
+            # (an error, or nothing for a client that left) should not. It stops as soon as it runs.
+            self.cancel()
             raise
 
     async def _first(self, request: Request) -> Any:
