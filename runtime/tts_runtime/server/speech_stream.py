@@ -19,7 +19,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from tts_runtime.engine import Engine
-from tts_runtime.residency import ResidencyError
+from tts_runtime.engine.errors import ResidencyError
 from tts_runtime.server.audio import StreamEncoder
 from tts_runtime.server.errors import ApiError, error_response, from_residency
 from tts_runtime.server.inflight import ClientGone, disconnected
