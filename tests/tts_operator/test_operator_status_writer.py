@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
@@ -18,6 +19,13 @@ KEY: ServiceKey = ("default", "voice")
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for something to have happened (never for time to pass and then check)."""
+    async with asyncio.timeout(10):
+        while not condition():
+            await asyncio.sleep(0.005)
 
 
 def test_marks_within_the_delay_are_one_run_and_a_mark_during_a_run_is_one_more() -> None:
@@ -35,15 +43,12 @@ def test_marks_within_the_delay_are_one_run_and_a_mark_during_a_run_is_one_more(
         for _ in range(5):
             debounce.mark("a")
         debounce.mark("b")
-        await asyncio.sleep(0.05)
+        await until(lambda: ("end", "b") in log)  # b, marked with a, has had its delay and its run
         assert log.count(("start", "a")) == 1 and ("end", "a") not in log  # a's first run is held open
         debounce.mark("a")
         debounce.mark("a")
-        await asyncio.sleep(0.05)
-        assert log.count(("start", "a")) == 1  # no overlapping run of the same key
         release.set()
-        await asyncio.sleep(0.05)
-        assert debounce.pending() == 0
+        await until(lambda: log.count(("end", "a")) == 2 and debounce.pending() == 0)
         await debounce.close()
         return log
 
@@ -63,9 +68,9 @@ def test_a_failing_action_is_logged_and_the_key_can_run_again() -> None:
 
         debounce = Debouncer(action, 0.0)
         debounce.mark("a")
-        await asyncio.sleep(0.02)
+        await until(lambda: calls == 1 and debounce.pending() == 0)
         debounce.mark("a")
-        await asyncio.sleep(0.02)
+        await until(lambda: calls == 2 and debounce.pending() == 0)
         await debounce.close()
         return calls
 
