@@ -5,7 +5,7 @@
 #   scripts/release.sh VERSION [--push | --check]      (--check: only verify the version is written everywhere)
 # Before: bump VERSION everywhere it is written (this script refuses to release while one place differs):
 #   pyproject.toml `version`, runtime/ and operator/ `__version__`, charts/residency/Chart.yaml `version`
-#   and `appVersion`, operator/tts_operator/builders.py RUNTIME_IMAGE and AGENT_IMAGE, the Dockerfile's
+#   and `appVersion`, operator/tts_operator/settings.py RUNTIME_IMAGE and AGENT_IMAGE, the Dockerfile's
 #   `ARG VERSION`.
 # Env: PREFIX (default ghcr.io/residency-dev: where the chart's default images live), ENGINE (docker or
 #   podman, see scripts/build-images.sh), ALLOW_DIRTY=1 (release a tree with uncommitted changes: tests only).
@@ -37,8 +37,8 @@ check runtime/tts_runtime/__init__.py "__version__ = \"$version\""
 check operator/tts_operator/__init__.py "__version__ = \"$version\""
 check charts/residency/Chart.yaml "version: $version"
 check charts/residency/Chart.yaml "appVersion: \"$version\""
-check operator/tts_operator/builders.py "residency-runtime:$version\""
-check operator/tts_operator/builders.py "residency-operator:$version\""
+check operator/tts_operator/settings.py "residency-runtime:$version\""
+check operator/tts_operator/settings.py "residency-operator:$version\""
 check Dockerfile "ARG VERSION=$version"
 if [ ${#wrong[@]} -gt 0 ]; then
   printf 'release.sh: version %s is not written everywhere yet:\n' "$version" >&2

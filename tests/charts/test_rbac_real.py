@@ -200,6 +200,10 @@ def test_full_flow_with_the_components_own_tokens(kube_cluster: Cluster, namespa
                 return int(status.get("replicas", 0)) == 2 and reports == 1
 
             wait_for(counted, timeout=30, interval=0.2, what="the operator's status: two pods, one report")
+            # The agent goes before its pod does: deleting the TTSService takes its Role away (a 403 then
+            # would be the garbage collector's doing, not a missing rule).
+            agent.stop()
+            runtime.stop()
 
             # Deleted: the TTSService goes, its children with it (garbage collection of owned objects).
             kube_cluster.kubectl("delete", "tts", "hibari", "-n", namespace, "--timeout=30s")

@@ -26,7 +26,7 @@ def test_another_version_is_refused_naming_each_place() -> None:
     done = subprocess.run(["bash", str(RELEASE), "99.0.0", "--check"], capture_output=True, text=True,
                           timeout=30)
     assert done.returncode == 1
-    for place in ("pyproject.toml", "Chart.yaml", "builders.py", "Dockerfile"):
+    for place in ("pyproject.toml", "Chart.yaml", "settings.py", "Dockerfile"):
         assert place in done.stderr, done.stderr
 
 
