@@ -25,7 +25,9 @@ PATHS = {
 }
 
 
-class ApiError(Exception):
+class KubeApiError(Exception):
+    """A Kubernetes API call answered an error status (not the runtime's HTTP ApiError)."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
@@ -60,9 +62,9 @@ class Api:
             response = self._client.call_api(*params, _request_timeout=30)
             response.read()  # type: ignore[no-untyped-call]
         except kubernetes.client.ApiException as exc:
-            raise ApiError(int(exc.status or 0), str(exc.body or exc.reason)) from None
+            raise KubeApiError(int(exc.status or 0), str(exc.body or exc.reason)) from None
         if response.status >= 400:
-            raise ApiError(response.status, bytes(response.data or b"").decode(errors="replace")[:500])
+            raise KubeApiError(response.status, bytes(response.data or b"").decode(errors="replace")[:500])
         return json.loads(response.data) if response.data else None
 
     async def request(self, method: str, url: str, body: Any = None, content_type: str | None = None) -> Any:
@@ -72,7 +74,7 @@ class Api:
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             found: dict[str, Any] = await self.request("GET", path(kind, namespace, name))
-        except ApiError as exc:
+        except KubeApiError as exc:
             if exc.status == 404:
                 return None
             raise
@@ -95,7 +97,7 @@ class Api:
         body = {"preconditions": {"uid": uid}} if uid else None
         try:
             await self.request("DELETE", path(kind, namespace, name), body)
-        except ApiError as exc:
+        except KubeApiError as exc:
             if exc.status == 404:
                 return False
             raise

@@ -17,7 +17,7 @@ from tts_contract import annotations as ann
 from tts_contract import names
 from tts_operator import settings as settings_module
 from tts_operator.allocations import NO_DRA, ClaimAllocation, claim_allocation, dra_enabled
-from tts_operator.api import PATHS, Api, ApiError
+from tts_operator.api import PATHS, Api, KubeApiError
 from tts_operator.builders import (
     Images,
     Manifest,
@@ -413,7 +413,7 @@ async def _place_gated(api: Api, memo: kopf.Memo, pods: list[PodInfo], kw: dict[
             patch["spec"]["affinity"] = affinity
         try:
             await api.patch("Pod", pod.namespace, pod.name, patch)
-        except ApiError as exc:
+        except KubeApiError as exc:
             if exc.status not in (404, 409):  # gone, or changed meanwhile: its next event places it
                 raise
 

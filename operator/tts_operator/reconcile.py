@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tts_contract import annotations as ann
-from tts_operator.api import Api, ApiError
+from tts_operator.api import Api, KubeApiError
 from tts_operator.builders import Images, Manifest, Owner, build_children, claim_template_name, differs
 from tts_operator.spec import TTSServiceSpec
 from tts_operator.status import PodInfo
@@ -79,7 +79,7 @@ async def apply_child(api: Api, desired: Manifest, observed: Manifest | None = N
         try:
             await api.create(desired)
             return "created"
-        except ApiError as exc:
+        except KubeApiError as exc:
             if exc.status != 409:
                 raise
         # Created meanwhile (the index lags behind our own POSTs, or the event handler made it): compare it.
@@ -94,7 +94,7 @@ async def apply_child(api: Api, desired: Manifest, observed: Manifest | None = N
         await api.delete(desired["kind"], meta["namespace"], meta["name"], uid)
         try:
             await api.create(desired)
-        except ApiError as exc:
+        except KubeApiError as exc:
             if exc.status != 409:  # someone (the child watch) made it meanwhile: the next pass compares it
                 raise
         return "replaced"
@@ -172,7 +172,7 @@ async def patch_annotations(api: Api, pod: PodInfo, values: dict[str, str | None
     body: dict[str, Any] = {"metadata": {"annotations": values}}
     try:
         patched = await api.patch("Pod", pod.namespace, pod.name, body)
-    except ApiError as exc:
+    except KubeApiError as exc:
         written.unsent(pod, values)
         if exc.status == 404:  # the pod is gone: nothing to tell it
             written.forget(pod.key)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from tts_operator.allocations import NO_DRA, dra_enabled
-from tts_operator.api import Api, ApiError
+from tts_operator.api import Api, KubeApiError
 from tts_operator.spec import InvalidSpecError, parse_spec
 from tts_operator.status import PodInfo, aggregate, status_changed
 from tts_operator.written import includes
@@ -122,7 +122,7 @@ class StatusWriter:
             return False
         try:
             patched = await self._api.patch("TTSService", namespace, name, {"status": desired}, sub="status")
-        except ApiError as exc:
+        except KubeApiError as exc:
             if exc.status == 404:  # deleted meanwhile: nothing to report on
                 self._wrote.pop(key, None)
                 return False

@@ -24,7 +24,7 @@ from typing import TypeVar
 
 import httpx
 
-from tts_runtime.server.background import free_port
+from support.background import free_port
 
 __all__ = ["Process", "RuntimeProcess", "executable", "free_port", "runtime_env", "start_runtime", "wait_for"]
 

@@ -6,7 +6,7 @@ import asyncio
 import copy
 from typing import Any, cast
 
-from tts_operator.api import Api, ApiError
+from tts_operator.api import Api, KubeApiError
 from tts_operator.builders import Images, Owner, build_children
 from tts_operator.reconcile import apply_children, observed_part
 from tts_operator.spec import parse_spec
@@ -29,7 +29,7 @@ class RecordingApi:
         self.calls.append(("POST", manifest["kind"]))
         key = (manifest["kind"], manifest["metadata"]["name"])
         if key in self.objects:
-            raise ApiError(409, "already exists")
+            raise KubeApiError(409, "already exists")
         self.objects[key] = copy.deepcopy(manifest)
         return manifest
 

@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 
 from tts_contract import annotations as ann
-from tts_operator.api import Api, ApiError
+from tts_operator.api import Api, KubeApiError
 from tts_operator.status import PodInfo
 from tts_operator.statuswriter import Debouncer, ServiceKey, StatusWriter
 
@@ -66,7 +66,7 @@ def test_a_failing_action_is_logged_and_the_key_can_run_again() -> None:
         async def action(key: str) -> None:
             nonlocal calls
             calls += 1
-            raise ApiError(500, "boom")
+            raise KubeApiError(500, "boom")
 
         debounce = Debouncer(action, 0.0)
         debounce.mark("a")
@@ -90,7 +90,7 @@ class FakeApi:
                     sub: str | None = None) -> dict[str, Any]:
         assert (kind, namespace, name, sub) == ("TTSService", "default", "voice", "status")
         if self.missing:
-            raise ApiError(404, "not found")
+            raise KubeApiError(404, "not found")
         self.patches.append(body)
         return {"metadata": {"resourceVersion": str(100 + len(self.patches))}}
 
@@ -164,7 +164,7 @@ def test_other_api_errors_propagate_to_the_debouncer() -> None:
     class Broken(FakeApi):
         async def patch(self, kind: str, namespace: str, name: str, body: dict[str, Any],
                         sub: str | None = None) -> dict[str, Any]:
-            raise ApiError(500, "internal")
+            raise KubeApiError(500, "internal")
 
-    with pytest.raises(ApiError):
+    with pytest.raises(KubeApiError):
         run(World().writer(Broken()).write(KEY))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from support.fakegpu import FakeGpu
 from tts_contract import State, Verb
-from tts_runtime.engine import Engine, FakeGpu
+from tts_runtime.engine import Engine
 from tts_runtime.engine.errors import InsufficientGpuMemoryError, ModelLoadError
 
 FAULTS = "tts_runtime.testing.faults"

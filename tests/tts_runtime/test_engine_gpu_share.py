@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from support.fakegpu import FakeGpu
 from tts_contract import State
-from tts_runtime.engine import Engine, FakeGpu
+from tts_runtime.engine import Engine
 from tts_runtime.engine.errors import InsufficientGpuMemoryError
 
 MB = 1 << 20

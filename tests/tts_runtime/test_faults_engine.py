@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from support.fakegpu import FakeGpu
 from support.procs import wait_for
 from tts_contract import PolicyPatch, State, Verb
 from tts_runtime.engine import Engine
 from tts_runtime.engine.errors import InsufficientGpuMemoryError
-from tts_runtime.engine.gpu import FakeGpu
 from tts_runtime.engine.lifecycle import process_state, sweep_stale_blocks
 
 FAULTS = "tts_runtime.testing.faults"

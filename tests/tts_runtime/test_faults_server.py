@@ -16,9 +16,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from support.background import serve_in_thread
 from support.procs import wait_for
 from tts_runtime.server import create_app
-from tts_runtime.server.background import serve_in_thread
 from tts_runtime.server.guards import MAX_BODY_BYTES
 from tts_runtime.settings import Settings
 

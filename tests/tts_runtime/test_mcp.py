@@ -11,8 +11,8 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from support.background import serve_in_thread
 from tts_runtime.server import create_app
-from tts_runtime.server.background import serve_in_thread
 from tts_runtime.settings import Settings
 
 TINY = {

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from support.background import serve_in_thread
 from tts_runtime.server import create_app
-from tts_runtime.server.background import serve_in_thread
 from tts_runtime.settings import Settings
 
 CHROMIUM = "/usr/bin/chromium"

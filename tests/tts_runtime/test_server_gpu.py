@@ -7,8 +7,8 @@ import json
 import httpx
 import pytest
 
+from support.background import serve_in_thread
 from tts_runtime.server import create_app
-from tts_runtime.server.background import serve_in_thread
 from tts_runtime.settings import Settings
 
 pytestmark = pytest.mark.gpu

@@ -13,8 +13,8 @@ import pytest
 import soundfile as sf
 from fastapi import FastAPI
 
+from support.background import serve_in_thread
 from tts_runtime.server import create_app
-from tts_runtime.server.background import serve_in_thread
 from tts_runtime.settings import Settings
 
 TINY = {

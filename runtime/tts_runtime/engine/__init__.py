@@ -2,7 +2,7 @@
 
 from tts_runtime.engine.clock import Clock, ManualClock, SystemClock
 from tts_runtime.engine.core import Engine
-from tts_runtime.engine.gpu import FakeGpu, GpuProbe, NoGpu, NvmlProbe
+from tts_runtime.engine.gpu import GpuProbe, NoGpu, NvmlProbe
 from tts_runtime.engine.lease import Lease, Synthesis, Transition
 from tts_runtime.engine.planning import Action, SlotView, choose_victims, plan_idle
 
@@ -10,7 +10,6 @@ __all__ = [
     "Action",
     "Clock",
     "Engine",
-    "FakeGpu",
     "GpuProbe",
     "Lease",
     "ManualClock",

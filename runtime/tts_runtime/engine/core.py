@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from tts_contract import ModelReport, ModelSpec, Policy, PolicyPatch, ResidencyReport, State, Verb
-from tts_runtime.engine.admin import run_admin
+from tts_runtime.engine.admin_verbs import run_admin
 from tts_runtime.engine.backends import Chunks
 from tts_runtime.engine.budget import GpuBudget
 from tts_runtime.engine.clock import Clock, SystemClock

@@ -124,8 +124,8 @@ async def gpu_timeout(request: Request, engine: EngineDep) -> dict[str, Any]:
 
 
 @router.post("/api/v1/models/{variant}/unload", dependencies=[AdminDep])
-async def unload_variant(variant: str, engine: EngineDep) -> dict[str, Any]:
-    """The seed keyed models by variant (base/awq/bnb); accept a variant or a model name."""
+async def release_variant(variant: str, engine: EngineDep) -> dict[str, Any]:
+    """The seed's "unload" is our release. It keyed models by variant (base/awq/bnb): a variant or a name."""
     names = [m.name for m in engine.report().models if variant in (m.name, m.variant)]
     if not names:
         names = [engine.resolve(variant)]  # raises the 404 naming the served models

@@ -1,4 +1,4 @@
-"""Serve an app with uvicorn in a background thread on a free port (tests, bench, notebooks)."""
+"""Serve an app with uvicorn in a background thread on a free port (tests only)."""
 
 from __future__ import annotations
 
