@@ -1,28 +1,39 @@
-"""Bench 2: latency and throughput of `/v1/audio/speech` against the same model called in-process.
+"""Bench 2: `tts-runtime serve` against the 30-line server a user would write instead (`baseline_server.py`).
 
-    python bench/serving.py                      # hibari and the tiny torch model, a few minutes on 2 cores
-    python bench/serving.py --models hibari --requests 100 --concurrency 1
+    python bench/serving.py                     # all parts below, ~5 min on 2 cores
+    python bench/serving.py throughput --rounds 3 --clients 1,4,8,16
+    python bench/serving.py cold --repeats 3
+    python bench/serving.py exit-worker --requests 12 --gap 2
+    python bench/serving.py memory --models 4
+    python bench/serving.py throughput --runtime /tmp/before/runtime   # Residency from another checkout
 
-For each model, four ways to get the same audio, each warmed up first:
-  raw           the model object called directly (hibari.Hibari / TinyTTS), no engine
-  engine        Engine.lease() + synthesize in this process (the worker process included, as in the server)
-  http          a real `tts-runtime serve` subprocess, model resident (--no-offload-after-use)
-  http-offload  the same server with offloadAfterUse on: each request may pay a restore
-The overhead ratio is http over engine (and over raw) at the median; the restores counted from /metrics
-say how many requests of the offload run paid for one.
+Both sides serve hibari (voice heart, one ONNX thread per request, seed 0, 16-bit PCM) on this machine's
+CPU, and run interleaved in one process: every round measures each server in turn (the order rotates), so
+whatever else loads the machine loads both. Each ratio is Residency ÷ baseline per round; the tables give
+the median and the spread (min–max) over the rounds.
+
+  throughput   req/s and p50 at each client count: baseline, Residency resident (--no-offload-after-use)
+               and Residency with the defaults (offloadAfterUse)
+  cold         process start -> first audio bytes of one request (both load the model on the way)
+  exit-worker  one request at a time, `--gap` seconds apart (an idle model's next request), keep-worker
+               vs exit-worker, both offloadAfterUse: what a request pays for a restore in each mode
+  memory       RSS of the runtime and its workers (PSS where /proc has it) serving N hibari models, each in
+               its own worker or all in one shared worker, against the baseline with one model
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import re
 import signal
+import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,24 +44,115 @@ import benchlib
 from benchlib import fmt_ms, print_table, summary
 
 TEXT = "Residency keeps idle models off the GPU and brings them back fast."
-MODELS: dict[str, dict[str, Any]] = {
-    "hibari": {"flag": "hibari", "spec": {"name": "hibari"}, "voice": "heart"},
-    "tiny": {"flag": "tiny=tts_runtime.testing.tiny:factory",
-             "spec": {"name": "tiny", "backend": "plugin", "factory": "tts_runtime.testing.tiny:factory"},
-             "voice": "alto"},
-}
-Call = Callable[[], None]
+BODY = {"model": "hibari", "input": TEXT, "voice": "heart", "response_format": "pcm"}
+HERE = Path(__file__).resolve().parent
 
 
-def run_load(call: Call, requests: int, concurrency: int, warmup: int) -> dict[str, Any]:
-    """Latencies of `requests` calls made by `concurrency` threads, after `warmup` unmeasured calls."""
-    for _ in range(warmup):
-        call()
+# -- servers ---------------------------------------------------------------------------------------
+class Server:
+    """A server subprocess on a free port, in its own session; output to a log file; SIGTERM to stop."""
+
+    def __init__(self, label: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.label = label
+        self.port = benchlib.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log = log_dir / f"serving-{label}.log"
+        self._file = self.log.open("wb")
+        self.t0 = time.perf_counter()
+        argv = [a.replace("{port}", str(self.port)) for a in argv]
+        self.proc = subprocess.Popen(argv, stdout=self._file, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        self.client = httpx.Client(base_url=self.url, timeout=120,
+                                   limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
+
+    def first_audio(self, body: dict[str, Any] = BODY, timeout: float = 180.0) -> float:
+        """Seconds from process start to the first complete audio response."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{self.label} exited ({self.proc.returncode}); see {self.log}")
+            try:
+                r = self.client.post("/v1/audio/speech", json=body)
+                if r.status_code == 200 and r.content:
+                    return time.perf_counter() - self.t0
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{self.label}: no audio within {timeout:g}s; see {self.log}")
+            time.sleep(0.02)
+
+    def speak(self, body: dict[str, Any] = BODY) -> None:
+        r = self.client.post("/v1/audio/speech", json=body)
+        if r.status_code != 200:
+            raise RuntimeError(f"{self.label}: speech failed: {r.status_code} {r.text[:300]}")
+
+    def pids(self) -> list[int]:
+        """The server and every process below it (Residency's workers)."""
+        out, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            try:
+                with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+                    todo += [int(c) for c in f.read().split()]
+            except OSError:
+                pass
+        return out
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._file.close()
+
+
+class Factory:
+    """Builds the baseline and Residency servers; Residency is imported from `--runtime`."""
+
+    def __init__(self, runtime: Path, log_dir: Path) -> None:
+        self.runtime = runtime
+        self.log_dir = log_dir
+        self.tmp = Path(tempfile.mkdtemp(prefix="serving-bench-"))
+
+    def _env(self, residency: bool) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TTS_RUNTIME_")}
+        if residency:
+            paths = [str(self.runtime), env.get("PYTHONPATH", "")]
+            env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        return env
+
+    def baseline(self, label: str = "baseline") -> Server:
+        return Server(label, [sys.executable, str(HERE / "baseline_server.py"), "{port}"], self._env(False),
+                      self.log_dir)
+
+    def residency(self, label: str, models: list[dict[str, Any]] | None = None,
+                  offload_after_use: bool = False) -> Server:
+        argv = [benchlib.executable("tts-runtime"), "serve", "--port", "{port}", "--device", "cpu",
+                "--log-level", "warning",
+                "--offload-after-use" if offload_after_use else "--no-offload-after-use"]
+        if models is None:
+            argv += ["--model", "hibari"]
+        else:
+            path = self.tmp / f"{label}.json"
+            path.write_text(json.dumps({"models": models}), encoding="utf-8")
+            argv += ["--models-file", str(path)]
+        return Server(label, argv, self._env(True), self.log_dir)
+
+
+# -- measuring -------------------------------------------------------------------------------------
+def run_load(call: Callable[[], None], requests: int, clients: int) -> dict[str, Any]:
+    """Latencies of `requests` calls made by `clients` threads; req/s over the wall time."""
     latencies: list[float] = []
     lock = threading.Lock()
     left = iter(range(requests))
 
-    def worker() -> None:
+    def client() -> None:
         while True:
             with lock:
                 if next(left, None) is None:
@@ -62,204 +164,214 @@ def run_load(call: Call, requests: int, concurrency: int, warmup: int) -> dict[s
                 latencies.append(dt)
 
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        for f in [pool.submit(worker) for _ in range(concurrency)]:
+    with ThreadPoolExecutor(clients) as pool:
+        for f in [pool.submit(client) for _ in range(clients)]:
             f.result()
     wall = time.perf_counter() - t0
-    return {**summary(latencies), "wall_s": wall, "throughput_rps": len(latencies) / wall}
+    return {**summary(latencies), "wall_s": wall, "rps": len(latencies) / wall}
 
 
-# -- the in-process baselines ----------------------------------------------------------------------
-def raw_call(model: str) -> tuple[Call, Callable[[], None]]:
-    if model == "hibari":
-        from hibari import Hibari
-
-        h = Hibari("heart", threads=1)  # the engine's hibari backend uses one ORT thread too
-
-        def call() -> None:
-            h(TEXT, speed=1.0, seed=0)
-
-        return call, lambda: None
-    import torch
-
-    from tts_runtime.testing.tiny import TinyTTS
-
-    tiny = TinyTTS()
-
-    def call_tiny() -> None:
-        with torch.inference_mode():
-            tiny.synthesize(TEXT, "alto", 1.0)
-
-    return call_tiny, lambda: None
+def spread(values: Sequence[float], fmt: str = "{:.2f}") -> str:
+    """'median [min–max]' of per-round values."""
+    vals = [v for v in values if v == v]
+    if not vals:
+        return "—"
+    med = statistics.median(vals)
+    if len(vals) == 1:
+        return fmt.format(med)
+    return f"{fmt.format(med)} [{fmt.format(min(vals))}–{fmt.format(max(vals))}]"
 
 
-def engine_call(model: str) -> tuple[Call, Callable[[], None]]:
-    from tts_contract import ModelSpec
-    from tts_runtime.engine import Engine
-
-    spec = ModelSpec.model_validate({**MODELS[model]["spec"], "policy": {"offloadAfterUse": False}})
-    engine = Engine([spec], device="cpu")
-    engine.start()
-    voice = MODELS[model]["voice"]
-
-    def call() -> None:
-        with engine.lease(model) as lease:
-            lease.synthesize(TEXT, voice=voice, speed=1.0)
-
-    return call, lambda: engine.shutdown(drain_timeout=30)
+def rotate(items: list[Any], k: int) -> list[Any]:
+    k %= len(items)
+    return items[k:] + items[:k]
 
 
-# -- the server ------------------------------------------------------------------------------------
-class Server:
-    """`tts-runtime serve` as a subprocess on a free port; output to a log file; stopped by SIGTERM."""
-
-    def __init__(self, model: str, offload_after_use: bool, log_dir: Path) -> None:
-        self.port = benchlib.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        policy = "--offload-after-use" if offload_after_use else "--no-offload-after-use"
-        args = [benchlib.executable("tts-runtime"), "serve", "--port", str(self.port), "--device", "cpu",
-                "--model", MODELS[model]["flag"], policy]
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.log = log_dir / f"serve-{model}-{'offload' if offload_after_use else 'resident'}.log"
-        self._file = self.log.open("wb")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TTS_RUNTIME_")}
-        self.proc = subprocess.Popen(args, stdout=self._file, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"tts-runtime serve exited ({self.proc.returncode}); see {self.log}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit(f"tts-runtime serve not ready within 60s; see {self.log}")
-            time.sleep(0.1)
-
-    def transitions(self, model: str) -> dict[str, float]:
-        """Counts and total seconds of the verbs done so far, from /metrics."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        out: dict[str, float] = {}
-        pattern = re.compile(r'^residency_transition(s_total|_duration_seconds_sum)\{([^}]*)\} ([0-9.e+-]+)$')
-        for line in text.splitlines():
-            m = pattern.match(line)
-            if not m:
-                continue
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
-            if labels.get("model") != model or labels.get("outcome") != "ok":
-                continue
-            kind = "count" if m.group(1) == "s_total" else "seconds"
-            out[f"{labels['verb']}_{kind}"] = float(m.group(3))
-        return out
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self._file.close()
-
-
-def http_call(server: Server, model: str, fmt: str) -> tuple[Call, Callable[[], None]]:
-    client = httpx.Client(base_url=server.url, timeout=120, limits=httpx.Limits(max_connections=32))
-    body = {"model": model, "input": TEXT, "voice": MODELS[model]["voice"], "response_format": fmt}
-
-    def call() -> None:
-        r = client.post("/v1/audio/speech", json=body)
-        if r.status_code != 200:
-            raise RuntimeError(f"speech request failed: {r.status_code} {r.text[:300]}")
-
-    return call, client.close
-
-
-# -- main ------------------------------------------------------------------------------------------
-def measure(model: str, how: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
-    server: Server | None = None
-    if how.startswith("http"):
-        server = Server(model, how == "http-offload", benchlib.RESULTS / "logs")
-        call, close = http_call(server, model, args.format)
-    else:
-        call, close = (raw_call if how == "raw" else engine_call)(model)
+def throughput(f: Factory, args: argparse.Namespace, out: dict[str, Any]) -> None:
+    servers = [f.baseline(), f.residency("resident"), f.residency("defaults", offload_after_use=True)]
+    rows: list[dict[str, Any]] = []
     try:
-        for conc in args.concurrency:
-            n = args.offload_requests if how == "http-offload" else args.requests
-            run_load(call, args.warmup, 1, 0)
-            before = server.transitions(model) if server else {}
-            result = run_load(call, n, conc, 0)
-            after = server.transitions(model) if server else {}
-            delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
-            row = {"model": model, "how": how, "concurrency": conc, **result, "transitions": delta}
-            rows.append(row)
-            print(f"{model:7} {how:13} c={conc} p50 {fmt_ms(result['p50'])} ms "
-                  f"p99 {fmt_ms(result['p99'])} ms {result['throughput_rps']:.1f} req/s {delta or ''}",
-                  flush=True)
+        for s in servers:
+            s.first_audio()
+            run_load(s.speak, args.warmup, 1)
+        for rnd in range(args.rounds):
+            for c in args.clients:
+                n = args.requests if c == 1 else max(args.requests, 4 * c)
+                for s in rotate(servers, rnd + c):
+                    r = run_load(s.speak, n, c)
+                    rows.append({"round": rnd, "server": s.label, "clients": c, **r})
+                    print(f"round {rnd} {s.label:9} c={c:<2} p50 {fmt_ms(r['p50'])} ms "
+                          f"{r['rps']:.1f} req/s", flush=True)
     finally:
-        close()
-        if server is not None:
-            server.stop()
+        for s in servers:
+            s.stop()
+    out["throughput"] = rows
+
+    def per_round(label: str, c: int, key: str, over: str = "baseline") -> list[float]:
+        vals = []
+        for rnd in range(args.rounds):
+            a = next(r for r in rows if (r["round"], r["server"], r["clients"]) == (rnd, label, c))
+            b = next(r for r in rows if (r["round"], r["server"], r["clients"]) == (rnd, over, c))
+            vals.append(a[key] / b[key])
+        return vals
+
+    table = []
+    for c in args.clients:
+        base = [r for r in rows if r["server"] == "baseline" and r["clients"] == c]
+        res = [r for r in rows if r["server"] == "resident" and r["clients"] == c]
+        table.append([
+            c,
+            spread([r["rps"] for r in base], "{:.1f}"), spread([r["rps"] for r in res], "{:.1f}"),
+            spread(per_round("resident", c, "rps")), spread(per_round("defaults", c, "rps")),
+            spread([r["p50"] * 1000 for r in base], "{:.1f}"),
+            spread([r["p50"] * 1000 for r in res], "{:.1f}"),
+            spread(per_round("resident", c, "p50")), spread(per_round("defaults", c, "p50")),
+            spread(per_round("defaults", c, "p50", over="resident")),
+        ])
+    print_table(f"Throughput and latency, hibari on CPU, {args.rounds} interleaved rounds: median [min–max]",
+                ["clients", "baseline req/s", "resident req/s", "req/s resident ÷ base",
+                 "req/s defaults ÷ base", "baseline p50 ms", "resident p50 ms", "p50 resident ÷ base",
+                 "p50 defaults ÷ base", "p50 defaults ÷ resident"], table)
+
+
+def cold(f: Factory, args: argparse.Namespace, out: dict[str, Any]) -> None:
+    kinds: list[tuple[str, Callable[[], Server]]] = [
+        ("baseline", f.baseline),
+        ("resident", lambda: f.residency("cold-resident")),
+        ("defaults", lambda: f.residency("cold-defaults", offload_after_use=True)),
+    ]
+    got: dict[str, list[float]] = {k: [] for k, _ in kinds}
+    for rnd in range(args.repeats):
+        for label, make in rotate(kinds, rnd):
+            s = make()
+            try:
+                got[label].append(s.first_audio())
+            finally:
+                s.stop()
+            print(f"repeat {rnd} {label:9} first audio {got[label][-1]:.2f} s", flush=True)
+    out["cold"] = got
+    ratios = {k: [a / b for a, b in zip(got[k], got["baseline"], strict=True)] for k in got}
+    print_table(f"Cold start to first audio, {args.repeats} interleaved repeats: median [min–max]",
+                ["server", "seconds", "÷ baseline"],
+                [[k, spread(v), spread(ratios[k]) if k != "baseline" else ""] for k, v in got.items()])
+
+
+def exit_worker(f: Factory, args: argparse.Namespace, out: dict[str, Any]) -> None:
+    servers = [
+        f.residency("keep-worker", [{"name": "hibari", "cpuMode": "keep-worker"}], offload_after_use=True),
+        f.residency("exit-worker", [{"name": "hibari", "cpuMode": "exit-worker"}], offload_after_use=True),
+    ]
+    lat: dict[str, list[float]] = {s.label: [] for s in servers}
+    try:
+        for s in servers:
+            s.first_audio()
+        time.sleep(args.gap)
+        for i in range(args.exit_requests):
+            for s in rotate(servers, i):
+                t0 = time.perf_counter()
+                s.speak()
+                lat[s.label].append(time.perf_counter() - t0)
+            time.sleep(args.gap)
+    finally:
+        for s in servers:
+            s.stop()
+    out["exit_worker"] = lat
+    ratios = [a / b for a, b in zip(lat["exit-worker"], lat["keep-worker"], strict=True)]
+    print_table(f"One request every {args.gap:g} s, offloadAfterUse, {args.exit_requests} pairs",
+                ["cpuMode", "p50 ms", "mean ms", "max ms", "per request ÷ keep-worker"],
+                [[k, fmt_ms(statistics.median(v)), fmt_ms(statistics.fmean(v)), fmt_ms(max(v)),
+                  spread(ratios) if k == "exit-worker" else ""] for k, v in lat.items()])
+
+
+def _memory_of(pids: list[int]) -> dict[str, int]:
+    rss = pss = 0
+    for pid in pids:
+        rss += benchlib.proc_memory(pid).get("vmrss", 0)
+        try:
+            with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return {"rss": rss, "pss": pss, "processes": len(pids)}
+
+
+def memory(f: Factory, args: argparse.Namespace, out: dict[str, Any]) -> None:
+    n = args.models
+    cases: list[tuple[str, Callable[[], Server], list[str]]] = [
+        ("baseline, 1 model", f.baseline, ["hibari"]),
+        ("residency, 1 model", lambda: f.residency("mem-1"), ["hibari"]),
+    ]
+    names = [f"hibari-{i}" for i in range(n)]
+    own = [{"name": m, "voices": ["heart"]} for m in names]
+    shared = [{**m, "worker": "shared"} for m in own]
+    cases.append((f"residency, {n} models, own workers", lambda: f.residency("mem-own", own), names))
+    if args.shared:
+        cases.append(
+            (f"residency, {n} models, shared worker", lambda: f.residency("mem-shared", shared), names)
+        )
+    rows = []
+    for label, make, models in cases:
+        s = make()
+        try:
+            for m in models:
+                s.first_audio({**BODY, "model": m})
+            time.sleep(0.5)
+            mem = _memory_of(s.pids())
+        finally:
+            s.stop()
+        rows.append({"case": label, "models": len(models), **mem})
+        rss, pss = benchlib.fmt_bytes(mem["rss"]), benchlib.fmt_bytes(mem["pss"])
+        print(f"{label}: RSS {rss} PSS {pss}", flush=True)
+    out["memory"] = rows
+    one = rows[1]
+    table = []
+    for r in rows:
+        per = (r["pss"] - one["pss"]) / (r["models"] - 1) if r["models"] > 1 else None
+        table.append([r["case"], r["processes"], benchlib.fmt_bytes(r["rss"]), benchlib.fmt_bytes(r["pss"]),
+                      benchlib.fmt_bytes(per) if per is not None else ""])
+    print_table("Host memory with every model loaded (resident)",
+                ["case", "processes", "RSS (sum)", "PSS (sum)", "PSS per further model"], table)
+
+
+PARTS = {"throughput": throughput, "cold": cold, "exit-worker": exit_worker, "memory": memory}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="hibari,tiny", help="hibari and/or tiny (default both)")
-    p.add_argument("--ways", default="raw,engine,http,http-offload", help="which of the four to run")
-    p.add_argument("--requests", type=int, default=200, help="measured requests per run (default 200)")
-    p.add_argument("--offload-requests", type=int, default=60,
-                   help="measured requests of the http-offload runs (each may pay a restore; default 60)")
-    p.add_argument("--concurrency", default="1,4", help="client threads, comma-separated (default 1,4)")
-    p.add_argument("--warmup", type=int, default=5, help="unmeasured requests first (default 5)")
-    p.add_argument("--format", default="pcm", choices=["pcm", "wav", "flac"], help="response_format")
+    p.add_argument("parts", nargs="*", default=["throughput", "cold", "exit-worker"],
+                   help=f"which of {', '.join(PARTS)} (default: throughput cold exit-worker)")
+    p.add_argument("--runtime", default=str(benchlib.REPO / "runtime"),
+                   help="the runtime/ directory to import Residency from (default: this checkout)")
+    p.add_argument("--rounds", type=int, default=3, help="throughput: interleaved rounds (default 3)")
+    p.add_argument("--clients", default="1,4,8,16", help="throughput: client counts (default 1,4,8,16)")
+    p.add_argument("--requests", type=int, default=40, help="throughput: requests per run (default 40)")
+    p.add_argument("--warmup", type=int, default=5, help="throughput: unmeasured requests first (default 5)")
+    p.add_argument("--repeats", type=int, default=3, help="cold: interleaved repeats (default 3)")
+    p.add_argument("--exit-requests", type=int, default=10, help="exit-worker: request pairs (default 10)")
+    p.add_argument("--gap", type=float, default=2.0, help="exit-worker: idle seconds between requests")
+    p.add_argument("--models", type=int, default=3, help="memory: models in the multi-model cases")
+    p.add_argument("--shared", action=argparse.BooleanOptionalAction, default=True,
+                   help="memory: include the shared-worker case (needs a runtime that has it)")
     p.add_argument("--json", help="write results here (default bench/results/serving-<time>.json)")
     args = p.parse_args(argv)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    ways = [w.strip() for w in args.ways.split(",") if w.strip()]
+    bad = [x for x in args.parts if x not in PARTS]
+    if bad:
+        p.error(f"unknown part(s) {bad}; choose from {', '.join(PARTS)}")
     try:
-        args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
+        args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
     except ValueError:
-        p.error("--concurrency takes whole numbers separated by commas, e.g. 1,4")
-    if any(m not in MODELS for m in models) or not models:
-        p.error(f"--models takes {', '.join(MODELS)}")
-    if any(w not in ("raw", "engine", "http", "http-offload") for w in ways) or not ways:
-        p.error("--ways takes raw, engine, http, http-offload")
-    if min(args.concurrency, default=0) < 1 or args.requests < 1 or args.offload_requests < 1:
-        p.error("--concurrency, --requests and --offload-requests must be ≥ 1")
-    rows: list[dict[str, Any]] = []
-    for model in models:
-        for how in ways:
-            measure(model, how, args, rows)
-    report(rows)
-    benchlib.write_json({"bench": "serving", "machine": benchlib.machine(), "text": TEXT,
-                         "format": args.format, "rows": rows}, args.json, "serving")
+        p.error("--clients takes whole numbers separated by commas, e.g. 1,4,8,16")
+    if min(args.clients, default=0) < 1 or min(args.rounds, args.requests, args.repeats) < 1:
+        p.error("--clients, --rounds, --requests and --repeats must be ≥ 1")
+    f = Factory(Path(args.runtime).resolve(), benchlib.RESULTS / "logs")
+    out: dict[str, Any] = {"bench": "serving", "machine": benchlib.machine(), "text": TEXT,
+                           "runtime": str(f.runtime)}
+    for part in args.parts:
+        PARTS[part](f, args, out)
+    benchlib.write_json(out, args.json, "serving")
     return 0
-
-
-def report(rows: list[dict[str, Any]]) -> None:
-    def find(model: str, how: str, conc: int) -> dict[str, Any] | None:
-        return next((r for r in rows if (r["model"], r["how"], r["concurrency"]) == (model, how, conc)), None)
-
-    table = []
-    for r in rows:
-        eng = find(r["model"], "engine", r["concurrency"])
-        raw = find(r["model"], "raw", r["concurrency"])
-        over_engine = f"{r['p50'] / eng['p50'] - 1:+.1%}" if eng and r["how"].startswith("http") else ""
-        over_raw = f"{r['p50'] / raw['p50'] - 1:+.1%}" if raw and r["how"] != "raw" else ""
-        t = r["transitions"]
-        restores = ""
-        if r["how"] == "http-offload":
-            count = t.get("restore_count", 0.0)
-            mean = t.get("restore_seconds", 0.0) / count if count else 0.0
-            restores = f"{count:.0f}/{r['n']} ({fmt_ms(mean)} ms each)"
-        table.append([r["model"], r["how"], r["concurrency"], fmt_ms(r["p50"]), fmt_ms(r["p99"]),
-                      f"{r['throughput_rps']:.1f}", over_engine, over_raw, restores])
-    print_table("Speech latency and throughput (CPU)",
-                ["model", "way", "clients", "p50 ms", "p99 ms", "req/s", "p50 vs engine", "p50 vs raw",
-                 "restores"], table)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""`tts-runtime`: the command line (serve over HTTP, or MCP over stdio); flags override `TTS_RUNTIME_*`."""
+"""`tts-runtime`: the command line (serve over HTTP, or MCP over stdio); flags override `TTS_RUNTIME_*`.
+
+Imports are light at the top on purpose: worker processes start with *spawn*, which imports the main
+module (this one, through the `tts-runtime` script) in every worker; uvicorn and the settings load only
+in the commands that use them.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +12,15 @@ import logging
 import math
 import sys
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from tts_contract.extras import missing_extra
-
-try:
-    import uvicorn
-
-    from tts_runtime.settings import VERSION, ConfigError, Settings
-except ModuleNotFoundError as err:  # `pip install .` without [runtime]
-    raise SystemExit(missing_extra(err, "tts-runtime", "runtime")) from None
+from tts_runtime import __version__ as VERSION
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from tts_runtime.server.state import Drain
+    from tts_runtime.settings import Settings
 
 log = logging.getLogger("tts_runtime")
 
@@ -122,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Settings:
     """Settings from the environment with the flags given on the command line on top; exit 2 if wrong."""
+    from pydantic import ValidationError
+
+    from tts_runtime.settings import Settings
+
     given = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     try:
         return Settings(**given)
@@ -142,7 +145,10 @@ def _configure_logging(level: str) -> None:
 
 
 def serve(parser: argparse.ArgumentParser, settings: Settings) -> int:
+    import uvicorn
+
     from tts_runtime.server.app import create_app
+    from tts_runtime.settings import ConfigError
 
     _configure_logging(settings.log_level)
     try:
@@ -160,7 +166,7 @@ def serve(parser: argparse.ArgumentParser, settings: Settings) -> int:
         timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout_seconds)),
         server_header=False,
     )
-    server = DrainingServer(config, runtime.drain)
+    server = draining_server(config, runtime.drain)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     log.info(
         "tts-runtime %s serving http://%s:%d models=%s device=%s gpu-management=%s admin-token=%s",
@@ -176,25 +182,26 @@ def serve(parser: argparse.ArgumentParser, settings: Settings) -> int:
     return 0 if server.started else 1
 
 
-class DrainingServer(uvicorn.Server):
+def draining_server(config: uvicorn.Config, drain: Drain) -> Any:
     """uvicorn's graceful shutdown, plus: mark the app draining first, and exit 0 afterwards."""
+    import uvicorn
 
-    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
-        super().__init__(config)
-        self._drain = drain
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            drain.begin()
+            # Not recorded in _captured_signals: uvicorn would re-raise it after shutdown and end us with
+            # -SIGTERM instead of 0. A second signal forces the exit, as uvicorn does for Ctrl-C.
+            if self.should_exit:
+                self.force_exit = True
+            self.should_exit = True
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._drain.begin()
-        # Not recorded in _captured_signals: uvicorn would re-raise it after shutdown and end us with
-        # -SIGTERM instead of 0. A second signal forces the exit, as uvicorn does for Ctrl-C.
-        if self.should_exit:
-            self.force_exit = True
-        self.should_exit = True
+    return DrainingServer(config)
 
 
 def serve_mcp_stdio(parser: argparse.ArgumentParser, settings: Settings) -> int:
     from tts_runtime.engine import Engine
     from tts_runtime.server.mcp_tools import build_mcp
+    from tts_runtime.settings import ConfigError
 
     # stdout is the MCP channel: logs go to stderr only.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -211,7 +218,20 @@ def serve_mcp_stdio(parser: argparse.ArgumentParser, settings: Settings) -> int:
     return 0
 
 
+def _check_extras() -> None:
+    """A `pip install .` without [runtime] gets one clear message, not an ImportError deep in a command."""
+    from tts_contract.extras import missing_extra
+
+    try:
+        import uvicorn  # noqa: F401
+
+        import tts_runtime.settings  # noqa: F401
+    except ModuleNotFoundError as err:
+        raise SystemExit(missing_extra(err, "tts-runtime", "runtime")) from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    _check_extras()
     parser = build_parser()
     args = parser.parse_args(argv)
     settings = load_settings(parser, args)

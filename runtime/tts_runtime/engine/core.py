@@ -326,6 +326,10 @@ class Engine:
         self._stop.clear()
         self._monitor = threading.Thread(target=self._monitor_loop, name="residency-monitor", daemon=True)
         self._monitor.start()
+        for slot in self._slots.values():  # first requests find their worker started (perf, cold start)
+            with slot.cond:
+                if slot.state == State.UNLOADED and not slot.busy:
+                    self._verbs.prespawn(slot)
 
     def _monitor_loop(self) -> None:
         while not self._stop.is_set():
@@ -366,6 +370,7 @@ class Engine:
         self._closing = True
         self._stop.set()
         self._wake.set()
+        self._verbs.close_prespawned()
         deadline = time.monotonic() + max(0.0, drain_timeout)
         for slot in self._slots.values():
             with slot.cond:

@@ -26,6 +26,8 @@ class Executor(Protocol):
     """
 
     stats: Stats
+    # True on a CPU device (keep-worker): offload and restore are free no-ops, the state machine still runs.
+    moves_nothing: bool
 
     def pids(self) -> list[int]: ...
 
@@ -67,6 +69,8 @@ class InlineExecutor:
         self.spec = spec
         self.backend: Backend = make_backend(spec, device)
         self.stats = Stats(device="cpu" if not device.startswith("cuda") else device)
+        # Executing on a CPU, the host copy is what runs: offload would free nothing, restore copy nothing.
+        self.moves_nothing = not device.startswith("cuda")
         self._dispatch = Dispatcher(self.backend, spec.name)
         self._loaded = False
         self._closed = False
@@ -106,11 +110,15 @@ class InlineExecutor:
         return self.stats
 
     def offload(self) -> Stats:
+        if self.moves_nothing:
+            return self.stats
         with self._dispatch.exclusive():
             self.backend.offload()
             return self._refresh()
 
     def restore(self, timeout: float) -> Stats:
+        if self.moves_nothing:
+            return self.stats
         with self._dispatch.exclusive():
             self.backend.restore()
             return self._refresh()

@@ -208,9 +208,19 @@ def _align(n: int) -> int:
 class TorchBackend:
     """The torch backend; `pinner` page-locks the host arena (default: `cudaHostRegister` with CUDA)."""
 
-    def __init__(self, spec: ModelSpec, device: str, pinner: HostPinner | None = None) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        device: str,
+        pinner: HostPinner | None = None,
+        working_copy: bool | None = None,
+    ) -> None:
         self.spec = spec
         self.device = _resolve_device(device)
+        # On a CPU the host copy is what executes: no second copy (one copy of the weights), and offload
+        # and restore move nothing. `working_copy=True` keeps a separate CPU copy anyway: the stand-in of a
+        # device copy that tests use to exercise the moving code without a GPU.
+        self.working_copy = self.cuda if working_copy is None else working_copy
         self.obj: Any = None
         self.groups: list[_Group] = []
         self.host = torch.empty(0, dtype=torch.uint8)  # the host arena: every group, laid out once
@@ -437,8 +447,10 @@ class TorchBackend:
             if self.cuda:
                 torch.cuda.set_device(dev)
                 torch.cuda.reset_peak_memory_stats(dev)
-            if dev.type == "cpu":
-                work = self.host.clone()  # a CPU "device" still gets its own working copy
+            if not self.working_copy:
+                work = self.host  # on a CPU the host copy is what executes: one copy of the weights
+            elif dev.type == "cpu":
+                work = self.host.clone()  # the stand-in of a device copy (tests)
             else:
                 work = torch.empty(self.host.shape, dtype=torch.uint8, device=dev)
                 # One copy for the whole model, asynchronous from pinned memory: the tensors are pointed

@@ -42,6 +42,25 @@ class VerbRunner:
         self.emit = emit
         self.retry_backoff_seconds = retry_backoff_seconds
         self.checkpoint = checkpoint  # the engine's CUDA checkpoint helper (cpuMode suspend), if probed
+        self._prespawned: dict[str, WorkerExecutor] = {}  # model -> executor with a warm process, unused
+
+    def prespawn(self, slot: Slot) -> None:
+        """Start a model's worker ahead of its first load where that costs no GPU memory (the process
+        imports and prepares, touching no device); `standbyWorker: false` opts out."""
+        spec = slot.spec
+        if spec.execution != "worker" or not spec.standby_worker or spec.name in self._prespawned:
+            return
+        if slot.cpu_mode == "suspend":
+            return  # its worker is a SuspendingExecutor's, built at load
+        ex = WorkerExecutor(slot.spec, slot.device, slot.cpu_mode)
+        ex.prespawn()
+        self._prespawned[slot.spec.name] = ex
+
+    def close_prespawned(self) -> None:
+        """End the warm processes no load has used (shutdown)."""
+        while self._prespawned:
+            _, ex = self._prespawned.popitem()
+            ex.close()
 
     def run(self, slot: Slot, verb: Verb) -> None:
         """Run one verb on a slot whose `cond` the caller holds (released while the work runs)."""
@@ -189,7 +208,8 @@ class VerbRunner:
         if slot.cpu_mode == "suspend" and self.checkpoint is not None:
             ex = SuspendingExecutor(slot.spec, slot.device, self.checkpoint)
         else:
-            ex = WorkerExecutor(slot.spec, slot.device, slot.cpu_mode)
+            warm = self._prespawned.pop(slot.spec.name, None)
+            ex = warm if warm is not None else WorkerExecutor(slot.spec, slot.device, slot.cpu_mode)
         # A worker that dies while idle is noticed now, not by the next request (which would fail).
         ex.on_death = lambda message: self.on_crash(slot, ex, message)
         return ex

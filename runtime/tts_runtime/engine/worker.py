@@ -81,8 +81,23 @@ def _blobs(shm: SharedMemory, layout: Layout) -> list[Blob]:
     return [Blob(key, meta, buf[off : off + n]) for key, meta, off, n in layout]
 
 
+def _prepare(spec: ModelSpec, device: str) -> Any:
+    """A standby's whole job: import what the backend needs and do its host-only work, touching no device.
+    Returns the backend when it could be built ahead (hibari: G2P and vocab ready), else None."""
+    _preimport(spec)
+    if spec.backend != "hibari":
+        return None  # a torch backend asks torch.cuda about the device when built: not in a standby
+    try:
+        backend: Any = make_backend(spec, device)
+        backend.prepare()
+        return backend
+    except Exception:  # the load or restore that uses this standby builds it again and reports the error
+        log.debug("standby preparation of %s failed", spec.name, exc_info=True)
+        return None
+
+
 def _preimport(spec: ModelSpec) -> None:
-    """Import what building the backend will need, touching no device (the standby's whole job)."""
+    """Import what building the backend will need, touching no device."""
     try:
         if spec.backend == "hibari":
             importlib.import_module("tts_runtime.engine.hibari_backend")
@@ -138,9 +153,40 @@ class _Replies:
         return reply
 
 
-def _wait_as_standby(conn: Connection, out: _Replies, spec: ModelSpec) -> tuple[str, Layout] | None:
-    """Pre-import, then wait for the shared block to adopt; None: told to exit, or the engine went away."""
-    _preimport(spec)
+class _Standby:
+    """What a standby made ahead: the backend (or None), and on a CPU device the whole restore."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.block: tuple[str, Layout] | None = None  # the shared block to adopt at the first restore
+        self.shm: SharedMemory | None = None
+        self.restored = False  # the backend already executes from the block: the first restore is free
+
+
+def _restore_ahead(made: _Standby, block: tuple[str, Layout]) -> None:
+    """On a CPU device a restore touches no device: do all of it before it is asked for (exit-worker)."""
+    try:
+        made.shm = SharedMemory(name=block[0])
+        made.backend.adopt_host(_blobs(made.shm, block[1]))
+        made.backend.restore()
+        made.restored = True
+    except Exception:  # the restore itself does it again and reports the error
+        log.debug("restoring ahead failed", exc_info=True)
+        made.backend = None
+        if made.shm is not None:
+            with contextlib.suppress(BufferError):
+                made.shm.close()
+            made.shm = None
+
+
+def _wait_as_standby(
+    conn: Connection, out: _Replies, spec: ModelSpec, device: str, block: tuple[str, Layout] | None
+) -> _Standby | None:
+    """Prepare, then wait to become the worker: `adopt` with the shared block (a restore) or None (a first
+    load). None: told to exit, or the engine went away."""
+    made = _Standby(_prepare(spec, device))
+    if made.backend is not None and block is not None and not device.startswith("cuda"):
+        _restore_ahead(made, block)
     while True:
         try:
             rid, op, args = conn.recv()
@@ -148,7 +194,11 @@ def _wait_as_standby(conn: Connection, out: _Replies, spec: ModelSpec) -> tuple[
             return None
         if op == "adopt":
             out.send(rid, "ok", None)
-            return args[0]  # type: ignore[no-any-return]
+            made.block = args[0]
+            if made.restored and made.block != block:  # not the block it restored from: start over
+                made.restored = False
+                made.backend = None
+            return made
         if op == "exit":
             out.send(rid, "ok", None)
             return None
@@ -179,14 +229,20 @@ def worker_main(
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     spec = ModelSpec.model_validate_json(spec_json)
     out = _Replies(conn)
+    backend: Any = None
+    shm: SharedMemory | None = None
+    restored = False
     if standby:
-        adopt = _wait_as_standby(conn, out, spec)
-        if adopt is None:
+        made = _wait_as_standby(conn, out, spec, device, adopt)
+        if made is None:
             os._exit(0)
-    backend = make_backend(spec, device)
+        backend, adopt, restored = made.backend, made.block, made.restored
+        if restored:
+            shm, adopt = made.shm, None
+    if backend is None:
+        backend = make_backend(spec, device)
     pool = Dispatcher(backend, spec.name)
     streams: weakref.WeakValueDictionary[int, Job] = weakref.WeakValueDictionary()  # in flight, to cancel
-    shm: SharedMemory | None = None
     while True:
         try:
             rid, op, args = conn.recv()
@@ -219,7 +275,9 @@ def worker_main(
                         shm = SharedMemory(name=adopt[0])
                         backend.adopt_host(_blobs(shm, adopt[1]))
                         adopt = None
-                    backend.restore()
+                    if not restored:
+                        backend.restore()
+                    restored = False
                     result = backend.stats()
                 elif op == "offload":
                     backend.offload()
@@ -364,6 +422,9 @@ class WorkerExecutor:
         self.device = device
         self.exit_on_offload = cpu_mode == "exit-worker"
         self.use_standby = self.exit_on_offload and spec.standby_worker
+        # On a CPU in keep-worker mode the worker's host copy is what executes: offload would free nothing
+        # and restore copy nothing, so neither reaches the worker (exit-worker still ends the process).
+        self.moves_nothing = not self.exit_on_offload and not device.startswith("cuda")
         self.stats = Stats(device=device)
         self._ctx = mp.get_context("spawn")
         self._lock = threading.Lock()  # memory verbs and process changes, one at a time
@@ -436,22 +497,31 @@ class WorkerExecutor:
 
     def _spawn_standby(self) -> None:
         # Only while `cpu` (the block exists, no worker): a standby costs host RAM, so at most one.
-        if self.use_standby and self._standby is None and self._chan is None and self._shm is not None:
-            self._standby = self._start(None, True, "standby")
+        layout = self._layout
+        if self.use_standby and self._standby is None and self._chan is None and layout is not None:
+            self._standby = self._start((self._shm_name, layout), True, "standby")
 
-    def _adopt_standby(self, timeout: float) -> bool:
-        """Make the standby the worker, handing it the block; False if there is none or it died."""
+    def _adopt_standby(self, timeout: float, block: tuple[str, Layout] | None) -> bool:
+        """Make the standby the worker, handing it the block (None: for a first load); False if there is
+        none or it died."""
         s, self._standby = self._standby, None
         if s is None:
             return False
         self._chan = s
         try:
             # It may still be importing (a restore right after offload): that wait is the cold spawn's too.
-            self._call("adopt", ((self._shm_name, self._layout),), timeout)
+            self._call("adopt", (block,), timeout)
         except WorkerCrashedError:
             log.info("the standby worker of %s had exited; starting a worker cold", self.spec.name)
             return False
         return True
+
+    def prespawn(self) -> None:
+        """Start the worker process ahead of the first load: imports and host-only work (hibari's G2P)
+        done, no device touched, so it costs host RAM and no GPU memory. `load` adopts it."""
+        with self._lock:
+            if self._chan is None and self._standby is None and self._shm is None:
+                self._standby = self._start(None, True, "standby")
 
     def _stop_standby(self) -> None:
         # It holds nothing yet (no CUDA, no block mapped): killing it loses nothing, never waits on imports.
@@ -521,16 +591,20 @@ class WorkerExecutor:
         return self._ask(chan, op, args, timeout)
 
     def load(self, timeout: float) -> Stats:
+        deadline = time.monotonic() + timeout
         with self._lock:
-            self._spawn(None)
             try:
-                self.stats = self._call("load", (), timeout)
+                if not self._adopt_standby(timeout, None):
+                    self._spawn(None)
+                self.stats = self._call("load", (), max(deadline - time.monotonic(), 0.001))
             except BaseException:
                 self._close_locked()
                 raise
         return self.stats
 
     def offload(self) -> Stats:
+        if self.moves_nothing:
+            return self.stats
         with self._lock:
             if not self.exit_on_offload:
                 self.stats = self._call("offload", (), 60.0)
@@ -578,12 +652,16 @@ class WorkerExecutor:
         return self.stats
 
     def restore(self, timeout: float) -> Stats:
+        if self.moves_nothing:
+            if self._chan is None:
+                raise WorkerCrashedError(f"model {self.spec.name!r} has no worker process (it was released)")
+            return self.stats
         deadline = time.monotonic() + timeout
         with self._lock:
             try:
                 layout = self._layout
                 cold = self._chan is None and self._shm is not None and layout is not None
-                if cold and layout is not None and not self._adopt_standby(timeout):
+                if cold and layout is not None and not self._adopt_standby(timeout, (self._shm_name, layout)):
                     self._spawn((self._shm_name, layout))
                 self.stats = self._call("restore", (), max(deadline - time.monotonic(), 0.001))
             except BaseException:

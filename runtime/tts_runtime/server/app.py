@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
+from starlette.routing import Route
 
 from tts_runtime.engine import Engine
 from tts_runtime.server import admin, errors, events, legacy, speech
 from tts_runtime.server.guards import Guards
-from tts_runtime.server.mcp_tools import build_mcp
+from tts_runtime.server.mcp_lazy import Asgi, LazyMcp
 from tts_runtime.server.metrics import Metrics
 from tts_runtime.server.state import Admission, Drain, Runtime, SpeechPools
 from tts_runtime.settings import VERSION, Settings
@@ -40,25 +43,36 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         drain=Drain(settings.drain_timeout_seconds),
         speech=SpeechPools(settings.max_queue),
     )
-    mcp = build_mcp(engine, runtime.admin_token)
-    mcp_app = mcp.streamable_http_app(
-        streamable_http_path="/mcp", stateless_http=True, json_response=True, host=settings.host
-    )
+
+    def build_mcp_endpoint() -> tuple[Any, Asgi]:
+        from tts_runtime.server.mcp_tools import build_mcp  # `import mcp` costs ~0.4 s: on first use only
+
+        mcp = build_mcp(engine, runtime.admin_token)
+        mcp_app = mcp.streamable_http_app(
+            streamable_http_path="/mcp", stateless_http=True, json_response=True, host=settings.host
+        )
+        route = next(r for r in mcp_app.routes if isinstance(r, Route) and r.path == "/mcp")
+        return mcp, route.handle
+
+    lazy_mcp = LazyMcp(build_mcp_endpoint)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         runtime.drain.bind(asyncio.get_running_loop())
         engine.start()
         unsubscribe = engine.subscribe(metrics.on_transition)
+        mcp_task = asyncio.create_task(lazy_mcp.run(), name="mcp")
         try:
-            async with mcp.session_manager.run():
-                if settings.disable_gpu_management:
-                    _preload(engine)
-                runtime.ready = True
-                yield
-                runtime.drain.begin()
-                runtime.ready = False
+            if settings.disable_gpu_management:
+                _preload(engine)
+            runtime.ready = True
+            yield
+            runtime.drain.begin()
+            runtime.ready = False
         finally:
+            mcp_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await mcp_task
             runtime.drain.begin()  # a no-op after a signal; starts the budget when the app just ends
             left = runtime.drain.remaining()
             log.info("draining: up to %.1fs more for requests in flight, then every model released", left)
@@ -83,8 +97,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(admin.router)
     app.include_router(events.router)
     app.include_router(legacy.router)
-    # The MCP endpoint's own route, added to this app so it shares the port, the lifespan and the 404s.
-    app.router.routes.extend(mcp_app.routes)
+    # The MCP endpoint's route, on this app so it shares the port, the lifespan and the 404s.
+    app.router.routes.append(Route("/mcp", endpoint=lazy_mcp))
 
     page = resources.files("tts_runtime.server").joinpath("static/index.html").read_text(encoding="utf-8")
 
