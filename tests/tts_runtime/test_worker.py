@@ -258,3 +258,43 @@ def test_standby_worker_off_leaves_no_process_and_shutdown_reaps_a_standby(make_
     assert standby is not None and model_children() == ["tts-standby-tiny"]
     e.shutdown(drain_timeout=5.0)
     assert gone(standby) and model_children() == []
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm")
+def test_hibari_exit_worker_standby_prepares_the_g2p_and_on_a_cpu_restores_ahead(make_engine) -> None:
+    from tts_runtime.engine import ModelSpec
+
+    e = make_engine([ModelSpec(name="hibari", cpu_mode="exit-worker", policy=KEEP)])
+    with e.lease("hibari") as lease:
+        before = lease.synthesize("Hello there.").samples
+    e.offload("hibari")
+    ex = executor(e, "hibari")
+    status = ex.standby_status(timeout=120)  # answered once the standby has prepared
+    assert status["cuda_initialized"] is False
+    assert status["prepared"] is True and "hibari.g2p" in status["modules"]
+    assert status["restored_ahead"] is True  # a CPU device: the restore was done before it was asked
+    standby = ex.standby_pid()
+    with e.lease("hibari") as lease:
+        after = lease.synthesize("Hello there.").samples
+    assert after.tobytes() == before.tobytes()
+    assert worker_pids(e) == [standby]
+
+
+def test_engine_start_prespawns_the_worker_and_the_first_load_adopts_it(make_engine, tiny_spec) -> None:
+    e = make_engine([
+        tiny_spec(execution="worker", policy=KEEP),
+        tiny_spec("cold", execution="worker", standby_worker=False, policy=KEEP),
+        tiny_spec("unused", execution="worker", policy=KEEP),
+    ])
+    e.start()
+    warm = e._verbs._prespawned["tiny"]
+    status = warm.standby_status(timeout=120)
+    assert status["cuda_initialized"] is False and "torch" in status["modules"]
+    assert "cold" not in e._verbs._prespawned  # standbyWorker: false opts out
+    unused = e._verbs._prespawned["unused"].standby_pid()
+    assert worker_pids(e) == []  # a prespawned process holds nothing: not a model's worker yet
+    with e.lease("tiny") as lease:
+        assert lease.synthesize("first").samples.size == 5 * 160
+    assert worker_pids(e) == [status["pid"]]  # the first load adopted the prespawned process
+    e.shutdown(drain_timeout=5.0)
+    assert unused is not None and gone(unused)  # shutdown ends what no load used

@@ -115,10 +115,18 @@ def _preimport(spec: ModelSpec) -> None:
         log.debug("standby pre-import of %s failed", spec.name, exc_info=True)
 
 
-def _standby_status() -> dict[str, Any]:
+def _standby_status(made: Any = None) -> dict[str, Any]:
     torch = sys.modules.get("torch")
     cuda = bool(torch is not None and torch.cuda.is_initialized())
-    return {"pid": os.getpid(), "cuda_initialized": cuda, "modules": sorted(sys.modules)}
+    prepared = made is not None and made.backend is not None
+    restored = made is not None and made.restored
+    return {
+        "pid": os.getpid(),
+        "cuda_initialized": cuda,
+        "modules": sorted(sys.modules),
+        "prepared": prepared,  # the backend's host-only work is done (hibari: vocab and G2P)
+        "restored_ahead": restored,  # CPU device: the whole restore is done, the next one is free
+    }
 
 
 def _outcome(e: BaseException) -> tuple[str, str]:
@@ -203,7 +211,7 @@ def _wait_as_standby(
             out.send(rid, "ok", None)
             return None
         if op == "status":
-            out.send(rid, "ok", _standby_status())
+            out.send(rid, "ok", _standby_status(made))
         else:
             out.send(rid, "error", f"a standby worker takes adopt, status or exit, not {op!r}")
 
@@ -447,12 +455,13 @@ class WorkerExecutor:
         s = self._standby
         return s.pid if s is not None else None
 
-    def standby_status(self, timeout: float = 30.0) -> dict[str, Any]:
+    def standby_status(self, timeout: float = 120.0) -> dict[str, Any]:
         """What the standby has imported and whether CUDA is initialised in it (for tests and debugging)."""
         s = self._standby
         if s is None:
             raise WorkerCrashedError(f"model {self.spec.name!r} has no standby worker")
-        return self._ask(s, "status", (), timeout)  # type: ignore[no-any-return]
+        # Answered once the standby has prepared; a slow answer is not a reason to end it.
+        return self._ask(s, "status", (), timeout, kill_on_timeout=False)  # type: ignore[no-any-return]
 
     def _start(self, adopt: tuple[str, Layout] | None, standby: bool, role: str) -> Channel:
         parent, child = self._ctx.Pipe()
@@ -530,7 +539,14 @@ class WorkerExecutor:
             s.kill()
             s.reap()
 
-    def _ask(self, chan: Channel, op: str, args: tuple[Any, ...], timeout: float | None) -> Any:
+    def _ask(
+        self,
+        chan: Channel,
+        op: str,
+        args: tuple[Any, ...],
+        timeout: float | None,
+        kill_on_timeout: bool = True,
+    ) -> Any:
         """One request on `chan` and its final answer; raises the error type the reply names."""
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -543,6 +559,9 @@ class WorkerExecutor:
                 msg = q.get(timeout=left)
             except queue.Empty:
                 chan.forget(rid)
+                if not kill_on_timeout:
+                    late = f"{op} of model {self.spec.name!r} got no answer in {timeout:g}s"
+                    raise ExecutionTimeout(late) from None
                 chan.kill()  # marks the end expected: this timeout reports it
                 self._drop(chan)
                 raise ExecutionTimeout(
