@@ -39,7 +39,8 @@ def backend(
     factory: str = "tts_runtime.testing.tiny:factory", pinner: Any = None, **options: Any
 ) -> TorchBackend:
     spec = ModelSpec(name="m", backend="torch", factory=factory, options=options)
-    return TorchBackend(spec, "cpu", pinner=pinner)
+    # A separate CPU working copy stands in for the device arena (on a CPU the host copy executes).
+    return TorchBackend(spec, "cpu", pinner=pinner, working_copy=True)
 
 
 def tensors(model: nn.Module) -> list[torch.Tensor]:
