@@ -17,8 +17,8 @@ the median and the spread (min–max) over the rounds.
   cold         process start -> first audio bytes of one request (both load the model on the way)
   exit-worker  one request at a time, `--gap` seconds apart (an idle model's next request), keep-worker
                vs exit-worker, both offloadAfterUse: what a request pays for a restore in each mode
-  memory       RSS of the runtime and its workers (PSS where /proc has it) serving N hibari models, each in
-               its own worker or all in one shared worker, against the baseline with one model
+  memory       RSS and PSS of the runtime and its workers serving 1 and N hibari models (each in its own
+               worker), against the baseline with one model: the per-model overhead
 """
 
 from __future__ import annotations
@@ -305,12 +305,7 @@ def memory(f: Factory, args: argparse.Namespace, out: dict[str, Any]) -> None:
     ]
     names = [f"hibari-{i}" for i in range(n)]
     own = [{"name": m, "voices": ["heart"]} for m in names]
-    shared = [{**m, "worker": "shared"} for m in own]
     cases.append((f"residency, {n} models, own workers", lambda: f.residency("mem-own", own), names))
-    if args.shared:
-        cases.append(
-            (f"residency, {n} models, shared worker", lambda: f.residency("mem-shared", shared), names)
-        )
     rows = []
     for label, make, models in cases:
         s = make()
@@ -352,8 +347,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exit-requests", type=int, default=10, help="exit-worker: request pairs (default 10)")
     p.add_argument("--gap", type=float, default=2.0, help="exit-worker: idle seconds between requests")
     p.add_argument("--models", type=int, default=3, help="memory: models in the multi-model cases")
-    p.add_argument("--shared", action=argparse.BooleanOptionalAction, default=True,
-                   help="memory: include the shared-worker case (needs a runtime that has it)")
     p.add_argument("--json", help="write results here (default bench/results/serving-<time>.json)")
     args = p.parse_args(argv)
     bad = [x for x in args.parts if x not in PARTS]
