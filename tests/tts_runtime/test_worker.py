@@ -262,8 +262,6 @@ def test_standby_worker_off_leaves_no_process_and_shutdown_reaps_a_standby(make_
 
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm")
 def test_hibari_exit_worker_standby_prepares_the_g2p_and_on_a_cpu_restores_ahead(make_engine) -> None:
-    from tts_runtime.engine import ModelSpec
-
     e = make_engine([ModelSpec(name="hibari", cpu_mode="exit-worker", policy=KEEP)])
     with e.lease("hibari") as lease:
         before = lease.synthesize("Hello there.").samples
