@@ -1,6 +1,6 @@
 """The server a user would write in 30 lines instead of Residency (the serving bench's baseline).
 
-    python bench/baseline_server.py PORT
+python bench/baseline_server.py PORT
 """
 
 import sys

@@ -34,10 +34,18 @@ TEXT = "Residency keeps idle models off the GPU."
 def _spec(name: str, factory: str, options: dict[str, Any], mode: str) -> Any:
     from tts_contract import ModelSpec
 
-    return ModelSpec.model_validate({
-        "name": name, "backend": "torch", "factory": factory, "options": options, "cpuMode": mode,
-        "policy": {"pinned": True}, "loadTimeoutSeconds": 600, "requestTimeoutSeconds": 300,
-    })
+    return ModelSpec.model_validate(
+        {
+            "name": name,
+            "backend": "torch",
+            "factory": factory,
+            "options": options,
+            "cpuMode": mode,
+            "policy": {"pinned": True},
+            "loadTimeoutSeconds": 600,
+            "requestTimeoutSeconds": 300,
+        }
+    )
 
 
 def _synth(engine: Any) -> Any:
@@ -45,8 +53,9 @@ def _synth(engine: Any) -> Any:
         return lease.synthesize(TEXT, voice="alto", speed=1.0).samples
 
 
-def measure(kind: str, factory: str, options: dict[str, Any], device: str, mode: str, repeats: int
-            ) -> dict[str, Any]:
+def measure(
+    kind: str, factory: str, options: dict[str, Any], device: str, mode: str, repeats: int
+) -> dict[str, Any]:
     """One model in one cpuMode: load, offload/restore `repeats` times, release; memory per state."""
     import numpy as np
 
@@ -58,12 +67,16 @@ def measure(kind: str, factory: str, options: dict[str, Any], device: str, mode:
     try:
         rep = engine.load("bench", timeout=600)
         stats = engine._slots["bench"].stats
-        row.update(load_s=rep.transitions["load"], host_bytes=rep.host_bytes,
-                   weights_bytes=stats.device_bytes if stats else None,
-                   pinned_bytes=stats.pinned_bytes if stats else None,
-                   context_bytes=stats.context_bytes if stats else None,
-                   nvml_pids=stats.gpu_pids if stats else None, mem_gpu=snapshot(engine),
-                   vram_gpu=rep.vram_bytes)
+        row.update(
+            load_s=rep.transitions["load"],
+            host_bytes=rep.host_bytes,
+            weights_bytes=stats.device_bytes if stats else None,
+            pinned_bytes=stats.pinned_bytes if stats else None,
+            context_bytes=stats.context_bytes if stats else None,
+            nvml_pids=stats.gpu_pids if stats else None,
+            mem_gpu=snapshot(engine),
+            vram_gpu=rep.vram_bytes,
+        )
         ref = _synth(engine)
         offloads, restores, same = [], [], True
         for i in range(repeats):
@@ -75,8 +88,9 @@ def measure(kind: str, factory: str, options: dict[str, Any], device: str, mode:
             restores.append(rep.transitions["restore"])
             same = same and bool(np.array_equal(ref, _synth(engine)))
         st = engine._slots["bench"].stats
-        row.update(offload_s=offloads, restore_s=restores, identical=same,
-                   pin_seconds=st.pin_seconds if st else None)
+        row.update(
+            offload_s=offloads, restore_s=restores, identical=same, pin_seconds=st.pin_seconds if st else None
+        )
         engine.release("bench", timeout=600)
         row["mem_unloaded"] = settle_unloaded(engine)
     finally:
@@ -108,11 +122,13 @@ def suspend_check(model: tuple[str, str, dict[str, Any]], repeats: int) -> str:
         return f"not supported here: {got.reason}"
     kind, factory, options = model
     r = measure(kind, factory, options, "cuda", "suspend", repeats)
-    return (f"{kind}: freed by suspend {fmt_bytes(freed(r, 'gpu_process_bytes', 'mem_gpu', 'mem_cpu'))} "
-            f"(NVML proc) / {fmt_bytes(freed(r, 'gpu_free_bytes', 'mem_gpu', 'mem_cpu'))} (free); GPU "
-            f"bytes while suspended {fmt_bytes(r['mem_cpu'].get('gpu_process_bytes'))}; resume "
-            f"{fmt_ms(r['restore_median_s'])} ms; offload {fmt_ms(r['offload_median_s'])} ms; identical "
-            f"{'yes' if r['identical'] else '**no**'}")
+    return (
+        f"{kind}: freed by suspend {fmt_bytes(freed(r, 'gpu_process_bytes', 'mem_gpu', 'mem_cpu'))} "
+        f"(NVML proc) / {fmt_bytes(freed(r, 'gpu_free_bytes', 'mem_gpu', 'mem_cpu'))} (free); GPU "
+        f"bytes while suspended {fmt_bytes(r['mem_cpu'].get('gpu_process_bytes'))}; resume "
+        f"{fmt_ms(r['restore_median_s'])} ms; offload {fmt_ms(r['offload_median_s'])} ms; identical "
+        f"{'yes' if r['identical'] else '**no**'}"
+    )
 
 
 def hibari_check(device: str) -> dict[str, Any]:
@@ -133,23 +149,36 @@ def hibari_check(device: str) -> dict[str, Any]:
         back = engine.restore("hibari", timeout=600)
         with engine.lease("hibari") as lease:
             again = lease.synthesize("Hello from the GPU check.").samples
-        return {"device": rep.device, "note": rep.error, "load_s": load_s, "vram_gpu": rep.vram_bytes,
-                "vram_cpu": off.vram_bytes, "restore_s": back.transitions["restore"],
-                "identical": bool(first.tobytes() == again.tobytes())}
+        return {
+            "device": rep.device,
+            "note": rep.error,
+            "load_s": load_s,
+            "vram_gpu": rep.vram_bytes,
+            "vram_cpu": off.vram_bytes,
+            "restore_s": back.transitions["restore"],
+            "identical": bool(first.tobytes() == again.tobytes()),
+        }
     finally:
         engine.shutdown(drain_timeout=60)
 
 
 def summary(results: dict[str, Any]) -> str:
     device = results["device"]
-    lines = [f"# GPU check ({'GPU: ' + results.get('gpu_name', '?') if device != 'cpu' else 'CPU fallback'})",
-             "", f"- when: {results['when']}; machine: {results['machine'].get('cpu', '?')}",
-             f"- pytest -m gpu: {results.get('pytest', 'not run')}",
-             f"- reference copy (same run, {fmt_bytes(results['size_bytes'])}): {results['reference']} at "
-             f"{results['reference_gbps']:.2f} GB/s", ""]
-    lines += ["| model | cpuMode | offload ms | restore ms | restore GB/s | vs reference | identical | "
-              "pinned / weights | freed by offload (NVML proc / free) | freed by release (NVML proc / free) "
-              "| GPU bytes in cpu |", "|" + "---|" * 11]
+    lines = [
+        f"# GPU check ({'GPU: ' + results.get('gpu_name', '?') if device != 'cpu' else 'CPU fallback'})",
+        "",
+        f"- when: {results['when']}; machine: {results['machine'].get('cpu', '?')}",
+        f"- pytest -m gpu: {results.get('pytest', 'not run')}",
+        f"- reference copy (same run, {fmt_bytes(results['size_bytes'])}): {results['reference']} at "
+        f"{results['reference_gbps']:.2f} GB/s",
+        "",
+    ]
+    lines += [
+        "| model | cpuMode | offload ms | restore ms | restore GB/s | vs reference | identical | "
+        "pinned / weights | freed by offload (NVML proc / free) | freed by release (NVML proc / free) "
+        "| GPU bytes in cpu |",
+        "|" + "---|" * 11,
+    ]
     for r in results["rows"]:
         gbps = r["restore_gbps"] or 0.0
         lines.append(
@@ -161,13 +190,18 @@ def summary(results: dict[str, Any]) -> str:
             f"{fmt_bytes(freed(r, 'gpu_free_bytes', 'mem_gpu', 'mem_cpu'))} | "
             f"{fmt_bytes(freed(r, 'gpu_process_bytes', 'mem_gpu', 'mem_unloaded'))} / "
             f"{fmt_bytes(freed(r, 'gpu_free_bytes', 'mem_gpu', 'mem_unloaded'))} | "
-            f"{fmt_bytes(r['mem_cpu'].get('gpu_process_bytes'))} |")
+            f"{fmt_bytes(r['mem_cpu'].get('gpu_process_bytes'))} |"
+        )
     h = results.get("hibari") or {}
-    lines += ["", f"- suspend (cpuMode `suspend`, CUDA checkpoint API): {results.get('suspend', 'n/a')}",
-              f"- hibari: runs on `{h.get('device')}`"
-              + (f" — {h['note']}" if h.get("note") else "")
-              + f"; restore {fmt_ms(h.get('restore_s'))} ms; identical after restore: "
-              f"{'yes' if h.get('identical') else '**no**'}", ""]
+    lines += [
+        "",
+        f"- suspend (cpuMode `suspend`, CUDA checkpoint API): {results.get('suspend', 'n/a')}",
+        f"- hibari: runs on `{h.get('device')}`"
+        + (f" — {h['note']}" if h.get("note") else "")
+        + f"; restore {fmt_ms(h.get('restore_s'))} ms; identical after restore: "
+        f"{'yes' if h.get('identical') else '**no**'}",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -192,22 +226,34 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device: run with --device cpu", file=sys.stderr)
         return 2
     results: dict[str, Any] = {
-        "device": args.device, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": benchlib.machine(), "size_bytes": size, "reference": ref["reference"],
-        "reference_gbps": size / ref["ref_seconds"] / 1e9, "gpu_name": ref.get("device_name"),
-        "pytest": args.pytest, "rows": [], "suspend": "n/a (no GPU)",
+        "device": args.device,
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": benchlib.machine(),
+        "size_bytes": size,
+        "reference": ref["reference"],
+        "reference_gbps": size / ref["ref_seconds"] / 1e9,
+        "gpu_name": ref.get("device_name"),
+        "pytest": args.pytest,
+        "rows": [],
+        "suspend": "n/a (no GPU)",
     }
     models = [
         ("one tensor", "tts_runtime.testing.tiny:factory", {"size_bytes": size}),
-        (f"{args.tensors} tensors", "residency_gpu:many_tensors",
-         {"count": args.tensors, "size_bytes": size}),
+        (
+            f"{args.tensors} tensors",
+            "residency_gpu:many_tensors",
+            {"count": args.tensors, "size_bytes": size},
+        ),
     ]
     for kind, factory, options in models:
         for mode in modes:
             row = measure(kind, factory, options, args.device, mode, args.repeats)
             results["rows"].append(row)
-            print(f"[{kind} {mode}] restore {row['restore_median_s'] * 1000:.1f} ms, offload "
-                  f"{row['offload_median_s'] * 1000:.1f} ms, identical {row['identical']}", flush=True)
+            print(
+                f"[{kind} {mode}] restore {row['restore_median_s'] * 1000:.1f} ms, offload "
+                f"{row['offload_median_s'] * 1000:.1f} ms, identical {row['identical']}",
+                flush=True,
+            )
     if args.device == "cuda":
         results["suspend"] = suspend_check(models[0], args.repeats)
     results["hibari"] = hibari_check(args.device)

@@ -79,11 +79,15 @@ class Watches:
             "serviceaccounts": (core.list_namespaced_service_account, (NAMESPACE,)),
             "roles": (rbac.list_namespaced_role, (NAMESPACE,)),
             "rolebindings": (rbac.list_namespaced_role_binding, (NAMESPACE,)),
-            "ttsservices": (custom.list_namespaced_custom_object,
-                            ("tts.residency.dev", "v1alpha1", NAMESPACE, "ttsservices")),
+            "ttsservices": (
+                custom.list_namespaced_custom_object,
+                ("tts.residency.dev", "v1alpha1", NAMESPACE, "ttsservices"),
+            ),
         }
-        self.threads = [threading.Thread(target=self._follow, args=(plural, fn, fn_args), daemon=True)
-                        for plural, (fn, fn_args) in lists.items()]
+        self.threads = [
+            threading.Thread(target=self._follow, args=(plural, fn, fn_args), daemon=True)
+            for plural, (fn, fn_args) in lists.items()
+        ]
         for thread in self.threads:
             thread.start()
 
@@ -98,9 +102,11 @@ class Watches:
                     obj = event["raw_object"]
                     meta = obj.get("metadata") or {}
                     since = meta.get("resourceVersion") or since
-                    summary_ = {"name": meta.get("name"),
-                                "service": (meta.get("labels") or {}).get("tts.residency.dev/service"),
-                                "pods": status_pods(obj)}
+                    summary_ = {
+                        "name": meta.get("name"),
+                        "service": (meta.get("labels") or {}).get("tts.residency.dev/service"),
+                        "pods": status_pods(obj),
+                    }
                     with self.lock:
                         self.changes.append((now, plural, event["type"], summary_))
                     if self.stopped.is_set():
@@ -134,8 +140,11 @@ class Requests:
         for event in self.cluster.audit(user=self.user, since=self.mark):
             ref = event.get("objectRef") or {}
             stamp = datetime.fromisoformat(event["stageTimestamp"].replace("Z", "+00:00")).timestamp()
-            key = (ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "") if ref
-                   else event["requestURI"].split("?")[0])
+            key = (
+                ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+                if ref
+                else event["requestURI"].split("?")[0]
+            )
             code = int((event.get("responseStatus") or {}).get("code") or 0)
             key += f" {code}" if code >= 400 else ""
             self.events.append((stamp - self.offset, event["verb"], key))
@@ -147,22 +156,49 @@ class Requests:
 
 
 def service(name: str) -> dict[str, Any]:
-    return {"apiVersion": "tts.residency.dev/v1alpha1", "kind": "TTSService",
-            "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {"model": {"name": "hibari"}, "replicas": 1,
-                     "residency": {"offloadAfterUse": True, "idleOffloadSeconds": 600,
-                                   "idleReleaseSeconds": 3600, "pinned": False, "priority": 0}}}
+    return {
+        "apiVersion": "tts.residency.dev/v1alpha1",
+        "kind": "TTSService",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "model": {"name": "hibari"},
+            "replicas": 1,
+            "residency": {
+                "offloadAfterUse": True,
+                "idleOffloadSeconds": 600,
+                "idleReleaseSeconds": 3600,
+                "pinned": False,
+                "priority": 0,
+            },
+        },
+    }
 
 
 def residency(state: str, group: int, seq: int) -> str:
     """An agent's report: one model, on GPU `group` (shared by `pods-per-gpu` pods)."""
     vram = 2 * GIB if state == "gpu" else 0
-    return json.dumps({
-        "models": [{"name": "hibari", "state": state, "vramBytes": vram, "hostBytes": GIB, "leases": 0,
-                    "lastUsed": "2026-01-01T00:00:00Z"}],
-        "gpu": {"uuid": f"GPU-bench-{group}", "index": 0, "totalBytes": 80 * GIB,
-                "freeBytes": 60 * GIB, "processBytes": vram},
-        "updated": f"2026-01-01T00:{seq // 60 % 60:02d}:{seq % 60:02d}Z"})
+    return json.dumps(
+        {
+            "models": [
+                {
+                    "name": "hibari",
+                    "state": state,
+                    "vramBytes": vram,
+                    "hostBytes": GIB,
+                    "leases": 0,
+                    "lastUsed": "2026-01-01T00:00:00Z",
+                }
+            ],
+            "gpu": {
+                "uuid": f"GPU-bench-{group}",
+                "index": 0,
+                "totalBytes": 80 * GIB,
+                "freeBytes": 60 * GIB,
+                "processBytes": vram,
+            },
+            "updated": f"2026-01-01T00:{seq // 60 % 60:02d}:{seq % 60:02d}Z",
+        }
+    )
 
 
 def kinds(reqs: list[tuple[float, str, str]]) -> dict[str, int]:
@@ -198,11 +234,23 @@ def quiet(requests: Requests, seconds: float, timeout: float) -> None:
 def start_operator(cluster: Cluster, directory: Path, env_extra: dict[str, str]) -> tuple[Process, str]:
     kubeconfig = cluster.identity(NAMESPACE, "operator", directory)
     port = benchlib.free_port()
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1",
-           "RESIDENCY_RUNTIME_IMAGE": "ghcr.io/residency-dev/residency-runtime:bench",
-           "RESIDENCY_AGENT_IMAGE": "ghcr.io/residency-dev/residency-operator:bench", **env_extra}
-    args = [benchlib.executable("tts-operator"), "run", "--standalone", "--namespace", NAMESPACE,
-            "--liveness", f"http://127.0.0.1:{port}/healthz"]
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "PYTHONUNBUFFERED": "1",
+        "RESIDENCY_RUNTIME_IMAGE": "ghcr.io/residency-dev/residency-runtime:bench",
+        "RESIDENCY_AGENT_IMAGE": "ghcr.io/residency-dev/residency-operator:bench",
+        **env_extra,
+    }
+    args = [
+        benchlib.executable("tts-operator"),
+        "run",
+        "--standalone",
+        "--namespace",
+        NAMESPACE,
+        "--liveness",
+        f"http://127.0.0.1:{port}/healthz",
+    ]
     proc = Process(args, env, directory / "operator.log")
 
     def alive() -> bool:
@@ -231,8 +279,9 @@ def control_plane(directory: Path) -> Cluster:
     audit = f"--audit-policy-file={policy} --audit-log-path={work}/logs/audit.log"
     # up.sh's /24 has 254 ClusterIPs: the 255th Service would be refused (500, "range is full").
     env = {**os.environ, "KAS_EXTRA_ARGS": f"{audit} --service-cluster-ip-range=10.96.0.0/16"}
-    done = subprocess.run(["bash", str(SHARED_K8S / "up.sh"), str(work)], capture_output=True, text=True,
-                          timeout=300, env=env)
+    done = subprocess.run(
+        ["bash", str(SHARED_K8S / "up.sh"), str(work)], capture_output=True, text=True, timeout=300, env=env
+    )
     if done.returncode != 0:
         raise SystemExit(f"../shared/k8s/up.sh failed:\n{done.stdout}\n{done.stderr}")
     cluster = Cluster(work / "admin.kubeconfig", workdir=work)
@@ -259,12 +308,16 @@ def run_scale(n: int, args: argparse.Namespace, env_extra: dict[str, str]) -> di
                 log.parent.mkdir(parents=True, exist_ok=True)
                 log.write_text(proc.logs())
             cluster.close()
-            subprocess.run(["bash", str(SHARED_K8S / "down.sh"), str(cluster.workdir), "--wipe"],
-                           capture_output=True, timeout=120)
+            subprocess.run(
+                ["bash", str(SHARED_K8S / "down.sh"), str(cluster.workdir), "--wipe"],
+                capture_output=True,
+                timeout=120,
+            )
 
 
-def measure(n: int, cluster: Cluster, watches: Watches, requests: Requests, proc: Process,
-            args: argparse.Namespace) -> dict[str, Any]:
+def measure(
+    n: int, cluster: Cluster, watches: Watches, requests: Requests, proc: Process, args: argparse.Namespace
+) -> dict[str, Any]:
     api = KubeAPI(cluster, NAMESPACE, Path(tempfile.gettempdir()))
     pid = proc.popen.pid
     names = [f"svc-{i:04d}" for i in range(n)]
@@ -287,12 +340,20 @@ def measure(n: int, cluster: Cluster, watches: Watches, requests: Requests, proc
         return seen
 
     try:
-        wait("every service's children", lambda: sum(len(v) == 5 for v in children().values()) >= n, timeout,
-             0.25)
+        wait(
+            "every service's children",
+            lambda: sum(len(v) == 5 for v in children().values()) >= n,
+            timeout,
+            0.25,
+        )
     except TimeoutError:
         complete = sum(len(v) == 5 for v in children().values())
-        out["apply"] = {"finished": False, "services_with_children": complete, "after_s": timeout,
-                        "requests": kinds(requests.between(t_start))}
+        out["apply"] = {
+            "finished": False,
+            "services_with_children": complete,
+            "after_s": timeout,
+            "requests": kinds(requests.between(t_start)),
+        }
         out["memory"]["applied"] = benchlib.proc_memory(pid)
         print(f"[{n}] only {complete}/{n} services had their children after {timeout:.0f}s", flush=True)
         return out
@@ -303,15 +364,21 @@ def measure(n: int, cluster: Cluster, watches: Watches, requests: Requests, proc
     latencies = [done_at[s] - applied[s] for s in names]
     quiet(requests, 2.0, 60)
     reqs = requests.between(t_start)
-    out["apply"] = {"finished": True, "create_s": t_applied - t_start,
-                    "all_children_s": max(done_at.values()) - t_start,
-                    "per_service_s": summary(latencies),
-                    "requests_per_service": len(reqs) / n,
-                    "by_kind": {key: v / n for key, v in kinds(reqs).items()},
-                    "writes_per_service": sum(v in WRITES for _, v, _ in reqs) / n}
+    out["apply"] = {
+        "finished": True,
+        "create_s": t_applied - t_start,
+        "all_children_s": max(done_at.values()) - t_start,
+        "per_service_s": summary(latencies),
+        "requests_per_service": len(reqs) / n,
+        "by_kind": {key: v / n for key, v in kinds(reqs).items()},
+        "writes_per_service": sum(v in WRITES for _, v, _ in reqs) / n,
+    }
     out["memory"]["applied"] = benchlib.proc_memory(pid)
-    print(f"[{n}] children of all {n} services {out['apply']['all_children_s']:.2f}s after the first apply; "
-          f"per service p50 {fmt_ms(out['apply']['per_service_s']['p50'])} ms", flush=True)
+    print(
+        f"[{n}] children of all {n} services {out['apply']['all_children_s']:.2f}s after the first apply; "
+        f"per service p50 {fmt_ms(out['apply']['per_service_s']['p50'])} ms",
+        flush=True,
+    )
 
     # 2. each Deployment's pod runs (a kubelet's part) and its agent reports -> status
     pods: dict[str, str] = {}
@@ -331,8 +398,12 @@ def measure(n: int, cluster: Cluster, watches: Watches, requests: Requests, proc
         group = i // args.pods_per_gpu
         api.run_pod(pods[name], f"node-{group // GPUS_PER_NODE}")
         reported[name] = time.monotonic()
-        api.patch("pods", NAMESPACE, pods[name],
-                  {"metadata": {"annotations": {"tts.residency.dev/residency": residency("gpu", group, 0)}}})
+        api.patch(
+            "pods",
+            NAMESPACE,
+            pods[name],
+            {"metadata": {"annotations": {"tts.residency.dev/residency": residency("gpu", group, 0)}}},
+        )
 
     def first_status() -> dict[str, float]:
         seen: dict[str, float] = {}
@@ -343,21 +414,30 @@ def measure(n: int, cluster: Cluster, watches: Watches, requests: Requests, proc
 
     wait("every service's status to count its pod", lambda: len(first_status()) >= n, timeout, 0.25)
     seen = first_status()
-    out["pods"] = {"status_s": summary([seen[s] - reported[s] for s in names]),
-                   "all_status_s": max(seen.values()) - t_pods}
+    out["pods"] = {
+        "status_s": summary([seen[s] - reported[s] for s in names]),
+        "all_status_s": max(seen.values()) - t_pods,
+    }
     quiet(requests, 3.0, timeout)
     out["pods"]["requests_per_pod"] = len(requests.between(t_pods)) / n
     out["memory"]["pods"] = benchlib.proc_memory(pid)
-    print(f"[{n}] status of all {n} services counts their pods {out['pods']['all_status_s']:.2f}s after the "
-          "first pod", flush=True)
+    print(
+        f"[{n}] status of all {n} services counts their pods {out['pods']['all_status_s']:.2f}s after the "
+        "first pod",
+        flush=True,
+    )
 
     # 3. idle background
     t_idle = time.monotonic()
     time.sleep(args.idle_seconds)
     idle = requests.between(t_idle, time.monotonic())
     idle_rate = len(idle) / args.idle_seconds
-    out["idle"] = {"seconds": args.idle_seconds, "requests_per_s": idle_rate, "by_kind": kinds(idle),
-                   "writes_per_s": sum(v in WRITES for _, v, _ in idle) / args.idle_seconds}
+    out["idle"] = {
+        "seconds": args.idle_seconds,
+        "requests_per_s": idle_rate,
+        "by_kind": kinds(idle),
+        "writes_per_s": sum(v in WRITES for _, v, _ in idle) / args.idle_seconds,
+    }
 
     # 4. residency changes, one at a time
     k = min(n, args.changes)
@@ -368,15 +448,20 @@ def measure(n: int, cluster: Cluster, watches: Watches, requests: Requests, proc
     missed: list[str] = []
     for seq, name in enumerate(picks, start=1):
         i = names.index(name)
-        note = {"metadata": {"annotations": {
-            "tts.residency.dev/residency": residency("cpu", i // args.pods_per_gpu, seq)}}}
+        note = {
+            "metadata": {
+                "annotations": {"tts.residency.dev/residency": residency("cpu", i // args.pods_per_gpu, seq)}
+            }
+        }
         t0 = time.monotonic()
         starts.append(t0)
         api.patch("pods", NAMESPACE, pods[name], note)
 
         def shown(name: str = name, t0: float = t0) -> bool:
-            return any(p == "ttsservices" and o["name"] == name and o["pods"].get("cpu") == 1
-                       for _, p, _, o in watches.since(t0))
+            return any(
+                p == "ttsservices" and o["name"] == name and o["pods"].get("cpu") == 1
+                for _, p, _, o in watches.since(t0)
+            )
 
         try:
             t_seen = wait(f"status of {name} to show the change", shown, args.change_timeout, 0.01)
@@ -391,59 +476,131 @@ def measure(n: int, cluster: Cluster, watches: Watches, requests: Requests, proc
         total.append(len(reqs) - idle_rate * (t_end - t0))
         writes.append(sum(v in WRITES for _, v, _ in reqs))
         all_reqs += reqs
-    out["change"] = {"changes": k, "missed": missed, "change_timeout_s": args.change_timeout,
-                     "to_status_s": summary(lat), "each_s": lat,
-                     "started_s": [round(t - t_pods, 2) for t in starts],
-                     "writes_per_change": summary(writes),
-                     "requests_per_change_net": summary(total), "window_s": summary(windows),
-                     "requests_by_kind": {key: v / k for key, v in kinds(all_reqs).items()}}
+    out["change"] = {
+        "changes": k,
+        "missed": missed,
+        "change_timeout_s": args.change_timeout,
+        "to_status_s": summary(lat),
+        "each_s": lat,
+        "started_s": [round(t - t_pods, 2) for t in starts],
+        "writes_per_change": summary(writes),
+        "requests_per_change_net": summary(total),
+        "window_s": summary(windows),
+        "requests_by_kind": {key: v / k for key, v in kinds(all_reqs).items()},
+    }
     out["memory"]["end"] = benchlib.proc_memory(pid)
     if missed:
         print(f"[{n}] {len(missed)}/{k} changes not in status within {args.change_timeout:.0f}s", flush=True)
     p50 = fmt_ms(out["change"]["to_status_s"].get("p50"))
-    print(f"[{n}] change → status p50 {p50} ms, writes per change "
-          f"{out['change']['writes_per_change'].get('mean', float('nan')):.1f}", flush=True)
+    print(
+        f"[{n}] change → status p50 {p50} ms, writes per change "
+        f"{out['change']['writes_per_change'].get('mean', float('nan')):.1f}",
+        flush=True,
+    )
     return out
 
 
 def report(rows: list[dict[str, Any]]) -> None:
     done = [r for r in rows if r["apply"]["finished"]]
-    table = [[r["services"], f"{r['apply']['create_s']:.2f}", f"{r['apply']['all_children_s']:.2f}",
-              fmt_ms(r["apply"]["per_service_s"]["p50"]), fmt_ms(r["apply"]["per_service_s"]["p99"]),
-              f"{r['apply']['requests_per_service']:.1f}", f"{r['apply']['writes_per_service']:.1f}"]
-             for r in done]
-    table += [[r["services"], "", f"did not finish: {r['apply']['services_with_children']}/{r['services']} "
-               f"after {r['apply']['after_s']:.0f}s", "", "", "", ""] for r in rows if r not in done]
-    print_table("Apply → children created", ["services", "create all s", "all children s",
-                                             "per service p50 ms", "p99 ms", "requests/service",
-                                             "writes/service"], table)
-    print_table("Residency change → TTSService.status",
-                ["services", "changes", "p50 ms", "p99 ms", "max ms", "writes/change",
-                 "requests/change (net of idle)", "idle requests/s", "first status of a new pod p50 ms"],
-                [[r["services"],
-                  f"{r['change']['changes'] - len(r['change']['missed'])}/{r['change']['changes']}",
-                  fmt_ms(r["change"]["to_status_s"].get("p50")),
-                  fmt_ms(r["change"]["to_status_s"].get("p99")),
-                  fmt_ms(r["change"]["to_status_s"].get("max")),
-                  f"{r['change']['writes_per_change'].get('mean', float('nan')):.1f}",
-                  f"{r['change']['requests_per_change_net'].get('mean', float('nan')):.1f}",
-                  f"{r['idle']['requests_per_s']:.1f}", fmt_ms(r["pods"]["status_s"]["p50"])] for r in done])
+    table = [
+        [
+            r["services"],
+            f"{r['apply']['create_s']:.2f}",
+            f"{r['apply']['all_children_s']:.2f}",
+            fmt_ms(r["apply"]["per_service_s"]["p50"]),
+            fmt_ms(r["apply"]["per_service_s"]["p99"]),
+            f"{r['apply']['requests_per_service']:.1f}",
+            f"{r['apply']['writes_per_service']:.1f}",
+        ]
+        for r in done
+    ]
+    table += [
+        [
+            r["services"],
+            "",
+            f"did not finish: {r['apply']['services_with_children']}/{r['services']} "
+            f"after {r['apply']['after_s']:.0f}s",
+            "",
+            "",
+            "",
+            "",
+        ]
+        for r in rows
+        if r not in done
+    ]
+    print_table(
+        "Apply → children created",
+        [
+            "services",
+            "create all s",
+            "all children s",
+            "per service p50 ms",
+            "p99 ms",
+            "requests/service",
+            "writes/service",
+        ],
+        table,
+    )
+    print_table(
+        "Residency change → TTSService.status",
+        [
+            "services",
+            "changes",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "writes/change",
+            "requests/change (net of idle)",
+            "idle requests/s",
+            "first status of a new pod p50 ms",
+        ],
+        [
+            [
+                r["services"],
+                f"{r['change']['changes'] - len(r['change']['missed'])}/{r['change']['changes']}",
+                fmt_ms(r["change"]["to_status_s"].get("p50")),
+                fmt_ms(r["change"]["to_status_s"].get("p99")),
+                fmt_ms(r["change"]["to_status_s"].get("max")),
+                f"{r['change']['writes_per_change'].get('mean', float('nan')):.1f}",
+                f"{r['change']['requests_per_change_net'].get('mean', float('nan')):.1f}",
+                f"{r['idle']['requests_per_s']:.1f}",
+                fmt_ms(r["pods"]["status_s"]["p50"]),
+            ]
+            for r in done
+        ],
+    )
     phases = ("idle", "applied", "pods", "end")
-    print_table("Operator memory (VmRSS; VmHWM = peak)",
-                ["services", "idle RSS", "after apply", "with pods", "end", "peak (VmHWM)"],
-                [[r["services"], *(fmt_bytes(r["memory"].get(k, {}).get("vmrss")) for k in phases),
-                  fmt_bytes(max(m.get("vmhwm", 0) for m in r["memory"].values()))] for r in rows])
+    print_table(
+        "Operator memory (VmRSS; VmHWM = peak)",
+        ["services", "idle RSS", "after apply", "with pods", "end", "peak (VmHWM)"],
+        [
+            [
+                r["services"],
+                *(fmt_bytes(r["memory"].get(k, {}).get("vmrss")) for k in phases),
+                fmt_bytes(max(m.get("vmhwm", 0) for m in r["memory"].values())),
+            ]
+            for r in rows
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--counts", default="10,100,500", help="numbers of TTSServices (default 10,100,500)")
     p.add_argument("--changes", type=int, default=20, help="residency changes timed per count (default 20)")
-    p.add_argument("--change-timeout", type=float, default=60.0,
-                   help="seconds a change may take to reach status before it counts as missed (default 60)")
+    p.add_argument(
+        "--change-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a change may take to reach status before it counts as missed (default 60)",
+    )
     p.add_argument("--pods-per-gpu", type=int, default=4, help="pods sharing one GPU (default 4)")
-    p.add_argument("--idle-seconds", type=float, default=31.0,
-                   help="idle window for the background rate (default 31: one level check of every service)")
+    p.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=31.0,
+        help="idle window for the background rate (default 31: one level check of every service)",
+    )
     p.add_argument("--status-seconds", help="RESIDENCY_STATUS_SECONDS for the operator (default: its 0.5)")
     p.add_argument("--recheck-seconds", help="RESIDENCY_RECHECK_SECONDS for the operator (default: its 30)")
     p.add_argument("--json", help="write results here (default bench/results/operator-<time>.json)")
@@ -461,8 +618,17 @@ def main(argv: list[str] | None = None) -> int:
         env["RESIDENCY_RECHECK_SECONDS"] = args.recheck_seconds
     rows = [run_scale(n, args, env) for n in counts]
     report(rows)
-    benchlib.write_json({"bench": "operator", "machine": benchlib.machine(), "operator_env": env,
-                         "pods_per_gpu": args.pods_per_gpu, "rows": rows}, args.json, "operator")
+    benchlib.write_json(
+        {
+            "bench": "operator",
+            "machine": benchlib.machine(),
+            "operator_env": env,
+            "pods_per_gpu": args.pods_per_gpu,
+            "rows": rows,
+        },
+        args.json,
+        "operator",
+    )
     return 0
 
 

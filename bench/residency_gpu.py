@@ -190,8 +190,9 @@ def _nvml_process_bytes(pid: int) -> int | None:
 
         pynvml.nvmlInit()
         h = pynvml.nvmlDeviceGetHandleByIndex(0)
-        return sum(int(p.usedGpuMemory or 0) for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h)
-                   if p.pid == pid)
+        return sum(
+            int(p.usedGpuMemory or 0) for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h) if p.pid == pid
+        )
     except Exception:
         return None
 
@@ -243,11 +244,18 @@ def measure_model(path: Path, size_bytes: int, device: str, mode: str, repeats: 
     from tts_contract import ModelSpec
     from tts_runtime.engine import Engine, NoGpu, NvmlProbe
 
-    spec = ModelSpec.model_validate({
-        "name": "bench", "backend": "torch", "factory": "residency_gpu:tiny_from_file",
-        "options": {"path": str(path), "size_bytes": size_bytes}, "cpuMode": mode,
-        "policy": {"pinned": True}, "loadTimeoutSeconds": 3600, "requestTimeoutSeconds": 600,
-    })
+    spec = ModelSpec.model_validate(
+        {
+            "name": "bench",
+            "backend": "torch",
+            "factory": "residency_gpu:tiny_from_file",
+            "options": {"path": str(path), "size_bytes": size_bytes},
+            "cpuMode": mode,
+            "policy": {"pinned": True},
+            "loadTimeoutSeconds": 3600,
+            "requestTimeoutSeconds": 600,
+        }
+    )
     gpu = NoGpu() if device == "cpu" else NvmlProbe()
     engine = Engine([spec], device=device, gpu=gpu, admin_timeout=3600)  # no start(): no idle monitor
     row: dict[str, Any] = {"mode": mode, "size_bytes": size_bytes}
@@ -281,8 +289,9 @@ def measure_model(path: Path, size_bytes: int, device: str, mode: str, repeats: 
 
 
 # -- the report ------------------------------------------------------------------------------------
-def derive(row: dict[str, Any], ref: dict[str, Any], disk: dict[str, Any], device: str, fixed_s: float
-           ) -> dict[str, Any]:
+def derive(
+    row: dict[str, Any], ref: dict[str, Any], disk: dict[str, Any], device: str, fixed_s: float
+) -> dict[str, Any]:
     """Medians, GB/s, the ratio to the reference bandwidth, and each target met or not."""
     restore = statistics.median(row["restore_s"])
     offload = statistics.median(row["offload_s"])
@@ -316,49 +325,126 @@ def report(results: dict[str, Any]) -> None:
     device = results["device"]
     rows = results["rows"]
     label = "GPU" if device != "cpu" else "CPU stand-in (not a GPU figure)"
-    print_table(f"Cold load vs reading the same bytes from disk ({label}; an empty model loads in "
-                f"{fmt_s(results['fixed_load_s'])} s: worker start, imports, CUDA context)",
-                ["size", "cpu mode", "file", "cold read s (GB/s)", "warm read s", "cold load s",
-                 "load − empty s", "load/read"],
-                [[fmt_bytes(r["size_bytes"]), r["mode"], fmt_bytes(r["disk"]["file_bytes"]),
-                  f"{fmt_s(r['disk']['cold_read_s'])} ({r['disk']['cold_read_gbps']:.2f})",
-                  fmt_s(r["disk"]["warm_read_s"]), fmt_s(r["load_s"]),
-                  fmt_s(r["derived"]["load_minus_fixed_s"]),
-                  f"{r['derived']['load_over_cold_read']:.2f}x"] for r in rows])
-    print_table(f"Offload and restore ({label}; median of {results['repeats']})",
-                ["size", "cpu mode", "offload ms (max)", "restore ms", "restore GB/s", "reference GB/s",
-                 "ratio", "identical"],
-                [[fmt_bytes(r["size_bytes"]), r["mode"],
-                  f"{fmt_ms(r['derived']['offload_median_s'])} ({fmt_ms(r['derived']['offload_max_s'])})",
-                  fmt_ms(r["derived"]["restore_median_s"]), f"{r['derived']['restore_gbps']:.2f}",
-                  f"{r['derived']['reference_gbps']:.2f}", f"{r['derived']['restore_ratio']:.0%}",
-                  yes(r["identical"])] for r in rows])
-    print_table(f"Memory held per state ({label})",
-                ["size", "cpu mode", "GPU: gpu", "GPU: cpu", "GPU: unloaded", "worker RSS gpu/cpu/unloaded",
-                 "/dev/shm in cpu"],
-                [[fmt_bytes(r["size_bytes"]), r["mode"], fmt_bytes(r["mem_gpu"]["gpu_process_bytes"]),
-                  fmt_bytes(r["mem_cpu"]["gpu_process_bytes"]),
-                  fmt_bytes(r["mem_unloaded"]["gpu_process_bytes"]),
-                  " / ".join(fmt_bytes(r[k]["worker_rss_bytes"]) for k in STATES),
-                  fmt_bytes((r["mem_cpu"]["shm_used_bytes"] or 0) - (r["mem_gpu"]["shm_used_bytes"] or 0))]
-                 for r in rows])
+    print_table(
+        f"Cold load vs reading the same bytes from disk ({label}; an empty model loads in "
+        f"{fmt_s(results['fixed_load_s'])} s: worker start, imports, CUDA context)",
+        [
+            "size",
+            "cpu mode",
+            "file",
+            "cold read s (GB/s)",
+            "warm read s",
+            "cold load s",
+            "load − empty s",
+            "load/read",
+        ],
+        [
+            [
+                fmt_bytes(r["size_bytes"]),
+                r["mode"],
+                fmt_bytes(r["disk"]["file_bytes"]),
+                f"{fmt_s(r['disk']['cold_read_s'])} ({r['disk']['cold_read_gbps']:.2f})",
+                fmt_s(r["disk"]["warm_read_s"]),
+                fmt_s(r["load_s"]),
+                fmt_s(r["derived"]["load_minus_fixed_s"]),
+                f"{r['derived']['load_over_cold_read']:.2f}x",
+            ]
+            for r in rows
+        ],
+    )
+    print_table(
+        f"Offload and restore ({label}; median of {results['repeats']})",
+        [
+            "size",
+            "cpu mode",
+            "offload ms (max)",
+            "restore ms",
+            "restore GB/s",
+            "reference GB/s",
+            "ratio",
+            "identical",
+        ],
+        [
+            [
+                fmt_bytes(r["size_bytes"]),
+                r["mode"],
+                f"{fmt_ms(r['derived']['offload_median_s'])} ({fmt_ms(r['derived']['offload_max_s'])})",
+                fmt_ms(r["derived"]["restore_median_s"]),
+                f"{r['derived']['restore_gbps']:.2f}",
+                f"{r['derived']['reference_gbps']:.2f}",
+                f"{r['derived']['restore_ratio']:.0%}",
+                yes(r["identical"]),
+            ]
+            for r in rows
+        ],
+    )
+    print_table(
+        f"Memory held per state ({label})",
+        [
+            "size",
+            "cpu mode",
+            "GPU: gpu",
+            "GPU: cpu",
+            "GPU: unloaded",
+            "worker RSS gpu/cpu/unloaded",
+            "/dev/shm in cpu",
+        ],
+        [
+            [
+                fmt_bytes(r["size_bytes"]),
+                r["mode"],
+                fmt_bytes(r["mem_gpu"]["gpu_process_bytes"]),
+                fmt_bytes(r["mem_cpu"]["gpu_process_bytes"]),
+                fmt_bytes(r["mem_unloaded"]["gpu_process_bytes"]),
+                " / ".join(fmt_bytes(r[k]["worker_rss_bytes"]) for k in STATES),
+                fmt_bytes((r["mem_cpu"]["shm_used_bytes"] or 0) - (r["mem_gpu"]["shm_used_bytes"] or 0)),
+            ]
+            for r in rows
+        ],
+    )
     ctx = results["probes"][0].get("context_bytes") if results["probes"] else None
-    print_table("Targets", ["size", "cpu mode", "restore ≥ 90% of reference", "offload ≤ 50 ms",
-                            f"cpu ≤ CUDA context ({fmt_bytes(ctx)})", "unloaded = 0"],
-                [[fmt_bytes(r["size_bytes"]), r["mode"], yes(r["derived"]["target_restore"]),
-                  yes(r["derived"]["target_offload"]), yes(r["derived"].get("target_cpu_memory")),
-                  yes(r["derived"].get("target_unloaded_zero"))] for r in rows])
+    print_table(
+        "Targets",
+        [
+            "size",
+            "cpu mode",
+            "restore ≥ 90% of reference",
+            "offload ≤ 50 ms",
+            f"cpu ≤ CUDA context ({fmt_bytes(ctx)})",
+            "unloaded = 0",
+        ],
+        [
+            [
+                fmt_bytes(r["size_bytes"]),
+                r["mode"],
+                yes(r["derived"]["target_restore"]),
+                yes(r["derived"]["target_offload"]),
+                yes(r["derived"].get("target_cpu_memory")),
+                yes(r["derived"].get("target_unloaded_zero")),
+            ]
+            for r in rows
+        ],
+    )
     lo, hi = ORIGINAL["restore_s"]
-    print_table("Against the original project's claims",
-                ["size", "cpu mode", "restore: original 2–5 s", "offload: original 2 s",
-                 "idle GPU: original 1 GiB"],
-                [[fmt_bytes(r["size_bytes"]), r["mode"],
-                  f"{fmt_s(r['derived']['restore_median_s'])} s ({lo / r['derived']['restore_median_s']:.0f}–"
-                  f"{hi / r['derived']['restore_median_s']:.0f}x faster)",
-                  f"{fmt_ms(r['derived']['offload_median_s'])} ms "
-                  f"({ORIGINAL['offload_s'] / max(r['derived']['offload_median_s'], 1e-6):.0f}x faster)",
-                  fmt_bytes(r["mem_cpu"]["gpu_process_bytes"]) + " in cpu, "
-                  + fmt_bytes(r["mem_unloaded"]["gpu_process_bytes"]) + " unloaded"] for r in rows])
+    print_table(
+        "Against the original project's claims",
+        ["size", "cpu mode", "restore: original 2–5 s", "offload: original 2 s", "idle GPU: original 1 GiB"],
+        [
+            [
+                fmt_bytes(r["size_bytes"]),
+                r["mode"],
+                f"{fmt_s(r['derived']['restore_median_s'])} s ({lo / r['derived']['restore_median_s']:.0f}–"
+                f"{hi / r['derived']['restore_median_s']:.0f}x faster)",
+                f"{fmt_ms(r['derived']['offload_median_s'])} ms "
+                f"({ORIGINAL['offload_s'] / max(r['derived']['offload_median_s'], 1e-6):.0f}x faster)",
+                fmt_bytes(r["mem_cpu"]["gpu_process_bytes"])
+                + " in cpu, "
+                + fmt_bytes(r["mem_unloaded"]["gpu_process_bytes"])
+                + " unloaded",
+            ]
+            for r in rows
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,17 +472,26 @@ def main(argv: list[str] | None = None) -> int:
     # Presence first, from a child process, so the message comes before any minutes of file writing.
     first = run_probe(args.device, 1024)
     if args.device == "cuda" and not first.get("cuda"):
-        print(f"no CUDA device: torch {first['torch']} (CUDA build {first['torch_cuda']}) sees no GPU here. "
-              "Run this on a GPU machine, or use `--device cpu --sizes 0.05,0.2` to exercise the same code "
-              "path on CPU.", file=sys.stderr)
+        print(
+            f"no CUDA device: torch {first['torch']} (CUDA build {first['torch_cuda']}) sees no GPU here. "
+            "Run this on a GPU machine, or use `--device cpu --sizes 0.05,0.2` to exercise the same code "
+            "path on CPU.",
+            file=sys.stderr,
+        )
         return 2
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     # The worker imports residency_gpu:tiny_from_file (spawned workers inherit sys.path).
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    results: dict[str, Any] = {"bench": "residency", "machine": benchlib.machine(), "device": args.device,
-                               "repeats": args.repeats, "workdir_fs": fs_type(workdir), "probes": [],
-                               "rows": []}
+    results: dict[str, Any] = {
+        "bench": "residency",
+        "machine": benchlib.machine(),
+        "device": args.device,
+        "repeats": args.repeats,
+        "workdir_fs": fs_type(workdir),
+        "probes": [],
+        "rows": [],
+    }
     # What any load pays whatever the size: worker spawn, imports, CUDA context (an empty model).
     empty = workdir / "tiny-0.pt"
     write_weights(empty, 0)
@@ -413,8 +508,13 @@ def main(argv: list[str] | None = None) -> int:
         warm = read_file(path)
         drop_cache(path)
         cold = read_file(path)
-        disk = {"file_bytes": file_bytes, "cold_read_s": cold, "cold_read_gbps": file_bytes / cold / 1e9,
-                "warm_read_s": warm, "page_cache_dropped": cold > 1.2 * warm}
+        disk = {
+            "file_bytes": file_bytes,
+            "cold_read_s": cold,
+            "cold_read_gbps": file_bytes / cold / 1e9,
+            "warm_read_s": warm,
+            "page_cache_dropped": cold > 1.2 * warm,
+        }
         ref = run_probe(args.device, size)
         ref["size_bytes"] = size
         results["probes"].append(ref)
@@ -423,9 +523,12 @@ def main(argv: list[str] | None = None) -> int:
             row["disk"] = disk
             row["derived"] = derive(row, ref, disk, args.device, results["fixed_load_s"])
             results["rows"].append(row)
-            print(f"[{gib:g} GiB {mode}] load {row['load_s']:.2f}s, restore "
-                  f"{row['derived']['restore_median_s'] * 1000:.1f} ms, offload "
-                  f"{row['derived']['offload_median_s'] * 1000:.1f} ms", flush=True)
+            print(
+                f"[{gib:g} GiB {mode}] load {row['load_s']:.2f}s, restore "
+                f"{row['derived']['restore_median_s'] * 1000:.1f} ms, offload "
+                f"{row['derived']['offload_median_s'] * 1000:.1f} ms",
+                flush=True,
+            )
         if not args.keep_files:
             path.unlink()
     if not args.keep_files:

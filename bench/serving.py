@@ -61,10 +61,14 @@ class Server:
         self._file = self.log.open("wb")
         self.t0 = time.perf_counter()
         argv = [a.replace("{port}", str(self.port)) for a in argv]
-        self.proc = subprocess.Popen(argv, stdout=self._file, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
-        self.client = httpx.Client(base_url=self.url, timeout=120,
-                                   limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
+        self.proc = subprocess.Popen(
+            argv, stdout=self._file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        self.client = httpx.Client(
+            base_url=self.url,
+            timeout=120,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+        )
 
     def first_audio(self, body: dict[str, Any] = BODY, timeout: float = 180.0) -> float:
         """Seconds from process start to the first complete audio response."""
@@ -128,14 +132,27 @@ class Factory:
         return env
 
     def baseline(self, label: str = "baseline") -> Server:
-        return Server(label, [sys.executable, str(HERE / "baseline_server.py"), "{port}"], self._env(False),
-                      self.log_dir)
+        return Server(
+            label,
+            [sys.executable, str(HERE / "baseline_server.py"), "{port}"],
+            self._env(False),
+            self.log_dir,
+        )
 
-    def residency(self, label: str, models: list[dict[str, Any]] | None = None,
-                  offload_after_use: bool = False) -> Server:
-        argv = [benchlib.executable("tts-runtime"), "serve", "--port", "{port}", "--device", "cpu",
-                "--log-level", "warning",
-                "--offload-after-use" if offload_after_use else "--no-offload-after-use"]
+    def residency(
+        self, label: str, models: list[dict[str, Any]] | None = None, offload_after_use: bool = False
+    ) -> Server:
+        argv = [
+            benchlib.executable("tts-runtime"),
+            "serve",
+            "--port",
+            "{port}",
+            "--device",
+            "cpu",
+            "--log-level",
+            "warning",
+            "--offload-after-use" if offload_after_use else "--no-offload-after-use",
+        ]
         if models is None:
             argv += ["--model", "hibari"]
         else:
@@ -200,8 +217,10 @@ def throughput(f: Factory, args: argparse.Namespace, out: dict[str, Any]) -> Non
                 for s in rotate(servers, rnd + c):
                     r = run_load(s.speak, n, c)
                     rows.append({"round": rnd, "server": s.label, "clients": c, **r})
-                    print(f"round {rnd} {s.label:9} c={c:<2} p50 {fmt_ms(r['p50'])} ms "
-                          f"{r['rps']:.1f} req/s", flush=True)
+                    print(
+                        f"round {rnd} {s.label:9} c={c:<2} p50 {fmt_ms(r['p50'])} ms {r['rps']:.1f} req/s",
+                        flush=True,
+                    )
     finally:
         for s in servers:
             s.stop()
@@ -219,19 +238,36 @@ def throughput(f: Factory, args: argparse.Namespace, out: dict[str, Any]) -> Non
     for c in args.clients:
         base = [r for r in rows if r["server"] == "baseline" and r["clients"] == c]
         res = [r for r in rows if r["server"] == "resident" and r["clients"] == c]
-        table.append([
-            c,
-            spread([r["rps"] for r in base], "{:.1f}"), spread([r["rps"] for r in res], "{:.1f}"),
-            spread(per_round("resident", c, "rps")), spread(per_round("defaults", c, "rps")),
-            spread([r["p50"] * 1000 for r in base], "{:.1f}"),
-            spread([r["p50"] * 1000 for r in res], "{:.1f}"),
-            spread(per_round("resident", c, "p50")), spread(per_round("defaults", c, "p50")),
-            spread(per_round("defaults", c, "p50", over="resident")),
-        ])
-    print_table(f"Throughput and latency, hibari on CPU, {args.rounds} interleaved rounds: median [min–max]",
-                ["clients", "baseline req/s", "resident req/s", "req/s resident ÷ base",
-                 "req/s defaults ÷ base", "baseline p50 ms", "resident p50 ms", "p50 resident ÷ base",
-                 "p50 defaults ÷ base", "p50 defaults ÷ resident"], table)
+        table.append(
+            [
+                c,
+                spread([r["rps"] for r in base], "{:.1f}"),
+                spread([r["rps"] for r in res], "{:.1f}"),
+                spread(per_round("resident", c, "rps")),
+                spread(per_round("defaults", c, "rps")),
+                spread([r["p50"] * 1000 for r in base], "{:.1f}"),
+                spread([r["p50"] * 1000 for r in res], "{:.1f}"),
+                spread(per_round("resident", c, "p50")),
+                spread(per_round("defaults", c, "p50")),
+                spread(per_round("defaults", c, "p50", over="resident")),
+            ]
+        )
+    print_table(
+        f"Throughput and latency, hibari on CPU, {args.rounds} interleaved rounds: median [min–max]",
+        [
+            "clients",
+            "baseline req/s",
+            "resident req/s",
+            "req/s resident ÷ base",
+            "req/s defaults ÷ base",
+            "baseline p50 ms",
+            "resident p50 ms",
+            "p50 resident ÷ base",
+            "p50 defaults ÷ base",
+            "p50 defaults ÷ resident",
+        ],
+        table,
+    )
 
 
 def cold(f: Factory, args: argparse.Namespace, out: dict[str, Any]) -> None:
@@ -251,9 +287,11 @@ def cold(f: Factory, args: argparse.Namespace, out: dict[str, Any]) -> None:
             print(f"repeat {rnd} {label:9} first audio {got[label][-1]:.2f} s", flush=True)
     out["cold"] = got
     ratios = {k: [a / b for a, b in zip(got[k], got["baseline"], strict=True)] for k in got}
-    print_table(f"Cold start to first audio, {args.repeats} interleaved repeats: median [min–max]",
-                ["server", "seconds", "÷ baseline"],
-                [[k, spread(v), spread(ratios[k]) if k != "baseline" else ""] for k, v in got.items()])
+    print_table(
+        f"Cold start to first audio, {args.repeats} interleaved repeats: median [min–max]",
+        ["server", "seconds", "÷ baseline"],
+        [[k, spread(v), spread(ratios[k]) if k != "baseline" else ""] for k, v in got.items()],
+    )
 
 
 def exit_worker(f: Factory, args: argparse.Namespace, out: dict[str, Any]) -> None:
@@ -277,10 +315,20 @@ def exit_worker(f: Factory, args: argparse.Namespace, out: dict[str, Any]) -> No
             s.stop()
     out["exit_worker"] = lat
     ratios = [a / b for a, b in zip(lat["exit-worker"], lat["keep-worker"], strict=True)]
-    print_table(f"One request every {args.gap:g} s, offloadAfterUse, {args.exit_requests} pairs",
-                ["cpuMode", "p50 ms", "mean ms", "max ms", "per request ÷ keep-worker"],
-                [[k, fmt_ms(statistics.median(v)), fmt_ms(statistics.fmean(v)), fmt_ms(max(v)),
-                  spread(ratios) if k == "exit-worker" else ""] for k, v in lat.items()])
+    print_table(
+        f"One request every {args.gap:g} s, offloadAfterUse, {args.exit_requests} pairs",
+        ["cpuMode", "p50 ms", "mean ms", "max ms", "per request ÷ keep-worker"],
+        [
+            [
+                k,
+                fmt_ms(statistics.median(v)),
+                fmt_ms(statistics.fmean(v)),
+                fmt_ms(max(v)),
+                spread(ratios) if k == "exit-worker" else "",
+            ]
+            for k, v in lat.items()
+        ],
+    )
 
 
 def _memory_of(pids: list[int]) -> dict[str, int]:
@@ -324,10 +372,20 @@ def memory(f: Factory, args: argparse.Namespace, out: dict[str, Any]) -> None:
     table = []
     for r in rows:
         per = (r["pss"] - one["pss"]) / (r["models"] - 1) if r["models"] > 1 else None
-        table.append([r["case"], r["processes"], benchlib.fmt_bytes(r["rss"]), benchlib.fmt_bytes(r["pss"]),
-                      benchlib.fmt_bytes(per) if per is not None else ""])
-    print_table("Host memory with every model loaded (resident)",
-                ["case", "processes", "RSS (sum)", "PSS (sum)", "PSS per further model"], table)
+        table.append(
+            [
+                r["case"],
+                r["processes"],
+                benchlib.fmt_bytes(r["rss"]),
+                benchlib.fmt_bytes(r["pss"]),
+                benchlib.fmt_bytes(per) if per is not None else "",
+            ]
+        )
+    print_table(
+        "Host memory with every model loaded (resident)",
+        ["case", "processes", "RSS (sum)", "PSS (sum)", "PSS per further model"],
+        table,
+    )
 
 
 PARTS = {"throughput": throughput, "cold": cold, "exit-worker": exit_worker, "memory": memory}
@@ -335,10 +393,17 @@ PARTS = {"throughput": throughput, "cold": cold, "exit-worker": exit_worker, "me
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("parts", nargs="*", default=["throughput", "cold", "exit-worker"],
-                   help=f"which of {', '.join(PARTS)} (default: throughput cold exit-worker)")
-    p.add_argument("--runtime", default=str(benchlib.REPO / "runtime"),
-                   help="the runtime/ directory to import Residency from (default: this checkout)")
+    p.add_argument(
+        "parts",
+        nargs="*",
+        default=["throughput", "cold", "exit-worker"],
+        help=f"which of {', '.join(PARTS)} (default: throughput cold exit-worker)",
+    )
+    p.add_argument(
+        "--runtime",
+        default=str(benchlib.REPO / "runtime"),
+        help="the runtime/ directory to import Residency from (default: this checkout)",
+    )
     p.add_argument("--rounds", type=int, default=3, help="throughput: interleaved rounds (default 3)")
     p.add_argument("--clients", default="1,4,8,16", help="throughput: client counts (default 1,4,8,16)")
     p.add_argument("--requests", type=int, default=40, help="throughput: requests per run (default 40)")
@@ -359,8 +424,12 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.clients, default=0) < 1 or min(args.rounds, args.requests, args.repeats) < 1:
         p.error("--clients, --rounds, --requests and --repeats must be ≥ 1")
     f = Factory(Path(args.runtime).resolve(), benchlib.RESULTS / "logs")
-    out: dict[str, Any] = {"bench": "serving", "machine": benchlib.machine(), "text": TEXT,
-                           "runtime": str(f.runtime)}
+    out: dict[str, Any] = {
+        "bench": "serving",
+        "machine": benchlib.machine(),
+        "text": TEXT,
+        "runtime": str(f.runtime),
+    }
     for part in args.parts:
         PARTS[part](f, args, out)
     benchlib.write_json(out, args.json, "serving")

@@ -36,7 +36,7 @@ from tts_runtime.engine.segmenter import split
 SHORT = "Residency keeps idle models off the GPU and brings them back fast."
 PARAGRAPH = (
     "Dr. Smith paid $3.14 for 1,000 apples at the market on Tuesday, which surprised everyone. "
-    "\"Is it ready?\" she asked; nobody answered, and the room went quiet for a while. "
+    '"Is it ready?" she asked; nobody answered, and the room went quiet for a while. '
     "The U.S. economy grew 2.5 percent last year, according to the report published in March. "
     "Trains left the station every ten minutes, carrying commuters to the city and back again. "
 )
@@ -51,13 +51,23 @@ class Server:
     def __init__(self, log: Path) -> None:
         self.port = benchlib.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        args = [benchlib.executable("tts-runtime"), "serve", "--port", str(self.port), "--device", "cpu",
-                "--model", "hibari", "--no-offload-after-use"]
+        args = [
+            benchlib.executable("tts-runtime"),
+            "serve",
+            "--port",
+            str(self.port),
+            "--device",
+            "cpu",
+            "--model",
+            "hibari",
+            "--no-offload-after-use",
+        ]
         log.parent.mkdir(parents=True, exist_ok=True)
         self._file = log.open("wb")
         env = {k: v for k, v in os.environ.items() if not k.startswith("TTS_RUNTIME_")}
-        self.proc = subprocess.Popen(args, stdout=self._file, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            args, stdout=self._file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         deadline = time.monotonic() + 120
         while True:
             if self.proc.poll() is not None:
@@ -144,29 +154,58 @@ def main() -> None:
                     ratios_first.append(med[False][0] / med[True][0])
                     ratios_total.append(med[False][1] / med[True][1])
                 p50 = {s: _medians(runs[s]) for s in runs}
-                rows.append([name, len(text), c, fmt_ms(p50[True][0]), fmt_ms(p50[False][0]),
-                             spread(ratios_first), fmt_ms(p50[True][1]), fmt_ms(p50[False][1]),
-                             spread(ratios_total)])
-                results["runs"].append({"input": name, "chars": len(text), "concurrency": c,
-                                        "streamed": runs[True], "whole": runs[False],
-                                        "ratio_first_audio": ratios_first, "ratio_total": ratios_total})
+                rows.append(
+                    [
+                        name,
+                        len(text),
+                        c,
+                        fmt_ms(p50[True][0]),
+                        fmt_ms(p50[False][0]),
+                        spread(ratios_first),
+                        fmt_ms(p50[True][1]),
+                        fmt_ms(p50[False][1]),
+                        spread(ratios_total),
+                    ]
+                )
+                results["runs"].append(
+                    {
+                        "input": name,
+                        "chars": len(text),
+                        "concurrency": c,
+                        "streamed": runs[True],
+                        "whole": runs[False],
+                        "ratio_first_audio": ratios_first,
+                        "ratio_total": ratios_total,
+                    }
+                )
                 print(rows[-1], flush=True)
     finally:
         server.stop()
     print_table(
         f"hibari, {args.format}, {args.rounds} rounds: p50 ms; "
         "ratios whole/streamed, median [min-max] over rounds",
-        ["input", "chars", "conc.", "first audio streamed", "first audio whole", "ratio",
-         "total streamed", "total whole", "ratio"],
+        [
+            "input",
+            "chars",
+            "conc.",
+            "first audio streamed",
+            "first audio whole",
+            "ratio",
+            "total streamed",
+            "total whole",
+            "ratio",
+        ],
         rows,
     )
     long_first = next(r for r in results["runs"] if r["input"] == "long" and r["concurrency"] == levels[0])
     ttfa = statistics.median(x[0] for x in long_first["streamed"])
     sentence = statistics.median(alone)
     verdict = "met" if ttfa <= 1.5 * sentence else "NOT met"
-    line = (f"target: first audio of the long input {fmt_ms(ttfa)} ms at concurrency {levels[0]}; "
-            f"its first sentence ({len(first_sentence)} chars) alone takes {fmt_ms(sentence)} ms "
-            f"-> {ttfa / sentence:.2f}x (target <= 1.5x: {verdict})")
+    line = (
+        f"target: first audio of the long input {fmt_ms(ttfa)} ms at concurrency {levels[0]}; "
+        f"its first sentence ({len(first_sentence)} chars) alone takes {fmt_ms(sentence)} ms "
+        f"-> {ttfa / sentence:.2f}x (target <= 1.5x: {verdict})"
+    )
     print(line)
     results["target"] = {"first_audio_long": ttfa, "first_sentence_alone": sentence, "ratio": ttfa / sentence}
     benchlib.write_json(results, args.json, "streaming")

@@ -23,7 +23,8 @@ CpuMode = Literal["auto", "keep-worker", "exit-worker", "suspend"]
 Execution = Literal["worker", "inline"]
 
 FACTORY_RULE = (
-    "model.factory ('package.module:callable') is required for backends torch and plugin, not for hibari")
+    "model.factory ('package.module:callable') is required for backends torch and plugin, not for hibari"
+)
 
 
 class _ModelBase(BaseModel):
@@ -131,5 +132,12 @@ class ServiceModel(_ModelBase):
             options.setdefault("weights", self.source.uri)
         elif self.source is not None and self.source.pvc is not None:
             options.setdefault("weights", f"{weights_dir}/{self.source.pvc.sub_path}".rstrip("/"))
-        return ModelSpec.model_validate({"name": self.name, "variant": self.variant, "backend": self.backend,
-                                         "factory": self.factory, "options": options})
+        return ModelSpec.model_validate(
+            {
+                "name": self.name,
+                "variant": self.variant,
+                "backend": self.backend,
+                "factory": self.factory,
+                "options": options,
+            }
+        )

@@ -29,8 +29,14 @@ DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 # A TTSService's children append "-agent" (6 characters) to its name and must stay DNS labels (63).
 MAX_SERVICE_NAME_LENGTH = 57
 # Env names the operator sets on the runtime container itself; a user value would silently break the pod.
-RESERVED_ENV = ("TTS_RUNTIME_MODELS_JSON", "TTS_RUNTIME_ADMIN_TOKEN", "TTS_RUNTIME_ADMIN_TOKEN_FILE",
-                "TTS_RUNTIME_GPU_MEMORY_BUDGET_BYTES", "POD_NAME", "POD_NAMESPACE")
+RESERVED_ENV = (
+    "TTS_RUNTIME_MODELS_JSON",
+    "TTS_RUNTIME_ADMIN_TOKEN",
+    "TTS_RUNTIME_ADMIN_TOKEN_FILE",
+    "TTS_RUNTIME_GPU_MEMORY_BUDGET_BYTES",
+    "POD_NAME",
+    "POD_NAMESPACE",
+)
 
 
 def matches(pattern: str, value: str) -> bool:

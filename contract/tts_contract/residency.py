@@ -79,8 +79,11 @@ class Policy(_Camel):
     @model_validator(mode="after")
     def _release_after_offload(self) -> Policy:
         # Without offload-after-use a model would be released before its idle offload was ever due.
-        if (not self.offload_after_use and self.idle_release_seconds
-                and self.idle_release_seconds < self.idle_offload_seconds):
+        if (
+            not self.offload_after_use
+            and self.idle_release_seconds
+            and self.idle_release_seconds < self.idle_offload_seconds
+        ):
             raise ValueError(RELEASE_RULE)
         return self
 

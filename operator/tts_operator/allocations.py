@@ -46,8 +46,11 @@ def hami_devices(raw: str | None) -> tuple[Device, ...]:
             if len(fields) < 3 or not fields[0].strip():
                 continue
             mib, cores = _int(fields[2]), _int(fields[3]) if len(fields) > 3 else None
-            devices.append(Device(id=fields[0].strip(), memory_bytes=None if mib is None else mib * MIB,
-                                  cores=cores or None))  # HAMi writes 0 cores for "no core limit"
+            devices.append(
+                Device(
+                    id=fields[0].strip(), memory_bytes=None if mib is None else mib * MIB, cores=cores or None
+                )
+            )  # HAMi writes 0 cores for "no core limit"
     return tuple(devices)
 
 
@@ -69,8 +72,12 @@ def claim_allocation(claim: Mapping[str, Any]) -> ClaimAllocation:
         if not result.get("device"):
             continue
         consumed = (result.get("consumedCapacity") or {}).get("memory")
-        devices.append(Device(id=f"{result.get('driver')}/{result.get('pool')}/{result['device']}",
-                              memory_bytes=_quantity(consumed)))
+        devices.append(
+            Device(
+                id=f"{result.get('driver')}/{result.get('pool')}/{result['device']}",
+                memory_bytes=_quantity(consumed),
+            )
+        )
     return ClaimAllocation(devices=tuple(devices), node=_node_of(allocation.get("nodeSelector")))
 
 
@@ -91,10 +98,12 @@ def pod_claims(body: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(sorted({str(n) for n in made + named if n}))
 
 
-NO_DRA = ("gpu.sharing.mode dra: this operator does not watch resource.k8s.io/v1 ResourceClaims (the API is "
-          "not served, or RBAC does not let it list/watch resourceclaims and list/watch/create/delete "
-          "resourceclaimtemplates; its log says which at start): grant them and restart it, or pick another "
-          "mode")
+NO_DRA = (
+    "gpu.sharing.mode dra: this operator does not watch resource.k8s.io/v1 ResourceClaims (the API is "
+    "not served, or RBAC does not let it list/watch resourceclaims and list/watch/create/delete "
+    "resourceclaimtemplates; its log says which at start): grant them and restart it, or pick another "
+    "mode"
+)
 
 
 def dra_enabled() -> bool:
@@ -105,8 +114,10 @@ def dra_enabled() -> bool:
 
 # What the operator must be allowed to do for DRA mode: watch claims (their allocations) and keep the claim
 # templates it owns (create; delete and create again when the spec changes).
-DRA_ACCESS = (("resourceclaims", ("list", "watch")),
-              ("resourceclaimtemplates", ("list", "watch", "create", "delete")))
+DRA_ACCESS = (
+    ("resourceclaims", ("list", "watch")),
+    ("resourceclaimtemplates", ("list", "watch", "create", "delete")),
+)
 
 
 def dra_available(namespaces: list[str]) -> tuple[bool, str]:
@@ -129,8 +140,9 @@ def dra_available(namespaces: list[str]) -> tuple[bool, str]:
             groups = kubernetes.client.ApisApi(client).get_api_versions()
         except kubernetes.client.ApiException as exc:
             return False, f"API discovery failed ({exc.status})"
-        served = any(g.name == "resource.k8s.io" and any(v.version == "v1" for v in g.versions)
-                     for g in groups.groups)
+        served = any(
+            g.name == "resource.k8s.io" and any(v.version == "v1" for v in g.versions) for g in groups.groups
+        )
         if not served:
             return False, "the API server does not serve resource.k8s.io/v1 (Kubernetes 1.34+)"
         auth = kubernetes.client.AuthorizationV1Api(client)
@@ -140,8 +152,13 @@ def dra_available(namespaces: list[str]) -> tuple[bool, str]:
                     review = kubernetes.client.V1SelfSubjectAccessReview(
                         spec=kubernetes.client.V1SelfSubjectAccessReviewSpec(
                             resource_attributes=kubernetes.client.V1ResourceAttributes(
-                                group="resource.k8s.io", resource=resource, verb=verb,
-                                namespace=namespace or None)))
+                                group="resource.k8s.io",
+                                resource=resource,
+                                verb=verb,
+                                namespace=namespace or None,
+                            )
+                        )
+                    )
                     answer = auth.create_self_subject_access_review(review).status
                     if answer is None or not answer.allowed:
                         where = f"in namespace {namespace}" if namespace else "cluster-wide"

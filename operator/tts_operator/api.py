@@ -56,8 +56,9 @@ class Api:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
-        params = self._client.param_serialize(method, url, header_params=headers, body=body,
-                                              auth_settings=["BearerToken"])
+        params = self._client.param_serialize(
+            method, url, header_params=headers, body=body, auth_settings=["BearerToken"]
+        )
         try:
             response = self._client.call_api(*params, _request_timeout=30)
             response.read()  # type: ignore[no-untyped-call]
@@ -69,7 +70,8 @@ class Api:
 
     async def request(self, method: str, url: str, body: Any = None, content_type: str | None = None) -> Any:
         return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._call, method, url, body, content_type)
+            self._executor, self._call, method, url, body, content_type
+        )
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -86,10 +88,12 @@ class Api:
         created: dict[str, Any] = await self.request("POST", url, manifest)
         return created
 
-    async def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any],
-                    sub: str | None = None) -> dict[str, Any]:
+    async def patch(
+        self, kind: str, namespace: str, name: str, patch: dict[str, Any], sub: str | None = None
+    ) -> dict[str, Any]:
         patched: dict[str, Any] = await self.request(
-            "PATCH", path(kind, namespace, name, sub), patch, MERGE_PATCH)
+            "PATCH", path(kind, namespace, name, sub), patch, MERGE_PATCH
+        )
         return patched
 
     async def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> bool:

@@ -56,8 +56,11 @@ class Images:
 
 
 def labels(service: str) -> dict[str, str]:
-    return {names.MANAGED_BY_LABEL: names.MANAGED_BY, names.NAME_LABEL: names.NAME,
-            names.SERVICE_LABEL: service}
+    return {
+        names.MANAGED_BY_LABEL: names.MANAGED_BY,
+        names.NAME_LABEL: names.NAME,
+        names.SERVICE_LABEL: service,
+    }
 
 
 def agent_name(service: str) -> str:
@@ -73,10 +76,16 @@ def _meta(owner: Owner, name: str) -> Manifest:
         "name": name,
         "namespace": owner.namespace,
         "labels": labels(owner.name),
-        "ownerReferences": [{
-            "apiVersion": f"{names.GROUP}/{names.VERSION}", "kind": "TTSService", "name": owner.name,
-            "uid": owner.uid, "controller": True, "blockOwnerDeletion": True,
-        }],
+        "ownerReferences": [
+            {
+                "apiVersion": f"{names.GROUP}/{names.VERSION}",
+                "kind": "TTSService",
+                "name": owner.name,
+                "uid": owner.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
     }
 
 
@@ -85,18 +94,29 @@ def models_json(spec: TTSServiceSpec) -> str:
     policy is left out on purpose: a policy edit must not change the pod template (that would roll out);
     the agent applies `spec.residency` before the pod reports ready."""
     entry = spec.model.model_spec(WEIGHTS_DIR).model_dump(
-        mode="json", by_alias=True, include={"name", "variant", "backend", "factory", "options"})
+        mode="json", by_alias=True, include={"name", "variant", "backend", "factory", "options"}
+    )
     return json.dumps({"models": [entry]}, sort_keys=True, separators=(",", ":"))
 
 
 def _container_security() -> Manifest:
-    return {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "runAsGroup": UID,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
 
 
 def _probe(path: str, port: str, period: int, failures: int) -> Manifest:
-    return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "timeoutSeconds": 3,
-            "failureThreshold": failures}
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period,
+        "timeoutSeconds": 3,
+        "failureThreshold": failures,
+    }
 
 
 def binary_quantity(n: int) -> str:
@@ -146,8 +166,11 @@ def _runtime_container(owner: Owner, images: Images) -> Manifest:
         # The share the pod is scheduled with: the runtime keeps its models within it (never a CUDA OOM).
         env.insert(2, {"name": "TTS_RUNTIME_GPU_MEMORY_BUDGET_BYTES", "value": str(budget)})
     mounts: list[Manifest] = [
-        {"name": "residency", "mountPath": SHARED_DIR}, {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "dshm", "mountPath": "/dev/shm"}, {"name": "cache", "mountPath": CACHE_DIR}]
+        {"name": "residency", "mountPath": SHARED_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "cache", "mountPath": CACHE_DIR},
+    ]
     if spec.model.source is not None and spec.model.source.pvc is not None:
         mounts.append({"name": "weights", "mountPath": WEIGHTS_DIR, "readOnly": True})
     container: Manifest = {
@@ -178,11 +201,15 @@ def _agent_container(images: Images) -> Manifest:
         "image": images.agent,
         "command": ["tts-operator", "agent"],
         "ports": [{"name": "agent", "containerPort": AGENT_PORT, "protocol": "TCP"}],
-        "env": [{"name": "POD_NAME", **field("metadata.name")},
-                {"name": "POD_NAMESPACE", **field("metadata.namespace")}],
+        "env": [
+            {"name": "POD_NAME", **field("metadata.name")},
+            {"name": "POD_NAMESPACE", **field("metadata.namespace")},
+        ],
         "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}},
-        "volumeMounts": [{"name": "residency", "mountPath": SHARED_DIR},
-                         {"name": "kube-api-access", "mountPath": TOKEN_DIR, "readOnly": True}],
+        "volumeMounts": [
+            {"name": "residency", "mountPath": SHARED_DIR},
+            {"name": "kube-api-access", "mountPath": TOKEN_DIR, "readOnly": True},
+        ],
         "securityContext": _container_security(),
         "livenessProbe": _probe("/healthz", "agent", 10, 3),
         # Ready only after the first policy sync: no traffic reaches a pod before its policy.
@@ -197,29 +224,53 @@ def _volumes(spec: TTSServiceSpec) -> list[Manifest]:
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
         {"name": "cache", "emptyDir": {}},
         # The agent's API token, mounted into the agent only (the pod does not automount it anywhere).
-        {"name": "kube-api-access", "projected": {"defaultMode": 0o444, "sources": [
-            {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
-            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-            {"downwardAPI": {"items": [{"path": "namespace",
-                                        "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
-        ]}},
+        {
+            "name": "kube-api-access",
+            "projected": {
+                "defaultMode": 0o444,
+                "sources": [
+                    {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                    {
+                        "configMap": {
+                            "name": "kube-root-ca.crt",
+                            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                        }
+                    },
+                    {
+                        "downwardAPI": {
+                            "items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]
+                        }
+                    },
+                ],
+            },
+        },
     ]
     if spec.model.source is not None and spec.model.source.pvc is not None:
-        volumes.append({"name": "weights", "persistentVolumeClaim": {
-            "claimName": spec.model.source.pvc.claim_name, "readOnly": True}})
+        volumes.append(
+            {
+                "name": "weights",
+                "persistentVolumeClaim": {"claimName": spec.model.source.pvc.claim_name, "readOnly": True},
+            }
+        )
     return volumes
 
 
 def build_deployment(owner: Owner, images: Images) -> Manifest:
     spec = owner.spec
     # A GPU pod cannot surge when every GPU is taken; replace one at a time instead of waiting forever.
-    strategy = ({"maxSurge": 0, "maxUnavailable": 1} if spec.gpu.count > 0
-                else {"maxSurge": 1, "maxUnavailable": 0})
+    strategy = (
+        {"maxSurge": 0, "maxUnavailable": 1} if spec.gpu.count > 0 else {"maxSurge": 1, "maxUnavailable": 0}
+    )
     pod_spec: Manifest = {
         "serviceAccountName": agent_name(owner.name),
         "automountServiceAccountToken": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": UID,
+            "runAsGroup": UID,
+            "fsGroup": UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "terminationGracePeriodSeconds": images.grace_seconds(),
         "containers": [_runtime_container(owner, images), _agent_container(images)],
         "volumes": _volumes(spec),
@@ -231,7 +282,8 @@ def build_deployment(owner: Owner, images: Images) -> Manifest:
     template_meta: Manifest = {"labels": labels(owner.name)}
     _sharing_pod(owner, pod_spec, template_meta)
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
         "metadata": _meta(owner, owner.name),
         "spec": {
             "replicas": spec.replicas,
@@ -253,8 +305,9 @@ def _sharing_pod(owner: Owner, pod_spec: Manifest, template_meta: Manifest) -> N
         if claim.resource_claim_name is not None:
             pod_spec["resourceClaims"] = [{"name": CLAIM, "resourceClaimName": claim.resource_claim_name}]
         else:
-            pod_spec["resourceClaims"] = [{"name": CLAIM,
-                                           "resourceClaimTemplateName": claim_template_name(owner.name)}]
+            pod_spec["resourceClaims"] = [
+                {"name": CLAIM, "resourceClaimTemplateName": claim_template_name(owner.name)}
+            ]
             # A template's spec is immutable: a change re-creates it, and this hash rolls the pods out so
             # that their claims are made from the new one.
             digest = json.dumps(build_resource_claim_template(owner)["spec"], sort_keys=True).encode()
@@ -279,8 +332,11 @@ def build_resource_claim_template(owner: Owner) -> Manifest:
     as a capacity request, and NVIDIA's GpuConfig for the sharing strategy (TimeSlicing or MPS)."""
     gpu, sharing = owner.spec.gpu, owner.spec.gpu.sharing
     claim = sharing.claim
-    exactly: Manifest = {"deviceClassName": claim.device_class_name, "allocationMode": "ExactCount",
-                         "count": gpu.count}
+    exactly: Manifest = {
+        "deviceClassName": claim.device_class_name,
+        "allocationMode": "ExactCount",
+        "count": gpu.count,
+    }
     memory = sharing.memory_bytes
     if memory is not None:
         exactly["capacity"] = {"requests": {"memory": binary_quantity(memory)}}
@@ -294,33 +350,57 @@ def build_resource_claim_template(owner: Owner) -> Manifest:
                 mps["defaultPinnedDeviceMemoryLimit"] = binary_quantity(memory)
             shared: Manifest = {"strategy": "MPS", "mpsConfig": mps}
         else:
-            shared = {"strategy": "TimeSlicing",
-                      "timeSlicingConfig": {"interval": claim.interval or "Default"}}
-        devices["config"] = [{"requests": [CLAIM], "opaque": {"driver": claim.driver, "parameters": {
-            "apiVersion": "resource.nvidia.com/v1beta1", "kind": "GpuConfig", "sharing": shared}}}]
-    return {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
-            "metadata": _meta(owner, claim_template_name(owner.name)),
-            "spec": {"spec": {"devices": devices}}}
+            shared = {
+                "strategy": "TimeSlicing",
+                "timeSlicingConfig": {"interval": claim.interval or "Default"},
+            }
+        devices["config"] = [
+            {
+                "requests": [CLAIM],
+                "opaque": {
+                    "driver": claim.driver,
+                    "parameters": {
+                        "apiVersion": "resource.nvidia.com/v1beta1",
+                        "kind": "GpuConfig",
+                        "sharing": shared,
+                    },
+                },
+            }
+        ]
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaimTemplate",
+        "metadata": _meta(owner, claim_template_name(owner.name)),
+        "spec": {"spec": {"devices": devices}},
+    }
 
 
 def build_service(owner: Owner) -> Manifest:
     return {
-        "apiVersion": "v1", "kind": "Service",
+        "apiVersion": "v1",
+        "kind": "Service",
         "metadata": _meta(owner, owner.name),
-        "spec": {"type": "ClusterIP", "selector": labels(owner.name),
-                 "ports": [{"name": "http", "port": owner.spec.port, "targetPort": "http",
-                            "protocol": "TCP"}]},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": labels(owner.name),
+            "ports": [{"name": "http", "port": owner.spec.port, "targetPort": "http", "protocol": "TCP"}],
+        },
     }
 
 
 def build_service_account(owner: Owner) -> Manifest:
-    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(owner, agent_name(owner.name)),
-            "automountServiceAccountToken": False}
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _meta(owner, agent_name(owner.name)),
+        "automountServiceAccountToken": False,
+    }
 
 
 def build_role(owner: Owner) -> Manifest:
     return {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
         "metadata": _meta(owner, agent_name(owner.name)),
         # The agent reads and annotates its own pod. A Deployment's pod names are not known in advance, so
         # resourceNames cannot narrow this; the Role is namespaced, pods only, and no create/delete.
@@ -331,7 +411,8 @@ def build_role(owner: Owner) -> Manifest:
 def build_role_binding(owner: Owner) -> Manifest:
     name = agent_name(owner.name)
     return {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
         "metadata": _meta(owner, name),
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": owner.namespace}],
@@ -342,8 +423,14 @@ def build_children(owner: Owner, images: Images) -> list[Manifest]:
     """Every child, in the order to create them (the binding's account and the claim template before the
     pods that use them)."""
     claims = [build_resource_claim_template(owner)] if wants_claim_template(owner.spec) else []
-    return [build_service_account(owner), build_role(owner), build_role_binding(owner),
-            build_service(owner), *claims, build_deployment(owner, images)]
+    return [
+        build_service_account(owner),
+        build_role(owner),
+        build_role_binding(owner),
+        build_service(owner),
+        *claims,
+        build_deployment(owner, images),
+    ]
 
 
 def differs(desired: Any, observed: Any) -> bool:

@@ -38,9 +38,15 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     # match globs) and every CRD, cluster-wide permissions the chart's per-namespace Roles do not grant
     # (it retried each 403 for about a minute before serving). The CRD must then exist before the start.
     kopf_settings.scanning.disabled = not clusterwide and not any(
-        set("*?!,") & set(ns) for ns in settings.namespace)
-    kopf.run(standalone=settings.standalone, clusterwide=clusterwide, namespaces=settings.namespace,
-             liveness_endpoint=settings.liveness, settings=kopf_settings)
+        set("*?!,") & set(ns) for ns in settings.namespace
+    )
+    kopf.run(
+        standalone=settings.standalone,
+        clusterwide=clusterwide,
+        namespaces=settings.namespace,
+        liveness_endpoint=settings.liveness,
+        settings=kopf_settings,
+    )
     return 0
 
 
@@ -48,8 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="tts-operator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="reconcile TTSService objects (Kopf operator)",
-                         description="Every flag is also RESIDENCY_<FLAG> in the environment (flags win).")
+    run = sub.add_parser(
+        "run",
+        help="reconcile TTSService objects (Kopf operator)",
+        description="Every flag is also RESIDENCY_<FLAG> in the environment (flags win).",
+    )
     agent = sub.add_parser("agent", help="the residency agent sidecar of an inference pod")
     try:
         from tts_operator.settings import AgentSettings, OperatorSettings, add_flags

@@ -54,8 +54,7 @@ from tts_operator.statuswriter import Debouncer, ServiceKey, StatusWriter
 from tts_operator.written import ObservedPod, Written
 
 G, V, P = names.GROUP, names.VERSION, names.PLURAL
-MANAGED: dict[str, Any] = {
-    names.MANAGED_BY_LABEL: names.MANAGED_BY, names.SERVICE_LABEL: kopf.PRESENT}
+MANAGED: dict[str, Any] = {names.MANAGED_BY_LABEL: names.MANAGED_BY, names.SERVICE_LABEL: kopf.PRESENT}
 log = logging.getLogger(__name__)
 # Read once by `tts-operator run` before it imports this module (the timer's interval is fixed here).
 SETTINGS = settings_module.current()
@@ -75,8 +74,9 @@ CHILD_BUILDERS: dict[str, Callable[[Owner, Images], Manifest | None]] = {
     "rolebindings": lambda o, i: build_role_binding(o),
 }
 if DRA:
-    CHILD_BUILDERS["resourceclaimtemplates"] = (
-        lambda o, i: build_resource_claim_template(o) if wants_claim_template(o.spec) else None)
+    CHILD_BUILDERS["resourceclaimtemplates"] = lambda o, i: (
+        build_resource_claim_template(o) if wants_claim_template(o.spec) else None
+    )
 
 
 def _api(memo: kopf.Memo) -> Api:
@@ -100,13 +100,17 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Kopf's bookkeeping goes to annotations under our group, keeping `status` ours alone.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=G)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=G, key="last-handled-configuration")
+        prefix=G, key="last-handled-configuration"
+    )
     settings.persistence.finalizer = f"{G}/finalizer"  # only used if a deletion handler ever appears
     settings.posting.level = logging.WARNING  # events for problems users must act on, not for every pass
     settings.watching.server_timeout = 600
     memo["api"] = Api(SETTINGS.api_threads)
-    memo["images"] = Images(runtime=SETTINGS.runtime_image, agent=SETTINGS.agent_image,
-                            drain_seconds=SETTINGS.runtime_drain_seconds)
+    memo["images"] = Images(
+        runtime=SETTINGS.runtime_image,
+        agent=SETTINGS.agent_image,
+        drain_seconds=SETTINGS.runtime_drain_seconds,
+    )
     memo["written"] = Written()
     memo["sharing"] = SharingPasses()
 
@@ -115,8 +119,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 async def start_status(memo: kopf.Memo, **kw: Any) -> None:
     """The status writer reads the indexes kopf gives every handler; they are live views, so it keeps them."""
     services, pods = _service_index(kw), _pod_index(kw)
-    writer = StatusWriter(_api(memo), lambda key: list(services.get(key, [])),
-                          lambda key: list(pods.get(key, [])))
+    writer = StatusWriter(
+        _api(memo), lambda key: list(services.get(key, [])), lambda key: list(pods.get(key, []))
+    )
     memo["status"] = Debouncer(writer.write, SETTINGS.status_seconds)
 
 
@@ -129,23 +134,32 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.index("pods", labels=MANAGED)
-def pods_by_service(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
-                    ) -> dict[tuple[str, str], PodInfo]:
+def pods_by_service(
+    body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
+) -> dict[tuple[str, str], PodInfo]:
     return {(namespace or "", labels[names.SERVICE_LABEL]): ObservedPod.from_pod(body)}
 
 
 @kopf.index(G, V, P)
-def services(body: kopf.Body, namespace: str | None, name: str, uid: str, **_: Any
-             ) -> dict[tuple[str, str], Any]:
+def services(
+    body: kopf.Body, namespace: str | None, name: str, uid: str, **_: Any
+) -> dict[tuple[str, str], Any]:
     meta = body.get("metadata") or {}
-    return {(namespace or "", name): {
-        "uid": uid, "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {}),
-        "generation": meta.get("generation"), "version": meta.get("resourceVersion"),
-        "deleting": bool(meta.get("deletionTimestamp"))}}
+    return {
+        (namespace or "", name): {
+            "uid": uid,
+            "spec": dict(body.get("spec") or {}),
+            "status": dict(body.get("status") or {}),
+            "generation": meta.get("generation"),
+            "version": meta.get("resourceVersion"),
+            "deleting": bool(meta.get("deletionTimestamp")),
+        }
+    }
 
 
-def claim_allocations(body: kopf.Body, namespace: str | None, name: str, **_: Any
-                      ) -> dict[tuple[str, str], ClaimAllocation]:
+def claim_allocations(
+    body: kopf.Body, namespace: str | None, name: str, **_: Any
+) -> dict[tuple[str, str], ClaimAllocation]:
     """DRA: every claim's allocated devices and node (a few strings each)."""
     return {(namespace or "", name): claim_allocation(body)}
 
@@ -189,12 +203,21 @@ def _owner(name: str, namespace: str, uid: str, spec: TTSServiceSpec) -> Owner:
 
 def _known_children(kw: dict[str, Any], namespace: str, name: str) -> dict[str, list[dict[str, Any]]]:
     """The children of service `name` as the watches show them, by kind (kopf indexes them by service)."""
-    return {PLURAL_KINDS[plural]: list(cast(ChildIndex, kw[f"children_{plural}"]).get((namespace, name), []))
-            for plural in CHILD_BUILDERS}
+    return {
+        PLURAL_KINDS[plural]: list(cast(ChildIndex, kw[f"children_{plural}"]).get((namespace, name), []))
+        for plural in CHILD_BUILDERS
+    }
 
 
-async def _reconcile(name: str, namespace: str, uid: str, raw_spec: Any, memo: kopf.Memo,
-                     pods: list[PodInfo], known: dict[str, list[dict[str, Any]]]) -> None:
+async def _reconcile(
+    name: str,
+    namespace: str,
+    uid: str,
+    raw_spec: Any,
+    memo: kopf.Memo,
+    pods: list[PodInfo],
+    known: dict[str, list[dict[str, Any]]],
+) -> None:
     _status(memo).mark((namespace, name))  # a spec change is a status change too (generation, replicas)
     try:
         spec = parse_spec(raw_spec, name)
@@ -215,11 +238,13 @@ async def _reconcile(name: str, namespace: str, uid: str, raw_spec: Any, memo: k
 @kopf.on.resume(G, V, P)
 @kopf.on.create(G, V, P)
 @kopf.on.update(G, V, P)
-async def reconcile_service(name: str, namespace: str | None, uid: str, spec: kopf.Spec, memo: kopf.Memo,
-                            **kw: Any) -> None:
+async def reconcile_service(
+    name: str, namespace: str | None, uid: str, spec: kopf.Spec, memo: kopf.Memo, **kw: Any
+) -> None:
     ns, pods_by_service = namespace or "", _pod_index(kw)
-    await _reconcile(name, ns, uid, dict(spec), memo, _pods(pods_by_service, ns, name),
-                     _known_children(kw, ns, name))
+    await _reconcile(
+        name, ns, uid, dict(spec), memo, _pods(pods_by_service, ns, name), _known_children(kw, ns, name)
+    )
     await _resync_sharing(memo, ns, name, kw)
 
 
@@ -233,14 +258,16 @@ def _spread(memo: kopf.Memo, name: str, namespace: str | None, **_: Any) -> floa
 
 
 @kopf.timer(G, V, P, interval=SETTINGS.recheck_seconds, initial_delay=_spread)
-async def recheck_service(name: str, namespace: str | None, uid: str, spec: kopf.Spec, memo: kopf.Memo,
-                          **kw: Any) -> None:
+async def recheck_service(
+    name: str, namespace: str | None, uid: str, spec: kopf.Spec, memo: kopf.Memo, **kw: Any
+) -> None:
     """The level check: children compared with what the watches show (no reads), pods' policy, status."""
     ns, pods_by_service = namespace or "", _pod_index(kw)
     # A permanent problem is already reported by the create/update handler and in the status conditions.
     with contextlib.suppress(kopf.PermanentError):
-        await _reconcile(name, ns, uid, dict(spec), memo, _pods(pods_by_service, ns, name),
-                         _known_children(kw, ns, name))
+        await _reconcile(
+            name, ns, uid, dict(spec), memo, _pods(pods_by_service, ns, name), _known_children(kw, ns, name)
+        )
     await _resync_sharing(memo, ns, name, kw)
 
 
@@ -258,8 +285,16 @@ async def _resync_sharing(memo: kopf.Memo, namespace: str, name: str, kw: dict[s
 def _owner_ref(body: kopf.Body) -> dict[str, Any] | None:
     """The child's controlling TTSService reference (None: not one of ours, leave it alone)."""
     refs = (body.get("metadata") or {}).get("ownerReferences") or []
-    return next((dict(r) for r in refs if r.get("controller") and r.get("kind") == "TTSService"
-                 and str(r.get("apiVersion", "")).startswith(f"{G}/")), None)
+    return next(
+        (
+            dict(r)
+            for r in refs
+            if r.get("controller")
+            and r.get("kind") == "TTSService"
+            and str(r.get("apiVersion", "")).startswith(f"{G}/")
+        ),
+        None,
+    )
 
 
 async def _owner_alive(api: Api, namespace: str, name: str, uid: str) -> bool:
@@ -273,19 +308,30 @@ async def _owner_alive(api: Api, namespace: str, name: str, uid: str) -> bool:
 
 
 def _child_event(plural: str) -> None:
-    group, version = {"deployments": ("apps", "v1"), "roles": ("rbac.authorization.k8s.io", "v1"),
-                      "rolebindings": ("rbac.authorization.k8s.io", "v1"),
-                      "resourceclaimtemplates": ("resource.k8s.io", "v1")}.get(plural, ("", "v1"))
+    group, version = {
+        "deployments": ("apps", "v1"),
+        "roles": ("rbac.authorization.k8s.io", "v1"),
+        "rolebindings": ("rbac.authorization.k8s.io", "v1"),
+        "resourceclaimtemplates": ("resource.k8s.io", "v1"),
+    }.get(plural, ("", "v1"))
 
     @kopf.index(group, version, plural, labels=MANAGED, id=f"children_{plural}")
-    def index_child(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
-                    ) -> dict[tuple[str, str], dict[str, Any]]:
+    def index_child(
+        body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
+    ) -> dict[tuple[str, str], dict[str, Any]]:
         """The level check compares children with these instead of reading them from the API server."""
         return {(namespace or "", labels[names.SERVICE_LABEL]): observed_part(body)}
 
     @kopf.on.event(group, version, plural, labels=MANAGED, id=f"child-{plural}")
-    async def child_changed(type: str, body: kopf.Body, namespace: str | None, labels: kopf.Labels,
-                            memo: kopf.Memo, logger: kopf.Logger, **kw: Any) -> None:
+    async def child_changed(
+        type: str,
+        body: kopf.Body,
+        namespace: str | None,
+        labels: kopf.Labels,
+        memo: kopf.Memo,
+        logger: kopf.Logger,
+        **kw: Any,
+    ) -> None:
         """A child deleted or edited by hand is put back at once (the timer would, later).
 
         ADDED and the initial listing (type None) are left alone: the create and resume handlers made or
@@ -297,8 +343,15 @@ def _child_event(plural: str) -> None:
         logger.debug(f"child event {type} {plural} {namespace}/{meta.get('name')}: {outcome}")
 
 
-async def _child_outcome(plural: str, type: str, body: kopf.Body, namespace: str | None, labels: kopf.Labels,
-                         memo: kopf.Memo, kw: dict[str, Any]) -> str:
+async def _child_outcome(
+    plural: str,
+    type: str,
+    body: kopf.Body,
+    namespace: str | None,
+    labels: kopf.Labels,
+    memo: kopf.Memo,
+    kw: dict[str, Any],
+) -> str:
     """What `child_changed` did about one event of a child, in words."""
     if type not in ("DELETED", "MODIFIED"):
         return "left alone"
@@ -334,8 +387,15 @@ for _plural in CHILD_BUILDERS:
 
 
 @kopf.on.event("pods", labels=MANAGED)
-async def pod_changed(type: str, body: kopf.Body, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo,
-                      logger: kopf.Logger, **kw: Any) -> None:
+async def pod_changed(
+    type: str,
+    body: kopf.Body,
+    namespace: str | None,
+    labels: kopf.Labels,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **kw: Any,
+) -> None:
     """A new pod gets its service's policy as soon as it appears; sharing state follows every report.
 
     Logs `pod event TYPE NS/NAME at RV` at DEBUG once the policy is synced, before the sharing pass that
@@ -407,8 +467,10 @@ async def _place_gated(api: Api, memo: kopf.Memo, pods: list[PodInfo], kw: dict[
         gates = [g for g in spec.get("schedulingGates") or [] if g.get("name") != names.PLACEMENT_GATE]
         if len(gates) == len(spec.get("schedulingGates") or []):
             continue  # already placed
-        patch: dict[str, Any] = {"metadata": {"resourceVersion": observed["metadata"]["resourceVersion"]},
-                                 "spec": {"schedulingGates": gates or None}}
+        patch: dict[str, Any] = {
+            "metadata": {"resourceVersion": observed["metadata"]["resourceVersion"]},
+            "spec": {"schedulingGates": gates or None},
+        }
         if affinity:
             patch["spec"]["affinity"] = affinity
         try:
@@ -430,9 +492,13 @@ class SharingPasses:
     issued: dict[str, str] = field(default_factory=dict)
 
 
-async def _sync_sharing(api: Api, memo: kopf.Memo, services: kopf.Index[tuple[str, str], Any],
-                        pods_by_service: kopf.Index[tuple[str, str], PodInfo],
-                        resolve: Callable[[PodInfo], PodInfo]) -> None:
+async def _sync_sharing(
+    api: Api,
+    memo: kopf.Memo,
+    services: kopf.Index[tuple[str, str], Any],
+    pods_by_service: kopf.Index[tuple[str, str], PodInfo],
+    resolve: Callable[[PodInfo], PodInfo],
+) -> None:
     """Run a sharing pass, or, while one runs, leave what was touched to the next one, run when it ends: the
     indexes are live, so that pass sees every event that asked meanwhile (a burst of reports is a pass or
     two, not one each)."""
@@ -457,23 +523,32 @@ def _budgets(services: kopf.Index[tuple[str, str], Any], pods: list[PodInfo]) ->
     return budgets
 
 
-async def _sharing_pass(api: Api, memo: kopf.Memo, passes: SharingPasses, touched: Touched,
-                        services: kopf.Index[tuple[str, str], Any],
-                        pods_by_service: kopf.Index[tuple[str, str], PodInfo],
-                        resolve: Callable[[PodInfo], PodInfo]) -> None:
+async def _sharing_pass(
+    api: Api,
+    memo: kopf.Memo,
+    passes: SharingPasses,
+    touched: Touched,
+    services: kopf.Index[tuple[str, str], Any],
+    pods_by_service: kopf.Index[tuple[str, str], PodInfo],
+    resolve: Callable[[PodInfo], PodInfo],
+) -> None:
     written = _written(memo)
     # What the pods hold: the index (with DRA claims' allocations), plus what this operator wrote that the
     # index does not show yet.
-    pods = [written.effective(pod) for pod in touched.select(
-        resolve(pod) for store in pods_by_service.values() for pod in store)]
+    pods = [
+        written.effective(pod)
+        for pod in touched.select(resolve(pod) for store in pods_by_service.values() for pod in store)
+    ]
     issued = passes.issued
     # A peer that removed its request (the acknowledgement) but has not reported since is still freeing that
     # memory: the plan must see it as asked, or a pass in between would ask one more peer for the same bytes.
     # Agents now acknowledge in the same patch as their new report, so this is a safety net: for an agent
     # that could not read its runtime at that moment, and for older agents.
     current = {p.key: request_id(p) for p in pods}
-    pods = [replace(p, offload_request=ACKNOWLEDGED) if not p.offload_request and current[p.key] in issued
-            else p for p in pods]
+    pods = [
+        replace(p, offload_request=ACKNOWLEDGED) if not p.offload_request and current[p.key] in issued else p
+        for p in pods
+    ]
     changes = plan_gpu_sharing(pods, _budgets(services, pods), datetime.now(UTC), frozenset(issued))
     # An id names one report of one pod, and reports only move forward: ids of superseded reports go (of the
     # pods planned here, and of touched pods that are gone; any other pod's report has not moved).

@@ -50,24 +50,38 @@ def _check_owner(desired: Manifest, observed: Manifest) -> None:
         if any(r.get("kind") == owner["kind"] and r.get("name") == owner["name"] for r in controllers):
             raise StaleChildError(
                 f"{desired['kind']} {meta['namespace']}/{meta['name']} still belongs to a deleted TTSService "
-                f"{owner['name']!r}; waiting for the garbage collector to remove it")
+                f"{owner['name']!r}; waiting for the garbage collector to remove it"
+            )
         raise ForeignChildError(
             f"a {desired['kind']} named {meta['name']!r} already exists in {meta['namespace']!r} and is not "
-            "owned by this TTSService: delete it or rename the TTSService")
+            "owned by this TTSService: delete it or rename the TTSService"
+        )
 
 
 def observed_part(body: Any) -> Manifest:
     """What the operator keeps of a watched child (its index value): all it compares, not status or
     managedFields, which are most of an object's bytes and change on their own."""
     meta = body.get("metadata") or {}
-    kept = {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "labels", "ownerReferences",
-                                 "deletionTimestamp") if k in meta}
+    kept = {
+        k: meta[k]
+        for k in (
+            "name",
+            "namespace",
+            "uid",
+            "resourceVersion",
+            "labels",
+            "ownerReferences",
+            "deletionTimestamp",
+        )
+        if k in meta
+    }
     rest = {k: v for k, v in body.items() if k not in ("metadata", "status")}
     return {**rest, "metadata": kept}
 
 
-async def apply_child(api: Api, desired: Manifest, observed: Manifest | None = None, *,
-                      known: bool = False) -> str:
+async def apply_child(
+    api: Api, desired: Manifest, observed: Manifest | None = None, *, known: bool = False
+) -> str:
     """Create the child if missing, patch it if it drifted from what we set. Returns what was done.
 
     `observed` is the child as the watch shows it; `known` says that None means it does not exist (the
@@ -102,8 +116,9 @@ async def apply_child(api: Api, desired: Manifest, observed: Manifest | None = N
     return "patched"
 
 
-async def apply_children(api: Api, owner: Owner, images: Images,
-                         known: Mapping[str, Iterable[Manifest]] | None = None) -> dict[str, str]:
+async def apply_children(
+    api: Api, owner: Owner, images: Images, known: Mapping[str, Iterable[Manifest]] | None = None
+) -> dict[str, str]:
     """Bring every child to what it should be. `known` maps a kind to its watched children of this owner (the
     children index): compared without a GET; without it, each child is read from the API server."""
     done: dict[str, str] = {}
@@ -112,8 +127,10 @@ async def apply_children(api: Api, owner: Owner, images: Images,
         if known is None:
             result = await apply_child(api, child)
         else:
-            observed = next((o for o in known.get(child["kind"], ())
-                             if (o.get("metadata") or {}).get("name") == name), None)
+            observed = next(
+                (o for o in known.get(child["kind"], ()) if (o.get("metadata") or {}).get("name") == name),
+                None,
+            )
             result = await apply_child(api, child, observed, known=True)
         done[f"{child['kind']}/{name}"] = result
     if known is not None:
@@ -125,8 +142,9 @@ async def apply_children(api: Api, owner: Owner, images: Images,
     return done
 
 
-async def _remove_unwanted(api: Api, owner: Owner, known: Mapping[str, Iterable[Manifest]],
-                           wanted: set[str]) -> dict[str, str]:
+async def _remove_unwanted(
+    api: Api, owner: Owner, known: Mapping[str, Iterable[Manifest]], wanted: set[str]
+) -> dict[str, str]:
     """A claim template left from a spec that no longer asks for one (mode changed away from dra) goes; only
     ours (owned by this TTSService's uid) and only under the name we gave it."""
     done: dict[str, str] = {}
@@ -167,8 +185,9 @@ async def patch_annotations(api: Api, pod: PodInfo, values: dict[str, str | None
     if not values:
         return False
     written.wrote(pod, values)
-    log.debug("pod %s (watched at version %s): writing %s", pod.key,
-              getattr(pod, "resource_version", "?"), values)
+    log.debug(
+        "pod %s (watched at version %s): writing %s", pod.key, getattr(pod, "resource_version", "?"), values
+    )
     body: dict[str, Any] = {"metadata": {"annotations": values}}
     try:
         patched = await api.patch("Pod", pod.namespace, pod.name, body)

@@ -28,20 +28,35 @@ class OperatorSettings(BaseSettings):
 
     standalone: bool = Field(False, description="no peering with other operator instances")
     namespace: list[str] = Field(
-        default_factory=list, description="watch this namespace (repeatable; globs allowed, as in Kopf)",
-        json_schema_extra=_flags("-n", "--namespace", metavar="NS"))
-    all_namespaces: bool = Field(False, description="watch every namespace (the default without -n)",
-                                 json_schema_extra=_flags("-A", "--all-namespaces"))
-    liveness: str | None = Field(None, description="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz",
-                                 json_schema_extra=_flags(metavar="URL"))
-    verbose: bool = Field(False, description="log at DEBUG level",
-                          json_schema_extra=_flags("-v", "--verbose"))
-    debug: bool = Field(False, description="log at DEBUG level, Kopf internals included",
-                        json_schema_extra=_flags("-d", "--debug"))
+        default_factory=list,
+        description="watch this namespace (repeatable; globs allowed, as in Kopf)",
+        json_schema_extra=_flags("-n", "--namespace", metavar="NS"),
+    )
+    all_namespaces: bool = Field(
+        False,
+        description="watch every namespace (the default without -n)",
+        json_schema_extra=_flags("-A", "--all-namespaces"),
+    )
+    liveness: str | None = Field(
+        None,
+        description="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz",
+        json_schema_extra=_flags(metavar="URL"),
+    )
+    verbose: bool = Field(
+        False, description="log at DEBUG level", json_schema_extra=_flags("-v", "--verbose")
+    )
+    debug: bool = Field(
+        False,
+        description="log at DEBUG level, Kopf internals included",
+        json_schema_extra=_flags("-d", "--debug"),
+    )
     runtime_image: str = Field(RUNTIME_IMAGE, min_length=1, description="runtime image of new pods")
     agent_image: str = Field(AGENT_IMAGE, min_length=1, description="agent image of new pods")
-    runtime_drain_seconds: float = Field(DRAIN_SECONDS, ge=0, description="the runtime's drain budget on "
-                                         "SIGTERM; the pods' grace period is this plus a margin")
+    runtime_drain_seconds: float = Field(
+        DRAIN_SECONDS,
+        ge=0,
+        description="the runtime's drain budget on SIGTERM; the pods' grace period is this plus a margin",
+    )
     # A service's status is recomputed this long after the first event that may change it (a pod's report,
     # a spec change): the events of a storm within it are one write.
     status_seconds: float = Field(0.5, gt=0, description="seconds a status write waits to batch events")
@@ -51,8 +66,9 @@ class OperatorSettings(BaseSettings):
     # 2-core pod: a burst of creates at hundreds of services would queue behind it.
     api_threads: int = Field(32, ge=1, le=1024, description="Kubernetes API calls in flight at once")
     # GPU sharing mode dra watches ResourceClaims and claim templates; auto: where served and allowed.
-    dra: Literal["auto", "on", "off"] = Field("auto", description="watch DRA claims: auto (if served and "
-                                              "allowed, checked at start), on or off")
+    dra: Literal["auto", "on", "off"] = Field(
+        "auto", description="watch DRA claims: auto (if served and allowed, checked at start), on or off"
+    )
 
     @model_validator(mode="after")
     def _one_scope(self) -> OperatorSettings:
@@ -66,22 +82,32 @@ class AgentSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RESIDENCY_AGENT_", extra="ignore", populate_by_name=True)
 
-    pod: str | None = Field(None, validation_alias=AliasChoices("POD_NAME"),
-                            description="own pod name (env POD_NAME)")
-    namespace: str | None = Field(None, validation_alias=AliasChoices("POD_NAMESPACE"),
-                                  description="own pod namespace (env POD_NAMESPACE)")
+    pod: str | None = Field(
+        None, validation_alias=AliasChoices("POD_NAME"), description="own pod name (env POD_NAME)"
+    )
+    namespace: str | None = Field(
+        None,
+        validation_alias=AliasChoices("POD_NAMESPACE"),
+        description="own pod namespace (env POD_NAMESPACE)",
+    )
     runtime_url: str = Field(DEFAULT_RUNTIME_URL, description="the runtime over localhost")
     admin_token_file: str = Field(
-        DEFAULT_TOKEN_FILE, validation_alias=AliasChoices("RESIDENCY_ADMIN_TOKEN_FILE"),
+        DEFAULT_TOKEN_FILE,
+        validation_alias=AliasChoices("RESIDENCY_ADMIN_TOKEN_FILE"),
         description="bearer token for the runtime's admin routes, written by the runtime at its start "
-        "(env RESIDENCY_ADMIN_TOKEN_FILE)")
+        "(env RESIDENCY_ADMIN_TOKEN_FILE)",
+    )
     health_port: int = Field(8081, ge=0, le=65535, description="/healthz and /readyz (0: any free port)")
     health_host: str = Field("0.0.0.0", description="address of the probe server")
     min_publish_interval: float = Field(
-        1.0, ge=0, description="seconds between two writes of the residency annotation (the latest state "
-        "always follows)")
+        1.0,
+        ge=0,
+        description="seconds between two writes of the residency annotation (the latest state "
+        "always follows)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", validation_alias=AliasChoices("LOG_LEVEL"), description="log verbosity (env LOG_LEVEL)")
+        "INFO", validation_alias=AliasChoices("LOG_LEVEL"), description="log verbosity (env LOG_LEVEL)"
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -83,8 +83,11 @@ def _idle_bytes(pod: PodInfo, max_priority: int) -> int:
     """GPU bytes this pod could free now: idle and freeable models at or below `max_priority`."""
     if pod.residency is None:
         return 0
-    return sum(m.vram_bytes for m in pod.residency.models
-               if m.freeable(Verb.OFFLOAD) and m.policy.priority <= max_priority)
+    return sum(
+        m.vram_bytes
+        for m in pod.residency.models
+        if m.freeable(Verb.OFFLOAD) and m.policy.priority <= max_priority
+    )
 
 
 def request_id(peer: PodInfo) -> str:
@@ -132,8 +135,12 @@ class Touched:
         return [p for p in pods if p.key in self.pods or gpu_group(p) in self.groups]
 
 
-def plan_gpu_sharing(pods: list[PodInfo], budgets: Mapping[str, int | None], now: datetime,
-                     issued: frozenset[str] = frozenset()) -> Changes:
+def plan_gpu_sharing(
+    pods: list[PodInfo],
+    budgets: Mapping[str, int | None],
+    now: datetime,
+    issued: frozenset[str] = frozenset(),
+) -> Changes:
     """Annotation changes that bring every pod's `gpu-share` and `offload-request` to what the pods' reports
     call for. A pod's peers are the pods given with it: give whole groups (`Touched.select`). `budgets`
     maps "ns/service" to its memory budget; `issued` holds request ids already sent (so an
@@ -153,16 +160,31 @@ def plan_gpu_sharing(pods: list[PodInfo], budgets: Mapping[str, int | None], now
         for pod in members:
             at = where[pod.key]
             # A peer the scheduler placed here counts before it reports (it holds nothing yet).
-            peers = [ann.Peer.model_validate({
-                "pod": p.key, "service": p.service, "priority": _priority(p),
-                "residentBytes": p.residency.vram_bytes if p.residency is not None else 0})
-                for p in members if p is not pod]
+            peers = [
+                ann.Peer.model_validate(
+                    {
+                        "pod": p.key,
+                        "service": p.service,
+                        "priority": _priority(p),
+                        "residentBytes": p.residency.vram_bytes if p.residency is not None else 0,
+                    }
+                )
+                for p in members
+                if p is not pod
+            ]
             budget = budgets.get(f"{pod.namespace}/{pod.service}")
             if at.memory_bytes is not None:  # what HAMi enforces may be less than what the spec asks
                 budget = at.memory_bytes if budget is None else min(budget, at.memory_bytes)
-            share = ann.GpuShareValue.model_validate({
-                "group": group, "node": at.node, "gpu": at.gpu, "source": at.source,
-                "budgetBytes": budget, "peers": peers})
+            share = ann.GpuShareValue.model_validate(
+                {
+                    "group": group,
+                    "node": at.node,
+                    "gpu": at.gpu,
+                    "source": at.source,
+                    "budgetBytes": budget,
+                    "peers": peers,
+                }
+            )
             raw = ann.dump(share)
             if raw != pod.gpu_share:
                 changes.setdefault(pod.key, {})[ann.GPU_SHARE] = raw
@@ -183,7 +205,8 @@ def plan_gpu_sharing(pods: list[PodInfo], budgets: Mapping[str, int | None], now
             freed = sum(_idle_bytes(p, ceiling) for p in members if p is not demander and p.key in asked)
             candidates = sorted(
                 (p for p in members if p is not demander and p.key not in asked),
-                key=lambda p: (_priority(p), -_idle_bytes(p, ceiling), p.key))
+                key=lambda p: (_priority(p), -_idle_bytes(p, ceiling), p.key),
+            )
             for peer in candidates:
                 if freed >= need:
                     break
@@ -191,9 +214,15 @@ def plan_gpu_sharing(pods: list[PodInfo], budgets: Mapping[str, int | None], now
                 rid = request_id(peer)
                 if idle == 0 or rid in issued:
                     continue
-                value = ann.OffloadRequestValue.model_validate({
-                    "id": rid, "verb": "offload", "requestedBy": demander.key, "created": now,
-                    "reason": f"{demander.key} needs {need} more GPU bytes on {group}"})
+                value = ann.OffloadRequestValue.model_validate(
+                    {
+                        "id": rid,
+                        "verb": "offload",
+                        "requestedBy": demander.key,
+                        "created": now,
+                        "reason": f"{demander.key} needs {need} more GPU bytes on {group}",
+                    }
+                )
                 changes.setdefault(peer.key, {})[ann.OFFLOAD_REQUEST] = ann.dump(value)
                 asked.add(peer.key)
                 freed += idle
@@ -217,6 +246,11 @@ def node_affinity(ranked: list[tuple[str, int]]) -> dict[str, object]:
     if not ranked:
         return {}
     top = ranked[0][1]
-    terms = [{"weight": max(1, round(100 * freeable / top)), "preference": {"matchFields": [
-        {"key": "metadata.name", "operator": "In", "values": [node]}]}} for node, freeable in ranked]
+    terms = [
+        {
+            "weight": max(1, round(100 * freeable / top)),
+            "preference": {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]},
+        }
+        for node, freeable in ranked
+    ]
     return {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": terms}}

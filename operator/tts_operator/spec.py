@@ -24,6 +24,8 @@ MIB = 2**20
 def quantity_bytes(value: str | int) -> int:
     """A Kubernetes quantity ("8Gi", "1500M", 4096) as whole bytes; ValueError when it is not one."""
     return int(parse_quantity(value))  # type: ignore[no-untyped-call]
+
+
 SharingMode = Literal["exclusive", "timeSlicing", "hami", "dra"]
 
 
@@ -43,8 +45,10 @@ class DraSpec(_Spec):
         if self.interval is not None and self.strategy != "TimeSlicing":
             raise ValueError("gpu.sharing.dra.interval applies to strategy TimeSlicing only")
         if self.resource_claim_name is not None and self.strategy is not None:
-            raise ValueError("with gpu.sharing.dra.resourceClaimName the shared claim carries the sharing "
-                             "settings: remove gpu.sharing.dra.strategy")
+            raise ValueError(
+                "with gpu.sharing.dra.resourceClaimName the shared claim carries the sharing "
+                "settings: remove gpu.sharing.dra.strategy"
+            )
         return self
 
 
@@ -77,13 +81,20 @@ class SharingSpec(_Spec):
     @model_validator(mode="after")
     def _consistent(self) -> SharingSpec:
         if self.mode in ("hami", "timeSlicing") and self.memory is None:
-            raise ValueError(f"gpu.sharing.memory is required for mode {self.mode}: " + (
-                "HAMi limits each pod to it (nvidia.com/gpumem)" if self.mode == "hami" else
-                "time-slicing isolates no memory, the runtime's budget is the only limit"))
+            raise ValueError(
+                f"gpu.sharing.memory is required for mode {self.mode}: "
+                + (
+                    "HAMi limits each pod to it (nvidia.com/gpumem)"
+                    if self.mode == "hami"
+                    else "time-slicing isolates no memory, the runtime's budget is the only limit"
+                )
+            )
         mps = self.mode == "dra" and self.dra is not None and self.dra.strategy == "MPS"
         if self.cores is not None and self.mode != "hami" and not mps:
-            raise ValueError("gpu.sharing.cores applies to mode hami (nvidia.com/gpucores) or mode dra with "
-                             "dra.strategy MPS (active thread percentage)")
+            raise ValueError(
+                "gpu.sharing.cores applies to mode hami (nvidia.com/gpucores) or mode dra with "
+                "dra.strategy MPS (active thread percentage)"
+            )
         if self.dra is not None and self.mode != "dra":
             raise ValueError("gpu.sharing.dra applies to mode dra only")
         return self
@@ -136,7 +147,8 @@ class TTSServiceSpec(_Spec):
     model: ServiceModel
     image: str | None = None
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
-        None, alias="imagePullPolicy")
+        None, alias="imagePullPolicy"
+    )
     replicas: int = Field(1, ge=0, le=100)
     gpu: GpuSpec = Field(default_factory=lambda: GpuSpec.model_validate({}))
     residency: Policy = Field(default_factory=lambda: Policy.model_validate({}))
@@ -156,7 +168,8 @@ def parse_spec(raw: Any, name: str = "") -> TTSServiceSpec:
     problems: list[str] = []
     if name and len(name) > MAX_SERVICE_NAME_LENGTH:
         problems.append(
-            f"metadata.name: at most {MAX_SERVICE_NAME_LENGTH} characters (children add suffixes)")
+            f"metadata.name: at most {MAX_SERVICE_NAME_LENGTH} characters (children add suffixes)"
+        )
     try:
         spec = TTSServiceSpec.model_validate(raw if raw is not None else {})
     except ValidationError as exc:

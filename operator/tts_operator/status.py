@@ -47,16 +47,22 @@ class PodInfo:
         conditions = (body.get("status") or {}).get("conditions") or []
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
         return cls(
-            namespace=meta.get("namespace", ""), name=meta.get("name", ""),
+            namespace=meta.get("namespace", ""),
+            name=meta.get("name", ""),
             service=(meta.get("labels") or {}).get(names.SERVICE_LABEL, ""),
-            node=(body.get("spec") or {}).get("nodeName"), ready=ready,
+            node=(body.get("spec") or {}).get("nodeName"),
+            ready=ready,
             terminating=bool(meta.get("deletionTimestamp")),
             residency=ann.parse(ann.ResidencyValue, notes.get(ann.RESIDENCY)),
-            policy=notes.get(ann.POLICY), gpu_share=notes.get(ann.GPU_SHARE),
+            policy=notes.get(ann.POLICY),
+            gpu_share=notes.get(ann.GPU_SHARE),
             offload_request=notes.get(ann.OFFLOAD_REQUEST),
-            gated=any(g.get("name") == names.PLACEMENT_GATE
-                      for g in (body.get("spec") or {}).get("schedulingGates") or []),
-            hami=hami_devices(notes.get(HAMI_ALLOCATED)), hami_node=notes.get(HAMI_NODE),
+            gated=any(
+                g.get("name") == names.PLACEMENT_GATE
+                for g in (body.get("spec") or {}).get("schedulingGates") or []
+            ),
+            hami=hami_devices(notes.get(HAMI_ALLOCATED)),
+            hami_node=notes.get(HAMI_NODE),
             claims=pod_claims(body),
         )
 
@@ -76,14 +82,24 @@ def _rfc3339(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def set_condition(conditions: Conditions, type_: str, status: bool, reason: str, message: str,
-                  now: datetime, generation: int) -> Conditions:
+def set_condition(
+    conditions: Conditions,
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    now: datetime,
+    generation: int,
+) -> Conditions:
     """The conditions with `type_` set; `lastTransitionTime` only moves when the status changes."""
     value = "True" if status else "False"
     previous = next((c for c in conditions if c.get("type") == type_), None)
     changed = previous is None or previous.get("status") != value
     entry = {
-        "type": type_, "status": value, "reason": reason, "message": message,
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message,
         "lastTransitionTime": _rfc3339(now) if changed else previous["lastTransitionTime"],  # type: ignore[index]
         "observedGeneration": generation,
     }
@@ -91,8 +107,16 @@ def set_condition(conditions: Conditions, type_: str, status: bool, reason: str,
     return sorted([*rest, entry], key=lambda c: str(c.get("type")))
 
 
-def aggregate(pods: list[PodInfo], *, replicas: int, generation: int, endpoint: str,
-              conditions: Conditions, now: datetime, invalid: str | None = None) -> dict[str, Any]:
+def aggregate(
+    pods: list[PodInfo],
+    *,
+    replicas: int,
+    generation: int,
+    endpoint: str,
+    conditions: Conditions,
+    now: datetime,
+    invalid: str | None = None,
+) -> dict[str, Any]:
     """The whole status from the pods of one service. `invalid` is the spec problem, if any."""
     live = [p for p in pods if not p.terminating]
     counts = {"gpu": 0, "cpu": 0, "unloaded": 0, "failed": 0}
@@ -115,21 +139,45 @@ def aggregate(pods: list[PodInfo], *, replicas: int, generation: int, endpoint: 
     if invalid is not None:
         conditions = set_condition(conditions, "Ready", False, "InvalidSpec", invalid, now, generation)
         conditions = set_condition(conditions, "Degraded", True, "InvalidSpec", invalid, now, generation)
-        conditions = set_condition(conditions, "Progressing", False, "InvalidSpec",
-                                   "fix the spec to resume reconciling", now, generation)
+        conditions = set_condition(
+            conditions,
+            "Progressing",
+            False,
+            "InvalidSpec",
+            "fix the spec to resume reconciling",
+            now,
+            generation,
+        )
     else:
         all_ready = ready >= replicas and len(live) == replicas
-        reason = ("ScaledToZero" if replicas == 0 else
-                  "AllReplicasReady" if ready >= replicas else "ReplicasNotReady")
+        reason = (
+            "ScaledToZero"
+            if replicas == 0
+            else "AllReplicasReady"
+            if ready >= replicas
+            else "ReplicasNotReady"
+        )
         conditions = set_condition(
-            conditions, "Ready", ready >= replicas, reason,
-            f"{ready}/{replicas} pods ready", now, generation)
+            conditions, "Ready", ready >= replicas, reason, f"{ready}/{replicas} pods ready", now, generation
+        )
         conditions = set_condition(
-            conditions, "Progressing", not all_ready, "RollingOut" if not all_ready else "Stable",
-            f"{len(live)} pods, {ready} ready, {replicas} wanted", now, generation)
+            conditions,
+            "Progressing",
+            not all_ready,
+            "RollingOut" if not all_ready else "Stable",
+            f"{len(live)} pods, {ready} ready, {replicas} wanted",
+            now,
+            generation,
+        )
         conditions = set_condition(
-            conditions, "Degraded", bool(errors), "ModelFailed" if errors else "AsExpected",
-            "; ".join(errors[:5]) if errors else "no model has failed", now, generation)
+            conditions,
+            "Degraded",
+            bool(errors),
+            "ModelFailed" if errors else "AsExpected",
+            "; ".join(errors[:5]) if errors else "no model has failed",
+            now,
+            generation,
+        )
     return {
         "replicas": len(live),
         "readyReplicas": ready,

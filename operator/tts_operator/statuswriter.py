@@ -79,9 +79,14 @@ class StatusWriter:
     service holds: what the watch shows, or what this writer wrote and the watch does not show yet (the
     index lags behind our own writes; comparing with it alone would write the same status twice)."""
 
-    def __init__(self, api: Api, services: Callable[[ServiceKey], list[dict[str, Any]]],
-                 pods: Callable[[ServiceKey], list[PodInfo]], ttl: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        api: Api,
+        services: Callable[[ServiceKey], list[dict[str, Any]]],
+        pods: Callable[[ServiceKey], list[PodInfo]],
+        ttl: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._api = api
         self._services = services
         self._pods = pods
@@ -91,8 +96,9 @@ class StatusWriter:
 
     def _current(self, key: ServiceKey, entry: dict[str, Any]) -> dict[str, Any]:
         wrote = self._wrote.get(key)
-        if wrote is not None and (self._clock() - wrote.at > self._ttl
-                                  or includes(str(entry.get("version") or ""), wrote.version)):
+        if wrote is not None and (
+            self._clock() - wrote.at > self._ttl or includes(str(entry.get("version") or ""), wrote.version)
+        ):
             del self._wrote[key]
             wrote = None
         return dict(wrote.status if wrote is not None else entry.get("status") or {})
@@ -115,9 +121,14 @@ class StatusWriter:
             invalid = str(exc)
         current = self._current(key, entry)
         desired = aggregate(
-            self._pods(key), replicas=replicas, generation=int(entry.get("generation") or 0),
+            self._pods(key),
+            replicas=replicas,
+            generation=int(entry.get("generation") or 0),
             endpoint=f"http://{name}.{namespace}.svc.cluster.local:{port}",
-            conditions=list(current.get("conditions") or []), now=datetime.now(UTC), invalid=invalid)
+            conditions=list(current.get("conditions") or []),
+            now=datetime.now(UTC),
+            invalid=invalid,
+        )
         if not status_changed(current, desired):
             return False
         try:

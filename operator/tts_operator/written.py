@@ -57,8 +57,9 @@ class Written:
     written after it (e.g. an agent's acknowledgement). Entries go when the pod goes or after `ttl` (which
     also ends an entry whose version the watch never shows); at most `max_pods` pods are kept."""
 
-    def __init__(self, ttl: float = 30.0, max_pods: int = 4096,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, ttl: float = 30.0, max_pods: int = 4096, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.ttl = ttl
         self.max_pods = max_pods
         self._clock = clock

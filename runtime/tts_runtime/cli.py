@@ -206,8 +206,9 @@ def serve_mcp_stdio(parser: argparse.ArgumentParser, settings: Settings) -> int:
     # stdout is the MCP channel: logs go to stderr only.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
-        engine = Engine(settings.model_specs(), device=settings.device,
-                        gpu_budget_bytes=settings.gpu_memory_budget_bytes)
+        engine = Engine(
+            settings.model_specs(), device=settings.device, gpu_budget_bytes=settings.gpu_memory_budget_bytes
+        )
     except ConfigError as err:
         parser.error(str(err))
     engine.start()

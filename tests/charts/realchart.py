@@ -46,20 +46,35 @@ def token(cluster: Cluster, namespace: str, account: str, *bound: str) -> str:
 def pod_token(cluster: Cluster, namespace: str, account: str, pod: str) -> str:
     """A token bound to `pod`, as the kubelet mounts it: it names the pod (userInfo.extra pod-name)."""
     uid = cluster.kubectl("get", "pod", pod, "-n", namespace, "-o", "jsonpath={.metadata.uid}").stdout
-    return token(cluster, namespace, account, "--bound-object-kind", "Pod", "--bound-object-name", pod,
-                 "--bound-object-uid", uid)
+    return token(
+        cluster,
+        namespace,
+        account,
+        "--bound-object-kind",
+        "Pod",
+        "--bound-object-name",
+        pod,
+        "--bound-object-uid",
+        uid,
+    )
 
 
 def as_token(cluster: Cluster, bearer: str, path: Path) -> Cluster:
     """The same API server, seen with `bearer` only (no client certificate): a kubeconfig at `path`."""
     admin = yaml.safe_load(cluster.kubeconfig.read_text())
     server = admin["clusters"][0]
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "clusters": [server],
-        "users": [{"name": "token", "user": {"token": bearer}}],
-        "contexts": [{"name": "token", "context": {"cluster": server["name"], "user": "token"}}],
-        "current-context": "token",
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [server],
+                "users": [{"name": "token", "user": {"token": bearer}}],
+                "contexts": [{"name": "token", "context": {"cluster": server["name"], "user": "token"}}],
+                "current-context": "token",
+            }
+        )
+    )
     path.chmod(0o600)
     return Cluster(path)
 
@@ -67,10 +82,14 @@ def as_token(cluster: Cluster, bearer: str, path: Path) -> Cluster:
 def rules(client: Cluster, namespace: str) -> set[Grant]:
     """What `client` may do in `namespace`, from a SelfSubjectRulesReview sent with its own credentials,
     without the self-review rules every authenticated user holds. Fails on a rule narrowed by name."""
-    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
-              "spec": {"namespace": namespace}}
-    answer: dict[str, Any] = json.loads(client.kubectl("create", "--validate=false", "-f", "-", "-o", "json",
-                                                       input=json.dumps(review)).stdout)
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectRulesReview",
+        "spec": {"namespace": namespace},
+    }
+    answer: dict[str, Any] = json.loads(
+        client.kubectl("create", "--validate=false", "-f", "-", "-o", "json", input=json.dumps(review)).stdout
+    )
     status = answer["status"]
     assert not status.get("incomplete"), status
     granted: set[Grant] = set()

@@ -54,24 +54,41 @@ def fenced(kube_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> I
             kube_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(children))
 
             def pods() -> list[str]:
-                items = kube_cluster.json("get", "pods", "-n", namespace, "-l",
-                                          f"{names.SERVICE_LABEL}=hibari")["items"]
+                items = kube_cluster.json(
+                    "get", "pods", "-n", namespace, "-l", f"{names.SERVICE_LABEL}=hibari"
+                )["items"]
                 return sorted(p["metadata"]["name"] for p in items)
 
-            own, other = wait_for(lambda: (found := pods()) and len(found) == 2 and found, timeout=60,
-                                  what="the Deployment's two pods")
-            agent = as_token(kube_cluster, pod_token(kube_cluster, namespace, "hibari-agent", own),
-                             tmp / "agent.kubeconfig")
-            unbound = as_token(kube_cluster, token(kube_cluster, namespace, "hibari-agent"),
-                               tmp / "unbound.kubeconfig")
+            own, other = wait_for(
+                lambda: (found := pods()) and len(found) == 2 and found,
+                timeout=60,
+                what="the Deployment's two pods",
+            )
+            agent = as_token(
+                kube_cluster,
+                pod_token(kube_cluster, namespace, "hibari-agent", own),
+                tmp / "agent.kubeconfig",
+            )
+            unbound = as_token(
+                kube_cluster, token(kube_cluster, namespace, "hibari-agent"), tmp / "unbound.kubeconfig"
+            )
             yield Fenced(namespace, own, other, agent, unbound, kube_cluster)
     finally:
         kube_cluster.delete_namespace(namespace)
 
 
 def _annotate(client: Cluster, f: Fenced, pod: str, values: dict[str, str | None]) -> tuple[bool, str]:
-    done = client.kubectl("patch", "pod", pod, "-n", f.namespace, "--type=merge", "-p",
-                          json.dumps({"metadata": {"annotations": values}}), check=False)
+    done = client.kubectl(
+        "patch",
+        "pod",
+        pod,
+        "-n",
+        f.namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"metadata": {"annotations": values}}),
+        check=False,
+    )
     return done.returncode == 0, done.stderr
 
 
@@ -96,15 +113,19 @@ def test_agent_sets_its_own_residency_annotation(fenced: Fenced) -> None:
 def test_agent_removes_an_offload_request_on_its_own_pod(fenced: Fenced) -> None:
     request = '{"id": "r1", "bytes": 1}'
     assert _annotate(fenced.admin, fenced, fenced.own, {ann.OFFLOAD_REQUEST: request})[0]
-    _refused(_annotate(fenced.agent, fenced, fenced.own, {ann.OFFLOAD_REQUEST: '{"id": "forged"}'}),
-             "only set its pod's tts.residency.dev/residency")
+    _refused(
+        _annotate(fenced.agent, fenced, fenced.own, {ann.OFFLOAD_REQUEST: '{"id": "forged"}'}),
+        "only set its pod's tts.residency.dev/residency",
+    )
     assert _annotate(fenced.agent, fenced, fenced.own, {ann.OFFLOAD_REQUEST: None}) == (True, "")
     assert ann.OFFLOAD_REQUEST not in _annotations(fenced, fenced.own)
 
 
 def test_agent_is_refused_another_pods_residency(fenced: Fenced) -> None:
-    _refused(_annotate(fenced.agent, fenced, fenced.other, {ann.RESIDENCY: '{"models": []}'}),
-             f"token bound to pod {fenced.own}")
+    _refused(
+        _annotate(fenced.agent, fenced, fenced.other, {ann.RESIDENCY: '{"models": []}'}),
+        f"token bound to pod {fenced.own}",
+    )
     assert ann.RESIDENCY not in _annotations(fenced, fenced.other)
 
 
@@ -115,8 +136,16 @@ def test_agent_is_refused_another_pods_annotations(fenced: Fenced) -> None:
 
 
 def test_agent_is_refused_its_own_labels(fenced: Fenced) -> None:
-    done = fenced.agent.kubectl("label", "pod", fenced.own, "-n", fenced.namespace,
-                                f"{names.SERVICE_LABEL}=other", "--overwrite", check=False)
+    done = fenced.agent.kubectl(
+        "label",
+        "pod",
+        fenced.own,
+        "-n",
+        fenced.namespace,
+        f"{names.SERVICE_LABEL}=other",
+        "--overwrite",
+        check=False,
+    )
     _refused((done.returncode == 0, done.stderr), "may not change its pod's spec, labels")
     labels = fenced.admin.json("get", "pod", fenced.own, "-n", fenced.namespace)["metadata"]["labels"]
     assert labels[names.SERVICE_LABEL] == "hibari"
@@ -124,8 +153,18 @@ def test_agent_is_refused_its_own_labels(fenced: Fenced) -> None:
 
 def test_agent_is_refused_its_own_spec(fenced: Fenced) -> None:
     patch = {"spec": {"containers": [{"name": "runtime", "image": "registry.example/evil:1"}]}}
-    done = fenced.agent.kubectl("patch", "pod", fenced.own, "-n", fenced.namespace, "--type=strategic",
-                                "-p", json.dumps(patch), "--dry-run=server", check=False)
+    done = fenced.agent.kubectl(
+        "patch",
+        "pod",
+        fenced.own,
+        "-n",
+        fenced.namespace,
+        "--type=strategic",
+        "-p",
+        json.dumps(patch),
+        "--dry-run=server",
+        check=False,
+    )
     _refused((done.returncode == 0, done.stderr), "may not change its pod's spec")
 
 
@@ -135,15 +174,18 @@ def test_agent_is_refused_the_operators_annotations_on_its_own_pod(fenced: Fence
 
 
 def test_a_token_bound_to_no_pod_is_refused_everything(fenced: Fenced) -> None:
-    _refused(_annotate(fenced.unbound, fenced, fenced.own, {ann.RESIDENCY: '{"models": []}'}),
-             "token bound to no pod")
+    _refused(
+        _annotate(fenced.unbound, fenced, fenced.own, {ann.RESIDENCY: '{"models": []}'}),
+        "token bound to no pod",
+    )
 
 
 def test_others_with_the_same_role_are_not_fenced(fenced: Fenced, tmp_path: Path) -> None:
     """The policy applies to the operator's agent accounts only, not to every pod writer."""
     ns = fenced.namespace
     fenced.admin.kubectl("create", "serviceaccount", "helper", "-n", ns)
-    fenced.admin.kubectl("create", "rolebinding", "helper", "-n", ns, "--role=hibari-agent",
-                         f"--serviceaccount={ns}:helper")
+    fenced.admin.kubectl(
+        "create", "rolebinding", "helper", "-n", ns, "--role=hibari-agent", f"--serviceaccount={ns}:helper"
+    )
     helper = as_token(fenced.admin, token(fenced.admin, ns, "helper"), tmp_path / "helper.kubeconfig")
     assert _annotate(helper, fenced, fenced.other, {"example.com/note": "fine"}) == (True, "")

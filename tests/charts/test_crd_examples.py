@@ -30,8 +30,9 @@ def _tts_docs(path: Path) -> list[dict[str, Any]]:
 
 def _dry_run(cluster: Cluster, namespace: str, manifest: str) -> tuple[int, str]:
     """`kubectl apply --dry-run=server` (strict field validation, as kubectl does by default)."""
-    done = cluster.kubectl("apply", "-n", namespace, "--dry-run=server", "-f", "-", input=manifest,
-                           check=False)
+    done = cluster.kubectl(
+        "apply", "-n", namespace, "--dry-run=server", "-f", "-", input=manifest, check=False
+    )
     return done.returncode, done.stdout + done.stderr
 
 
@@ -88,13 +89,25 @@ def test_every_cel_rule_has_a_bad_example_that_breaks_it() -> None:
 
 def test_the_residency_default_is_the_documented_policy(kube_cluster: Cluster, namespace: str) -> None:
     """The server fills in `residency` (checked against its CEL rule) and every nested default."""
-    doc = {"apiVersion": "tts.residency.dev/v1alpha1", "kind": "TTSService",
-           "metadata": {"name": "defaults", "namespace": namespace}, "spec": {"model": {"name": "hibari"}}}
+    doc = {
+        "apiVersion": "tts.residency.dev/v1alpha1",
+        "kind": "TTSService",
+        "metadata": {"name": "defaults", "namespace": namespace},
+        "spec": {"model": {"name": "hibari"}},
+    }
     kube_cluster.kubectl("create", "-f", "-", input=yaml.safe_dump(doc))
     spec = kube_cluster.json("get", "tts", "defaults", "-n", namespace)["spec"]
-    assert spec["residency"] == {"offloadAfterUse": True, "idleOffloadSeconds": 600,
-                                 "idleReleaseSeconds": 3600, "pinned": False, "priority": 0}
-    assert spec["gpu"] == {"count": 1, "resourceName": "nvidia.com/gpu",
-                           "sharing": {"mode": "exclusive", "placement": "scheduler"}}
+    assert spec["residency"] == {
+        "offloadAfterUse": True,
+        "idleOffloadSeconds": 600,
+        "idleReleaseSeconds": 3600,
+        "pinned": False,
+        "priority": 0,
+    }
+    assert spec["gpu"] == {
+        "count": 1,
+        "resourceName": "nvidia.com/gpu",
+        "sharing": {"mode": "exclusive", "placement": "scheduler"},
+    }
     assert spec["model"] == {"name": "hibari", "variant": "base", "backend": "hibari"}
     assert spec["replicas"] == 1 and spec["port"] == 8000

@@ -30,8 +30,9 @@ def test_the_chart_operator_and_runtime_agree_on_the_drain(
 
     monkeypatch.setenv("RESIDENCY_RUNTIME_DRAIN_SECONDS", drain)  # what the operator pod sees
     read = OperatorSettings()  # what the operator reads at start
-    images = Images(runtime=read.runtime_image, agent=read.agent_image,
-                    drain_seconds=read.runtime_drain_seconds)
+    images = Images(
+        runtime=read.runtime_image, agent=read.agent_image, drain_seconds=read.runtime_drain_seconds
+    )
     pod = build_deployment(_owner(), images)["spec"]["template"]["spec"]
     runtime = next(c for c in pod["containers"] if c["name"] == "runtime")
     runtime_env = {e["name"]: e.get("value") for e in runtime["env"]}

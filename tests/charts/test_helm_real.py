@@ -15,11 +15,21 @@ from chartlib import CHART_DIR
 from support.cluster import Cluster
 
 CRD = "ttsservices.tts.residency.dev"
-HELM_LABELS = ("app.kubernetes.io/managed-by", "app.kubernetes.io/instance", "app.kubernetes.io/name",
-               "app.kubernetes.io/part-of", "app.kubernetes.io/version", "app.kubernetes.io/component",
-               "helm.sh/chart")
-EXAMPLE = {"apiVersion": "tts.residency.dev/v1alpha1", "kind": "TTSService",
-           "metadata": {"name": "kept"}, "spec": {"model": {"name": "hibari"}}}
+HELM_LABELS = (
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/component",
+    "helm.sh/chart",
+)
+EXAMPLE = {
+    "apiVersion": "tts.residency.dev/v1alpha1",
+    "kind": "TTSService",
+    "metadata": {"name": "kept"},
+    "spec": {"model": {"name": "hibari"}},
+}
 
 
 @pytest.fixture()
@@ -28,16 +38,35 @@ def release(kube_cluster: Cluster, namespace: str) -> Iterator[str]:
     hand, given Helm's ownership metadata) and given back to the session, unchanged, at the end."""
     name = f"r-{namespace}"
     kube_cluster.kubectl("label", "crd", CRD, "app.kubernetes.io/managed-by=Helm", "--overwrite")
-    kube_cluster.kubectl("annotate", "crd", CRD, f"meta.helm.sh/release-name={name}",
-                         f"meta.helm.sh/release-namespace={namespace}", "--overwrite")
+    kube_cluster.kubectl(
+        "annotate",
+        "crd",
+        CRD,
+        f"meta.helm.sh/release-name={name}",
+        f"meta.helm.sh/release-namespace={namespace}",
+        "--overwrite",
+    )
     try:
         yield name
     finally:
         kube_cluster.helm("uninstall", name, "-n", namespace, "--ignore-not-found", check=False)
-        kube_cluster.kubectl("delete", "clusterrole,clusterrolebinding", "-l",
-                             f"app.kubernetes.io/instance={name}", "--ignore-not-found", check=False)
-        kube_cluster.kubectl("annotate", "crd", CRD, "meta.helm.sh/release-name-",
-                             "meta.helm.sh/release-namespace-", "helm.sh/resource-policy-", check=False)
+        kube_cluster.kubectl(
+            "delete",
+            "clusterrole,clusterrolebinding",
+            "-l",
+            f"app.kubernetes.io/instance={name}",
+            "--ignore-not-found",
+            check=False,
+        )
+        kube_cluster.kubectl(
+            "annotate",
+            "crd",
+            CRD,
+            "meta.helm.sh/release-name-",
+            "meta.helm.sh/release-namespace-",
+            "helm.sh/resource-policy-",
+            check=False,
+        )
         kube_cluster.kubectl("label", "crd", CRD, *(f"{key}-" for key in HELM_LABELS), check=False)
         kube_cluster.apply_crds()  # the session's CRD again, whatever the upgrade made of it
 
@@ -54,15 +83,17 @@ def _objects(cluster: Cluster, namespace: str, release: str) -> dict[str, list[s
 
 
 def _deployment(cluster: Cluster, namespace: str, release: str) -> dict[str, Any]:
-    items = cluster.json("get", "deployments", "-n", namespace, "-l",
-                         f"app.kubernetes.io/instance={release}")["items"]
+    items = cluster.json(
+        "get", "deployments", "-n", namespace, "-l", f"app.kubernetes.io/instance={release}"
+    )["items"]
     assert len(items) == 1, items
     deployment: dict[str, Any] = items[0]
     return deployment
 
 
-def test_install_upgrade_and_uninstall(kube_cluster: Cluster, namespace: str, release: str,
-                                       tmp_path: Path) -> None:
+def test_install_upgrade_and_uninstall(
+    kube_cluster: Cluster, namespace: str, release: str, tmp_path: Path
+) -> None:
     # Install: every object is accepted by the server (schema, RBAC escalation checks, the CRD's CEL).
     done = kube_cluster.helm("install", release, str(CHART_DIR), "-n", namespace)
     assert "STATUS: deployed" in done.stdout, done.stdout
@@ -74,10 +105,19 @@ def test_install_upgrade_and_uninstall(kube_cluster: Cluster, namespace: str, re
     kube_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(EXAMPLE))
 
     # Upgrade with changed values: the Deployment follows; a watched namespace gets its Role.
-    kube_cluster.helm("upgrade", release, str(CHART_DIR), "-n", namespace, "--set",
-                      "operator.extraArgs={--verbose}", "--set", f"operator.watchNamespaces={{{namespace}}}")
+    kube_cluster.helm(
+        "upgrade",
+        release,
+        str(CHART_DIR),
+        "-n",
+        namespace,
+        "--set",
+        "operator.extraArgs={--verbose}",
+        "--set",
+        f"operator.watchNamespaces={{{namespace}}}",
+    )
     args = _deployment(kube_cluster, namespace, release)["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--verbose" in args and ["--namespace", namespace] == args[args.index("--namespace"):][:2], args
+    assert "--verbose" in args and ["--namespace", namespace] == args[args.index("--namespace") :][:2], args
     objects = _objects(kube_cluster, namespace, release)
     assert objects.get("Role"), objects
 
@@ -87,12 +127,14 @@ def test_install_upgrade_and_uninstall(kube_cluster: Cluster, namespace: str, re
     source = chart / "files" / "ttsservices.yaml"
     changed = yaml.safe_load(source.read_text())
     changed["spec"]["versions"][0]["additionalPrinterColumns"].append(
-        {"name": "Variant", "type": "string", "jsonPath": ".spec.model.variant", "priority": 1})
+        {"name": "Variant", "type": "string", "jsonPath": ".spec.model.variant", "priority": 1}
+    )
     source.write_text(yaml.safe_dump(changed))
     # The session applied the CRD with `kubectl apply --server-side`, so kubectl co-owns its fields: Helm 4
     # (server-side apply too) takes them over only when told to, as anyone upgrading such a CRD must.
-    refused = kube_cluster.helm("upgrade", release, str(chart), "-n", namespace, "--reuse-values",
-                                check=False)
+    refused = kube_cluster.helm(
+        "upgrade", release, str(chart), "-n", namespace, "--reuse-values", check=False
+    )
     assert refused.returncode != 0 and 'conflict with "kubectl": .spec.versions' in refused.stderr, refused
     kube_cluster.helm("upgrade", release, str(chart), "-n", namespace, "--reuse-values", "--force-conflicts")
     columns = kube_cluster.json("get", "crd", CRD)["spec"]["versions"][0]["additionalPrinterColumns"]

@@ -49,8 +49,9 @@ class Engine:
             return ["run", "--read-only", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1000:1000"]
         return ["run", "--read-only"]
 
-    def __call__(self, *args: str, timeout: float = 120,
-                 check: bool = True) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, timeout: float = 120, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         # podman: runc, as crun is refused on this kind of machine's hybrid cgroups.
         command = [self.name, *(["--runtime", "runc"] if self.name == "podman" else []), *args]
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -88,19 +89,25 @@ def engine() -> Iterator[Engine]:
     build = ["bash", str(REPO / "scripts" / "build-images.sh"), "--tag", TAG, "--prefix", PREFIX, "--cpu"]
     done = subprocess.run(build, env=env, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, f"build-images.sh failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    print(f"both images built in {time.monotonic() - started:.0f} s:",
-          *(line for line in done.stderr.splitlines() if line.startswith("built ")), sep="\n  ")
+    print(
+        f"both images built in {time.monotonic() - started:.0f} s:",
+        *(line for line in done.stderr.splitlines() if line.startswith("built ")),
+        sep="\n  ",
+    )
     yield Engine(name)
 
 
 @pytest.mark.parametrize("image", [OPERATOR, RUNTIME])
 def test_image_runs_as_its_non_root_user_on_a_read_only_root(engine: Engine, image: str) -> None:
     assert engine("image", "inspect", "--format", "{{.Config.User}}", image).stdout.strip() == USER
-    probe = ("import os, sys\n"
-             "print(os.getuid(), os.getgid())\n"
-             "try:\n    open('/opt/venv/written', 'w')\nexcept OSError as e:\n    print(type(e).__name__)\n")
-    done = engine(*engine.run_flags(), "--rm", "--network", "none", "--entrypoint", "python", image,
-                  "-c", probe)
+    probe = (
+        "import os, sys\n"
+        "print(os.getuid(), os.getgid())\n"
+        "try:\n    open('/opt/venv/written', 'w')\nexcept OSError as e:\n    print(type(e).__name__)\n"
+    )
+    done = engine(
+        *engine.run_flags(), "--rm", "--network", "none", "--entrypoint", "python", image, "-c", probe
+    )
     assert done.stdout.split() == ["10001", "10001", "OSError"], done.stdout
 
 
@@ -113,10 +120,24 @@ def test_operator_image_answers(engine: Engine, command: str) -> None:
 def test_runtime_image_serves_speech_from_hibari_on_cpu(engine: Engine) -> None:
     port = free_port()
     name = f"residency-runtime-test-{port}"
-    engine(*engine.run_flags(), "-d", "--name", name, "--tmpfs", "/tmp", "--network", "host", RUNTIME,
-           "--host", "127.0.0.1", "--port", str(port))
+    engine(
+        *engine.run_flags(),
+        "-d",
+        "--name",
+        name,
+        "--tmpfs",
+        "/tmp",
+        "--network",
+        "host",
+        RUNTIME,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    )
     url = f"http://127.0.0.1:{port}"
     try:
+
         def ready() -> bool:
             state = engine("inspect", "--format", "{{.State.Running}}", name).stdout.strip()
             assert state == "true", engine("logs", name, check=False).stdout[-3000:]
@@ -126,9 +147,15 @@ def test_runtime_image_serves_speech_from_hibari_on_cpu(engine: Engine) -> None:
                 return False
 
         wait_for(ready, timeout=READY_S, interval=1, what="the runtime container's /readyz")
-        response = httpx.post(f"{url}/v1/audio/speech", timeout=120, json={
-            "model": "hibari", "input": "Residency serves this sentence from a container.",
-            "response_format": "wav"})
+        response = httpx.post(
+            f"{url}/v1/audio/speech",
+            timeout=120,
+            json={
+                "model": "hibari",
+                "input": "Residency serves this sentence from a container.",
+                "response_format": "wav",
+            },
+        )
         assert response.status_code == 200, response.text
         with wave.open(io.BytesIO(response.content)) as audio:
             assert (audio.getnchannels(), audio.getsampwidth(), audio.getframerate()) == (1, 2, 24000)

@@ -28,26 +28,29 @@ pytestmark = pytest.mark.slow
 # Exactly what the operator sends in a namespace it reconciles (templates/rbac.yaml says which call needs
 # each): GET, LIST, WATCH, POST, PATCH; PATCH alone on status; DELETE of its (immutable) DRA claim templates
 # only. No update, nothing else.
-OPERATOR: set[Grant] = grants({
-    ("tts.residency.dev", "ttsservices"): "get list watch patch",
-    ("tts.residency.dev", "ttsservices/status"): "patch",
-    ("apps", "deployments"): "get list watch create patch",
-    ("", "services"): "get list watch create patch",
-    ("", "serviceaccounts"): "get list watch create patch",
-    ("rbac.authorization.k8s.io", "roles"): "get list watch create patch",
-    ("rbac.authorization.k8s.io", "rolebindings"): "get list watch create patch",
-    ("", "pods"): "get list watch patch",
-    ("", "events"): "create",
-    # GPU sharing mode dra (rbac.dra, on by default): claim allocations, and the claim templates it owns.
-    ("resource.k8s.io", "resourceclaims"): "list watch",
-    ("resource.k8s.io", "resourceclaimtemplates"): "get list watch create delete",
-})
+OPERATOR: set[Grant] = grants(
+    {
+        ("tts.residency.dev", "ttsservices"): "get list watch patch",
+        ("tts.residency.dev", "ttsservices/status"): "patch",
+        ("apps", "deployments"): "get list watch create patch",
+        ("", "services"): "get list watch create patch",
+        ("", "serviceaccounts"): "get list watch create patch",
+        ("rbac.authorization.k8s.io", "roles"): "get list watch create patch",
+        ("rbac.authorization.k8s.io", "rolebindings"): "get list watch create patch",
+        ("", "pods"): "get list watch patch",
+        ("", "events"): "create",
+        # GPU sharing mode dra (rbac.dra, on by default): claim allocations, and the claim templates it owns.
+        ("resource.k8s.io", "resourceclaims"): "list watch",
+        ("resource.k8s.io", "resourceclaimtemplates"): "get list watch create delete",
+    }
+)
 # Cluster-wide mode only: Kopf follows the CRD (installed or changed while it runs).
 OPERATOR_CLUSTER: set[Grant] = grants({("apiextensions.k8s.io", "customresourcedefinitions"): "list watch"})
 # The agent's Role (made by the operator, builders.build_role): its own pod is fenced in by admission.
 AGENT: set[Grant] = grants({("", "pods"): "get list watch patch"})
-PROBLEM = re.compile(r"\b403\b|forbidden|not enough permissions|failed to post|\[ERROR|Traceback",
-                     re.IGNORECASE)
+PROBLEM = re.compile(
+    r"\b403\b|forbidden|not enough permissions|failed to post|\[ERROR|Traceback", re.IGNORECASE
+)
 MODES = {"cluster-wide": False, "watchNamespaces": True}
 
 
@@ -66,8 +69,9 @@ def _chart_values(namespaced: bool, watched: str) -> list[str]:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_operator_holds_exactly_what_it_sends(kube_cluster: Cluster, namespace: str, elsewhere: str,
-                                              tmp_path: Path, mode: str) -> None:
+def test_operator_holds_exactly_what_it_sends(
+    kube_cluster: Cluster, namespace: str, elsewhere: str, tmp_path: Path, mode: str
+) -> None:
     namespaced = MODES[mode]
     with installed(kube_cluster, release_name(), elsewhere, *_chart_values(namespaced, namespace)) as sa:
         bearer = token(kube_cluster, elsewhere, sa)
@@ -76,8 +80,11 @@ def test_operator_holds_exactly_what_it_sends(kube_cluster: Cluster, namespace: 
             assert rules(operator, namespace) == OPERATOR
             # Nothing anywhere else, nothing cluster-wide: not even namespaces or the CRD.
             assert rules(operator, elsewhere) == set()
-            for verb, resource in (("list", "namespaces"), ("list", "customresourcedefinitions"),
-                                   ("list", "pods")):
+            for verb, resource in (
+                ("list", "namespaces"),
+                ("list", "customresourcedefinitions"),
+                ("list", "pods"),
+            ):
                 done = operator.kubectl("auth", "can-i", verb, resource, "--all-namespaces", check=False)
                 assert done.stdout.strip() == "no", (verb, resource, done.stdout)
         else:
@@ -98,7 +105,8 @@ def _children(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
 
 def _pods(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = cluster.json(
-        "get", "pods", "-n", namespace, "-l", f"{names.SERVICE_LABEL}=hibari")["items"]
+        "get", "pods", "-n", namespace, "-l", f"{names.SERVICE_LABEL}=hibari"
+    )["items"]
     return [p for p in items if not p["metadata"].get("deletionTimestamp")]
 
 
@@ -116,11 +124,13 @@ def _policies(cluster: Cluster, namespace: str) -> list[float | None]:
     return out
 
 
-def _start_operator(cluster: Cluster, admin: Cluster, release_ns: str, release: str,
-                    tmp_path: Path) -> Process:
+def _start_operator(
+    cluster: Cluster, admin: Cluster, release_ns: str, release: str, tmp_path: Path
+) -> Process:
     """`tts-operator` with the arguments and environment of the chart's Deployment, as its ServiceAccount."""
-    (deployment,) = admin.json("get", "deployments", "-n", release_ns, "-l",
-                               f"app.kubernetes.io/instance={release}")["items"]
+    (deployment,) = admin.json(
+        "get", "deployments", "-n", release_ns, "-l", f"app.kubernetes.io/instance={release}"
+    )["items"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     args = list(container["args"])
     args[args.index("--liveness") + 1] = f"http://127.0.0.1:{free_port()}/healthz"
@@ -135,8 +145,9 @@ def _clean(process: Process, what: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_full_flow_with_the_components_own_tokens(kube_cluster: Cluster, namespace: str, elsewhere: str,
-                                                  tmp_path: Path, mode: str) -> None:
+def test_full_flow_with_the_components_own_tokens(
+    kube_cluster: Cluster, namespace: str, elsewhere: str, tmp_path: Path, mode: str
+) -> None:
     namespaced = MODES[mode]
     release = release_name()
     with installed(kube_cluster, release, elsewhere, *_chart_values(namespaced, namespace)) as sa:
@@ -148,45 +159,106 @@ def test_full_flow_with_the_components_own_tokens(kube_cluster: Cluster, namespa
             # Created: every child, promptly (watchNamespaces mode used to retry namespace listing ~1 min).
             kube_cluster.kubectl("apply", "-n", namespace, "-f", str(ROOT / "examples" / "ttsservice.yaml"))
             started = time.monotonic()
-            wait_for(lambda: len(_children(kube_cluster, namespace)) == 5, timeout=30, interval=0.2,
-                     what="the five children")
+            wait_for(
+                lambda: len(_children(kube_cluster, namespace)) == 5,
+                timeout=30,
+                interval=0.2,
+                what="the five children",
+            )
             first_children_s = time.monotonic() - started
             assert first_children_s < 20, first_children_s
-            wait_for(lambda: _policies(kube_cluster, namespace) == [600.0], timeout=30, interval=0.2,
-                     what="the policy annotation on the first pod")
+            wait_for(
+                lambda: _policies(kube_cluster, namespace) == [600.0],
+                timeout=30,
+                interval=0.2,
+                what="the policy annotation on the first pod",
+            )
 
             # Policy edit: the pods' annotation follows, no rollout.
-            kube_cluster.kubectl("patch", "tts", "hibari", "-n", namespace, "--type=merge",
-                                 "-p", '{"spec": {"residency": {"idleOffloadSeconds": 123}}}')
-            wait_for(lambda: _policies(kube_cluster, namespace) == [123.0], timeout=30, interval=0.2,
-                     what="the edited policy on the pod")
+            kube_cluster.kubectl(
+                "patch",
+                "tts",
+                "hibari",
+                "-n",
+                namespace,
+                "--type=merge",
+                "-p",
+                '{"spec": {"residency": {"idleOffloadSeconds": 123}}}',
+            )
+            wait_for(
+                lambda: _policies(kube_cluster, namespace) == [123.0],
+                timeout=30,
+                interval=0.2,
+                what="the edited policy on the pod",
+            )
 
             # A child deleted by hand is put back.
             old_uid = _children(kube_cluster, namespace)["service/hibari"]["metadata"]["uid"]
             kube_cluster.kubectl("delete", "service", "hibari", "-n", namespace)
-            wait_for(lambda: (_children(kube_cluster, namespace).get("service/hibari") or {"metadata": {
-                "uid": old_uid}})["metadata"]["uid"] != old_uid, timeout=30, interval=0.2,
-                what="the deleted Service re-created")
+            wait_for(
+                lambda: (
+                    (
+                        _children(kube_cluster, namespace).get("service/hibari")
+                        or {"metadata": {"uid": old_uid}}
+                    )["metadata"]["uid"]
+                    != old_uid
+                ),
+                timeout=30,
+                interval=0.2,
+                what="the deleted Service re-created",
+            )
 
             # Scale: two pods, each with the policy.
-            kube_cluster.kubectl("patch", "tts", "hibari", "-n", namespace, "--type=merge",
-                                 "-p", '{"spec": {"replicas": 2}}')
-            wait_for(lambda: _policies(kube_cluster, namespace) == [123.0, 123.0], timeout=30, interval=0.2,
-                     what="two pods with the policy")
+            kube_cluster.kubectl(
+                "patch", "tts", "hibari", "-n", namespace, "--type=merge", "-p", '{"spec": {"replicas": 2}}'
+            )
+            wait_for(
+                lambda: _policies(kube_cluster, namespace) == [123.0, 123.0],
+                timeout=30,
+                interval=0.2,
+                what="two pods with the policy",
+            )
 
             # The agent of the first pod, with a token bound to that pod (what the kubelet mounts), next
             # to a real runtime: its residency report lands on its pod, the operator's status follows.
             pod = _pods(kube_cluster, namespace)[0]["metadata"]["name"]
-            agent_client = as_token(kube_cluster, pod_token(kube_cluster, namespace, "hibari-agent", pod),
-                                    tmp_path / "agent.kubeconfig")
+            agent_client = as_token(
+                kube_cluster,
+                pod_token(kube_cluster, namespace, "hibari-agent", pod),
+                tmp_path / "agent.kubeconfig",
+            )
             assert rules(agent_client, namespace) == AGENT
             token_file = tmp_path / "admin-token"
-            runtime = start_runtime(tmp_path / "runtime.log", "--host", "127.0.0.1", "--admin-token-file",
-                                    str(token_file), "--log-level", "warning", timeout=180)
-            agent = Process([executable("tts-operator"), "agent", "--pod", pod, "--namespace", namespace,
-                             "--runtime-url", runtime.url, "--admin-token-file", str(token_file),
-                             "--health-host", "127.0.0.1", "--health-port", "0"],
-                            agent_client.env, tmp_path / "agent.log")
+            runtime = start_runtime(
+                tmp_path / "runtime.log",
+                "--host",
+                "127.0.0.1",
+                "--admin-token-file",
+                str(token_file),
+                "--log-level",
+                "warning",
+                timeout=180,
+            )
+            agent = Process(
+                [
+                    executable("tts-operator"),
+                    "agent",
+                    "--pod",
+                    pod,
+                    "--namespace",
+                    namespace,
+                    "--runtime-url",
+                    runtime.url,
+                    "--admin-token-file",
+                    str(token_file),
+                    "--health-host",
+                    "127.0.0.1",
+                    "--health-port",
+                    "0",
+                ],
+                agent_client.env,
+                tmp_path / "agent.log",
+            )
 
             def reported() -> bool:
                 found = [p for p in _pods(kube_cluster, namespace) if p["metadata"]["name"] == pod]
@@ -207,8 +279,12 @@ def test_full_flow_with_the_components_own_tokens(kube_cluster: Cluster, namespa
 
             # Deleted: the TTSService goes, its children with it (garbage collection of owned objects).
             kube_cluster.kubectl("delete", "tts", "hibari", "-n", namespace, "--timeout=30s")
-            wait_for(lambda: not _children(kube_cluster, namespace), timeout=60, interval=0.2,
-                     what="the children garbage-collected")
+            wait_for(
+                lambda: not _children(kube_cluster, namespace),
+                timeout=60,
+                interval=0.2,
+                what="the children garbage-collected",
+            )
         finally:
             for process in (agent, runtime, operator):
                 if process is not None:

@@ -17,14 +17,16 @@ RELEASE = REPO / "scripts" / "release.sh"
 
 
 def test_the_project_version_is_written_everywhere() -> None:
-    done = subprocess.run(["bash", str(RELEASE), VERSION, "--check"], capture_output=True, text=True,
-                          timeout=30)
+    done = subprocess.run(
+        ["bash", str(RELEASE), VERSION, "--check"], capture_output=True, text=True, timeout=30
+    )
     assert done.returncode == 0, done.stderr
 
 
 def test_another_version_is_refused_naming_each_place() -> None:
-    done = subprocess.run(["bash", str(RELEASE), "99.0.0", "--check"], capture_output=True, text=True,
-                          timeout=30)
+    done = subprocess.run(
+        ["bash", str(RELEASE), "99.0.0", "--check"], capture_output=True, text=True, timeout=30
+    )
     assert done.returncode == 1
     for place in ("pyproject.toml", "Chart.yaml", "settings.py", "Dockerfile"):
         assert place in done.stderr, done.stderr
@@ -33,15 +35,35 @@ def test_another_version_is_refused_naming_each_place() -> None:
 def test_the_packaged_chart_defaults_to_the_released_images(tmp_path: Path) -> None:
     """What release.sh packages: chart version = appVersion = the images' tag the chart renders."""
     helm = tool("helm")
-    subprocess.run([helm, "package", str(CHART_DIR), "--version", VERSION, "--app-version", VERSION,
-                    "--destination", str(tmp_path)], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            helm,
+            "package",
+            str(CHART_DIR),
+            "--version",
+            VERSION,
+            "--app-version",
+            VERSION,
+            "--destination",
+            str(tmp_path),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     package = tmp_path / f"residency-{VERSION}.tgz"
     with tarfile.open(package) as tar:
         meta = yaml.safe_load(tar.extractfile("residency/Chart.yaml").read())  # type: ignore[union-attr]
     assert (meta["version"], meta["appVersion"]) == (VERSION, VERSION)
-    rendered = subprocess.run([helm, "template", "r", str(package), "--set", "crds.install=false"],
-                              check=True, capture_output=True, text=True, timeout=60).stdout
-    images = {line.split("image:")[1].strip().strip('"')
-              for line in rendered.splitlines() if "image:" in line}
+    rendered = subprocess.run(
+        [helm, "template", "r", str(package), "--set", "crds.install=false"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    images = {
+        line.split("image:")[1].strip().strip('"') for line in rendered.splitlines() if "image:" in line
+    }
     assert images == {f"ghcr.io/residency-dev/residency-operator:{VERSION}"}, images
     assert f'value: "ghcr.io/residency-dev/residency-runtime:{VERSION}"' in rendered

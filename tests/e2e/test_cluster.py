@@ -279,8 +279,7 @@ def test_operator_agent_and_runtime_on_a_real_cluster(cluster: Cluster, tmp_path
         wait_for(
             lambda: (
                 (
-                    ann.parse(Policy, cluster.pod_annotations(pod_name).get(ann.POLICY))
-                    or Policy()
+                    ann.parse(Policy, cluster.pod_annotations(pod_name).get(ann.POLICY)) or Policy()
                 ).idle_offload_seconds
                 == 321
             ),

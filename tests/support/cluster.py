@@ -95,10 +95,12 @@ class Cluster:
         self._stop = threading.Event()
 
     # --- command-line clients -------------------------------------------------------------------------
-    def run(self, name: str, *args: str, input: str | None = None, check: bool = True,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([tool(name), *args], env=self.env, input=input, capture_output=True,
-                              text=True, timeout=timeout)
+    def run(
+        self, name: str, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [tool(name), *args], env=self.env, input=input, capture_output=True, text=True, timeout=timeout
+        )
         if check and done.returncode != 0:
             raise AssertionError(f"{name} {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
         return done
@@ -113,16 +115,29 @@ class Cluster:
         return json.loads(self.kubectl(*args, "-o", "json").stdout)
 
     # --- raw API --------------------------------------------------------------------------------------
-    def request(self, method: str, path: str, body: Any = None, content_type: str | None = None,
-                query: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, Any]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str | None = None,
+        query: dict[str, str] | None = None,
+        timeout: float = 30,
+    ) -> tuple[int, Any]:
         """One HTTP request to the API server; (status, decoded JSON body or None). Never raises on 4xx."""
         from kubernetes.client import ApiException
 
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
-        params = self.client.param_serialize(method, path, query_params=list((query or {}).items()),
-                                             header_params=headers, body=body, auth_settings=["BearerToken"])
+        params = self.client.param_serialize(
+            method,
+            path,
+            query_params=list((query or {}).items()),
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
         try:
             response = self.client.call_api(*params, _request_timeout=timeout)
             response.read()
@@ -158,16 +173,22 @@ class Cluster:
         """Delete a test's namespace so that it goes: the operator that would have removed its finalizers
         from the TTSServices is stopped, and the pods bound to the test's nodes have no kubelet to finish
         their graceful deletion (both are done here instead)."""
-        self.kubectl("delete", "clusterrolebindings", "-l", f"{TEST_LABEL}={name}", "--ignore-not-found",
-                     check=False)
+        self.kubectl(
+            "delete", "clusterrolebindings", "-l", f"{TEST_LABEL}={name}", "--ignore-not-found", check=False
+        )
         ttsservices = f"/apis/tts.residency.dev/v1alpha1/namespaces/{name}/ttsservices"
         status, listed = self.request("GET", ttsservices)
         for item in (listed or {}).get("items", []) if status == 200 else []:
             if item["metadata"].get("finalizers"):
-                self.request("PATCH", f"{ttsservices}/{item['metadata']['name']}",
-                             {"metadata": {"finalizers": None}}, "application/merge-patch+json")
-        self.kubectl("delete", "pods", "--all", "-n", name, "--grace-period=0", "--force", "--wait=false",
-                     check=False)
+                self.request(
+                    "PATCH",
+                    f"{ttsservices}/{item['metadata']['name']}",
+                    {"metadata": {"finalizers": None}},
+                    "application/merge-patch+json",
+                )
+        self.kubectl(
+            "delete", "pods", "--all", "-n", name, "--grace-period=0", "--force", "--wait=false", check=False
+        )
         self.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
 
     @staticmethod
@@ -179,20 +200,36 @@ class Cluster:
         with it is told apart from the test itself in the audit log."""
         self.kubectl("create", "serviceaccount", name, "-n", namespace)
         binding = f"{namespace}-{name}"
-        self.kubectl("create", "clusterrolebinding", binding, "--clusterrole=cluster-admin",
-                     f"--serviceaccount={namespace}:{name}")
+        self.kubectl(
+            "create",
+            "clusterrolebinding",
+            binding,
+            "--clusterrole=cluster-admin",
+            f"--serviceaccount={namespace}:{name}",
+        )
         self.kubectl("label", "clusterrolebinding", binding, f"{TEST_LABEL}={namespace}")
         token = self.kubectl("create", "token", name, "-n", namespace, "--duration=2h").stdout.strip()
         config = yaml.safe_load(self.kubeconfig.read_text())
         context = next(c for c in config["contexts"] if c["name"] == config["current-context"])["context"]
         cluster = next(c for c in config["clusters"] if c["name"] == context["cluster"])
         path = (directory or Path(tempfile.mkdtemp(prefix="residency-id-"))) / f"{name}.kubeconfig"
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": name,
-            "clusters": [{"name": "cluster", "cluster": cluster["cluster"]}],
-            "users": [{"name": name, "user": {"token": token}}],
-            "contexts": [{"name": name, "context": {"cluster": "cluster", "user": name,
-                                                    "namespace": namespace}}]}))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": name,
+                    "clusters": [{"name": "cluster", "cluster": cluster["cluster"]}],
+                    "users": [{"name": name, "user": {"token": token}}],
+                    "contexts": [
+                        {
+                            "name": name,
+                            "context": {"cluster": "cluster", "user": name, "namespace": namespace},
+                        }
+                    ],
+                }
+            )
+        )
         return path
 
     # --- audit log --------------------------------------------------------------------------------------
@@ -221,15 +258,25 @@ class Cluster:
             if name in self._nodes:
                 return
             self._nodes.add(name)
-        status, _ = self.request("POST", "/api/v1/nodes", {
-            "apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {TEST_LABEL: "node"}}})
+        status, _ = self.request(
+            "POST",
+            "/api/v1/nodes",
+            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {TEST_LABEL: "node"}}},
+        )
         if status not in (201, 409):
             raise AssertionError(f"creating node {name}: {status}")
-        ready = {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "test kubelet",
-                 "lastHeartbeatTime": _now(), "lastTransitionTime": _now()}
+        ready = {
+            "type": "Ready",
+            "status": "True",
+            "reason": "KubeletReady",
+            "message": "test kubelet",
+            "lastHeartbeatTime": _now(),
+            "lastTransitionTime": _now(),
+        }
         conditions = {"status": {"conditions": [ready]}}
-        status, body = self.request("PATCH", f"/api/v1/nodes/{name}/status", conditions,
-                                    "application/merge-patch+json")
+        status, body = self.request(
+            "PATCH", f"/api/v1/nodes/{name}/status", conditions, "application/merge-patch+json"
+        )
         if status != 200:
             raise AssertionError(f"node {name} status: {status} {body}")
         self._renew(name)
@@ -242,9 +289,16 @@ class Cluster:
         spec = {"holderIdentity": node, "leaseDurationSeconds": NODE_LEASE_SECONDS, "renewTime": _now()}
         status, _ = self.request("PATCH", path, {"spec": spec}, "application/merge-patch+json")
         if status == 404:
-            self.request("POST", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", {
-                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": node, "namespace": "kube-node-lease"}, "spec": spec})
+            self.request(
+                "POST",
+                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+                {
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {"name": node, "namespace": "kube-node-lease"},
+                    "spec": spec,
+                },
+            )
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
@@ -267,8 +321,13 @@ def _start_control_plane() -> Cluster:
     workdir = Path(tempfile.mkdtemp(prefix="residency-k8s-"))
     audit = f"--audit-policy-file={AUDIT_POLICY} --audit-log-path={workdir}/logs/audit.log"
     env = {**os.environ, "KAS_EXTRA_ARGS": f"{os.environ.get('KAS_EXTRA_ARGS', '')} {audit}".strip()}
-    done = subprocess.run(["bash", str(SHARED_K8S / "up.sh"), str(workdir)], capture_output=True, text=True,
-                          timeout=300, env=env)
+    done = subprocess.run(
+        ["bash", str(SHARED_K8S / "up.sh"), str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"../shared/k8s/up.sh failed:\n{done.stdout}\n{done.stderr}")
     return Cluster(workdir / "admin.kubeconfig", workdir=workdir)
@@ -276,8 +335,11 @@ def _start_control_plane() -> Cluster:
 
 def _stop_control_plane(cluster: Cluster) -> None:
     if cluster.workdir is not None:
-        subprocess.run(["bash", str(SHARED_K8S / "down.sh"), str(cluster.workdir), "--wipe"],
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            ["bash", str(SHARED_K8S / "down.sh"), str(cluster.workdir), "--wipe"],
+            capture_output=True,
+            timeout=120,
+        )
         shutil.rmtree(cluster.workdir, ignore_errors=True)
 
 
@@ -311,4 +373,3 @@ def namespace(kube_cluster: Cluster) -> Iterator[str]:
         yield name
     finally:
         kube_cluster.delete_namespace(name)
-

@@ -44,8 +44,16 @@ import pytest
 from support.cluster import Cluster
 from support.procs import Process, executable, free_port, wait_for
 
-__all__ = ["RESOURCES", "KubeAPI", "OperatorProcess", "PodVersions", "Process", "kube_api", "make_pod",
-           "run_operator"]
+__all__ = [
+    "RESOURCES",
+    "KubeAPI",
+    "OperatorProcess",
+    "PodVersions",
+    "Process",
+    "kube_api",
+    "make_pod",
+    "run_operator",
+]
 
 # plural -> (group, version, kind, namespaced)
 RESOURCES: dict[str, tuple[str, str, str, bool]] = {
@@ -116,8 +124,14 @@ class KubeAPI:
         data: dict[str, Any] = body or {}
         return data
 
-    def request(self, method: str, url: str, body: Any = None, content_type: str | None = None,
-                query: dict[str, str] | None = None) -> dict[str, Any]:
+    def request(
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        content_type: str | None = None,
+        query: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         status, data = self.cluster.request(method, url, body, content_type, query)
         return self._check(method, url, status, data)
 
@@ -140,15 +154,23 @@ class KubeAPI:
         status, data = self.cluster.request("GET", url)
         return None if status == 404 else self._check("GET", url, status, data)
 
-    def list(self, plural: str, namespace: str | None = None, selector: str | None = None
-             ) -> builtins.list[dict[str, Any]]:
+    def list(
+        self, plural: str, namespace: str | None = None, selector: str | None = None
+    ) -> builtins.list[dict[str, Any]]:
         query = {"labelSelector": selector} if selector else None
         items: builtins.list[dict[str, Any]] = self.request(
-            "GET", path(plural, self._ns(plural, namespace)), query=query)["items"]
+            "GET", path(plural, self._ns(plural, namespace)), query=query
+        )["items"]
         return items
 
-    def patch(self, plural: str, namespace: str | None, name: str,
-              patch: dict[str, Any] | builtins.list[Any], status: bool = False) -> dict[str, Any]:
+    def patch(
+        self,
+        plural: str,
+        namespace: str | None,
+        name: str,
+        patch: dict[str, Any] | builtins.list[Any],
+        status: bool = False,
+    ) -> dict[str, Any]:
         kind = "json-patch+json" if isinstance(patch, list) else "merge-patch+json"
         url = path(plural, self._ns(plural, namespace), name, "status" if status else None)
         return self.request("PATCH", url, patch, f"application/{kind}")
@@ -169,27 +191,39 @@ class KubeAPI:
     wait_for = staticmethod(wait_for)
 
     # --- what a scheduler and a kubelet would do ------------------------------------------------------------
-    def run_pod(self, name: str, node: str = "node-a", ready: bool = True, namespace: str | None = None
-                ) -> dict[str, Any]:
+    def run_pod(
+        self, name: str, node: str = "node-a", ready: bool = True, namespace: str | None = None
+    ) -> dict[str, Any]:
         """Bind pod `name` to `node` (unless bound) and write its status as that node's kubelet would."""
         ns = self._ns("pods", namespace)
         self.cluster.ensure_node(node)
         pod = self.get("pods", ns, name)
         assert pod is not None, f"pod {ns}/{name} not found"
         if not pod["spec"].get("nodeName"):
-            self.request("POST", path("pods", ns, name, "binding"), {
-                "apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns},
-                "target": {"apiVersion": "v1", "kind": "Node", "name": node}})
+            self.request(
+                "POST",
+                path("pods", ns, name, "binding"),
+                {
+                    "apiVersion": "v1",
+                    "kind": "Binding",
+                    "metadata": {"name": name, "namespace": ns},
+                    "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+                },
+            )
         return self.patch("pods", ns, name, {"status": _running_status(pod, ready)}, status=True)
 
-    def run_service_pods(self, service: str, count: int, node: str = "node-a", ready: bool = True,
-                         namespace: str | None = None) -> builtins.list[dict[str, Any]]:
+    def run_service_pods(
+        self, service: str, count: int, node: str = "node-a", ready: bool = True, namespace: str | None = None
+    ) -> builtins.list[dict[str, Any]]:
         """Wait for `count` pods of `service` (made by its Deployment), then run each on `node`."""
         ns = self._ns("pods", namespace)
 
         def pods() -> builtins.list[dict[str, Any]]:
-            found = [p for p in self.list("pods", ns, f"{SERVICE_LABEL}={service}")
-                     if not p["metadata"].get("deletionTimestamp")]
+            found = [
+                p
+                for p in self.list("pods", ns, f"{SERVICE_LABEL}={service}")
+                if not p["metadata"].get("deletionTimestamp")
+            ]
             return found if len(found) >= count else []
 
         found = self.wait_for(pods, timeout=60, what=f"{count} pods of {service}")
@@ -222,8 +256,12 @@ class PodVersions:
         self._stopped = threading.Event()
         core = client.CoreV1Api(api.cluster.client)
         selector = {"field_selector": f"metadata.name={name}"} if name else {}
-        self._thread = threading.Thread(target=self._follow, args=(core, api.namespace, since, selector),
-                                        name=f"watch-{name or 'pods'}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._follow,
+            args=(core, api.namespace, since, selector),
+            name=f"watch-{name or 'pods'}",
+            daemon=True,
+        )
         self._thread.start()
 
     def _follow(self, core: Any, namespace: str, since: str, selector: dict[str, str]) -> None:
@@ -232,8 +270,13 @@ class PodVersions:
         while not self._stopped.is_set():
             self._watch = watch.Watch()
             try:
-                for event in self._watch.stream(core.list_namespaced_pod, namespace, resource_version=since,
-                                                timeout_seconds=30, **selector):
+                for event in self._watch.stream(
+                    core.list_namespaced_pod,
+                    namespace,
+                    resource_version=since,
+                    timeout_seconds=30,
+                    **selector,
+                ):
                     if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
                         self._versions.append(event["raw_object"])
                         since = event["raw_object"]["metadata"]["resourceVersion"]
@@ -257,23 +300,55 @@ def _running_status(pod: dict[str, Any], ready: bool) -> dict[str, Any]:
     flag = "True" if ready else "False"
     conditions = [{"type": t, "status": "True"} for t in ("PodScheduled", "Initialized")]
     conditions += [{"type": t, "status": flag} for t in ("ContainersReady", "Ready")]
-    containers = [{"name": c["name"], "image": c["image"], "imageID": "", "ready": ready, "restartCount": 0,
-                   "started": True, "state": {"running": {}}} for c in pod["spec"]["containers"]]
-    return {"phase": "Running", "conditions": conditions, "containerStatuses": containers,
-            "podIP": "127.0.0.1", "hostIP": "127.0.0.1"}
+    containers = [
+        {
+            "name": c["name"],
+            "image": c["image"],
+            "imageID": "",
+            "ready": ready,
+            "restartCount": 0,
+            "started": True,
+            "state": {"running": {}},
+        }
+        for c in pod["spec"]["containers"]
+    ]
+    return {
+        "phase": "Running",
+        "conditions": conditions,
+        "containerStatuses": containers,
+        "podIP": "127.0.0.1",
+        "hostIP": "127.0.0.1",
+    }
 
 
-def make_pod(service: str, name: str, namespace: str | None = None, node: str = "node-a",
-             annotations: dict[str, str] | None = None, ready: bool = True) -> dict[str, Any]:
+def make_pod(
+    service: str,
+    name: str,
+    namespace: str | None = None,
+    node: str = "node-a",
+    annotations: dict[str, str] | None = None,
+    ready: bool = True,
+) -> dict[str, Any]:
     """A running pod of `service` as its Deployment would make it (the labels the operator selects on)."""
     pod: dict[str, Any] = {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "annotations": dict(annotations or {}),
-                     "labels": {"app.kubernetes.io/name": "residency",
-                                "app.kubernetes.io/managed-by": "tts-operator",
-                                SERVICE_LABEL: service}},
-        "spec": {"nodeName": node, "containers": [{"name": "runtime", "image": "runtime:test"},
-                                                  {"name": "agent", "image": "agent:test"}]},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "annotations": dict(annotations or {}),
+            "labels": {
+                "app.kubernetes.io/name": "residency",
+                "app.kubernetes.io/managed-by": "tts-operator",
+                SERVICE_LABEL: service,
+            },
+        },
+        "spec": {
+            "nodeName": node,
+            "containers": [
+                {"name": "runtime", "image": "runtime:test"},
+                {"name": "agent", "image": "agent:test"},
+            ],
+        },
     }
     if namespace:
         pod["metadata"]["namespace"] = namespace
@@ -293,8 +368,9 @@ class OperatorProcess(Process):
     def wait_logged(self, text: str, count: int = 1, timeout: float = 30) -> None:
         """Wait until `count` lines of the output contain `text`: the operator says it is done with something
         (e.g. `child event DELETED services NS/voice:` or `Timer 'recheck_service' succeeded`)."""
-        wait_for(lambda: self.logged(text) >= count, timeout=timeout,
-                 what=f"{count}x {text!r} in the operator log")
+        wait_for(
+            lambda: self.logged(text) >= count, timeout=timeout, what=f"{count}x {text!r} in the operator log"
+        )
 
 
 @pytest.fixture()
@@ -314,13 +390,24 @@ def run_operator(kube_api: KubeAPI, tmp_path: Path) -> Iterator[Callable[..., Op
         name = f"operator-{len(started)}"
         kubeconfig = kube_api.cluster.identity(kube_api.namespace, name, tmp_path)
         port = free_port()
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig),
-               "RESIDENCY_RUNTIME_IMAGE": "ghcr.io/residency-dev/residency-runtime:test",
-               "RESIDENCY_AGENT_IMAGE": "ghcr.io/residency-dev/residency-operator:test",
-               "PYTHONUNBUFFERED": "1", **extra_env}
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "RESIDENCY_RUNTIME_IMAGE": "ghcr.io/residency-dev/residency-runtime:test",
+            "RESIDENCY_AGENT_IMAGE": "ghcr.io/residency-dev/residency-operator:test",
+            "PYTHONUNBUFFERED": "1",
+            **extra_env,
+        }
         scope = [arg for ns in (kube_api.namespace, *more_namespaces) for arg in ("-n", ns)]
-        args = [executable("tts-operator"), "run", "--standalone", *scope, "--verbose",
-                "--liveness", f"http://127.0.0.1:{port}/healthz"]
+        args = [
+            executable("tts-operator"),
+            "run",
+            "--standalone",
+            *scope,
+            "--verbose",
+            "--liveness",
+            f"http://127.0.0.1:{port}/healthz",
+        ]
         proc = OperatorProcess(args, env, tmp_path / f"{name}.log")
         proc.user = Cluster.username(kube_api.namespace, name)
         started.append(proc)

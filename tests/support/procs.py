@@ -57,8 +57,9 @@ class Process:
         self.log = log
         self._file = log.open("wb")
         # Its own session: stop() signals the whole group, so no grandchild outlives the test.
-        self.popen = subprocess.Popen(args, env=env, stdout=self._file, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+        self.popen = subprocess.Popen(
+            args, env=env, stdout=self._file, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
@@ -107,8 +108,13 @@ def runtime_env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
-def start_runtime(log: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None,
-                  timeout: float = RUNTIME_READY_S) -> RuntimeProcess:
+def start_runtime(
+    log: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    timeout: float = RUNTIME_READY_S,
+) -> RuntimeProcess:
     """`tts-runtime serve --port PORT *args`, once ready; stopped (its output shown) if it never gets there.
 
     `env` adds to `runtime_env()`; `port` reuses a port (a restart), else a free one is picked.

@@ -20,33 +20,84 @@ from tts_runtime.engine.models_file import ModelsFileError, parse_model_specs
 
 M = {"name": "m"}
 CASES: list[tuple[str, dict[str, Any]]] = [
-    *(("model.name", {"model": {"name": v}}) for v in
-      ["x-", "Hibari", "a.b_c-d", "-x", ".x", "a" * 63, "a" * 64, "bad name", "é", "hibari\n"]),
-    *(("model.factory", {"model": {"name": "m", "backend": "plugin", "factory": v}}) for v in
-      ["a..b:c", "pkg.mod:Cls.create", "m:f", "m:", ":f", "m.f", "m:f.", "1m:f", "é:f", "m:f\n", "m :f"]),
-    *(("model.backend", {"model": {"name": "m", **v}}) for v in
-      [{"backend": "torch"}, {"backend": "plugin"}, {"backend": "hibari", "factory": "m:f"},
-       {"backend": "torch", "factory": "m:f"}, {"backend": "onnx", "factory": "m:f"}, {}]),
+    *(
+        ("model.name", {"model": {"name": v}})
+        for v in ["x-", "Hibari", "a.b_c-d", "-x", ".x", "a" * 63, "a" * 64, "bad name", "é", "hibari\n"]
+    ),
+    *(
+        ("model.factory", {"model": {"name": "m", "backend": "plugin", "factory": v}})
+        for v in [
+            "a..b:c",
+            "pkg.mod:Cls.create",
+            "m:f",
+            "m:",
+            ":f",
+            "m.f",
+            "m:f.",
+            "1m:f",
+            "é:f",
+            "m:f\n",
+            "m :f",
+        ]
+    ),
+    *(
+        ("model.backend", {"model": {"name": "m", **v}})
+        for v in [
+            {"backend": "torch"},
+            {"backend": "plugin"},
+            {"backend": "hibari", "factory": "m:f"},
+            {"backend": "torch", "factory": "m:f"},
+            {"backend": "onnx", "factory": "m:f"},
+            {},
+        ]
+    ),
     *(("model.variant", {"model": {"name": "m", "variant": v}}) for v in ["awq", "a" * 63, "a" * 64]),
-    *(("model.source", {"model": {"name": "m", "source": v}}) for v in
-      [{}, {"uri": "hf://a/b"}, {"uri": ""}, {"pvc": {"claimName": "w"}}, {"pvc": {"claimName": ""}},
-       {"uri": "hf://a/b", "pvc": {"claimName": "w"}}]),
-    *(("residency", {"model": M, "residency": v}) for v in [
-        {"priority": 5000}, {"priority": 1000}, {"priority": -1000}, {"priority": -1001}, {"priority": 5.0},
-        {"priority": 5.5}, {"priority": "5"}, {"pinned": "true"}, {"offloadAfterUse": 1},
-        {"idleOffloadSeconds": -1}, {"idleOffloadSeconds": 0.5}, {"idleOffloadSeconds": 0},
-        {"idleOffloadSeconds": "10"}, {"idleReleaseSeconds": None}, {"colour": "red"},
-        {"offloadAfterUse": False, "idleOffloadSeconds": 600, "idleReleaseSeconds": 60},
-        {"offloadAfterUse": False, "idleOffloadSeconds": 600, "idleReleaseSeconds": 0},
-        {"offloadAfterUse": False, "idleOffloadSeconds": 60, "idleReleaseSeconds": 60},
-        {"offloadAfterUse": True, "idleOffloadSeconds": 600, "idleReleaseSeconds": 60},
-        {"offloadAfterUse": False, "idleReleaseSeconds": 60}]),
+    *(
+        ("model.source", {"model": {"name": "m", "source": v}})
+        for v in [
+            {},
+            {"uri": "hf://a/b"},
+            {"uri": ""},
+            {"pvc": {"claimName": "w"}},
+            {"pvc": {"claimName": ""}},
+            {"uri": "hf://a/b", "pvc": {"claimName": "w"}},
+        ]
+    ),
+    *(
+        ("residency", {"model": M, "residency": v})
+        for v in [
+            {"priority": 5000},
+            {"priority": 1000},
+            {"priority": -1000},
+            {"priority": -1001},
+            {"priority": 5.0},
+            {"priority": 5.5},
+            {"priority": "5"},
+            {"pinned": "true"},
+            {"offloadAfterUse": 1},
+            {"idleOffloadSeconds": -1},
+            {"idleOffloadSeconds": 0.5},
+            {"idleOffloadSeconds": 0},
+            {"idleOffloadSeconds": "10"},
+            {"idleReleaseSeconds": None},
+            {"colour": "red"},
+            {"offloadAfterUse": False, "idleOffloadSeconds": 600, "idleReleaseSeconds": 60},
+            {"offloadAfterUse": False, "idleOffloadSeconds": 600, "idleReleaseSeconds": 0},
+            {"offloadAfterUse": False, "idleOffloadSeconds": 60, "idleReleaseSeconds": 60},
+            {"offloadAfterUse": True, "idleOffloadSeconds": 600, "idleReleaseSeconds": 60},
+            {"offloadAfterUse": False, "idleReleaseSeconds": 60},
+        ]
+    ),
     *(("replicas", {"model": M, "replicas": v}) for v in [0, 100, 101, -1]),
     *(("port", {"model": M, "port": v}) for v in [1, 65535, 0, 65536]),
-    *(("gpu", {"model": M, "gpu": v}) for v in
-      [{"count": 16}, {"count": 17}, {"memoryBudgetBytes": -1}, {"resourceName": ""}]),
-    *(("env", {"model": M, "env": v}) for v in
-      [[{"name": "A", "value": "1"}], [{"name": "POD_NAME", "value": "x"}], [{"name": ""}]]),
+    *(
+        ("gpu", {"model": M, "gpu": v})
+        for v in [{"count": 16}, {"count": 17}, {"memoryBudgetBytes": -1}, {"resourceName": ""}]
+    ),
+    *(
+        ("env", {"model": M, "env": v})
+        for v in [[{"name": "A", "value": "1"}], [{"name": "POD_NAME", "value": "x"}], [{"name": ""}]]
+    ),
     ("imagePullPolicy", {"model": M, "imagePullPolicy": "Sometimes"}),
     ("unknown field", {"model": M, "bogus": 1}),
 ]
@@ -87,8 +138,9 @@ def runtime_accepts(spec: dict[str, Any]) -> bool:
     return True
 
 
-def test_crd_operator_and_runtime_accept_the_same_values(objects: client.CustomObjectsApi,
-                                                         namespace: str) -> None:
+def test_crd_operator_and_runtime_accept_the_same_values(
+    objects: client.CustomObjectsApi, namespace: str
+) -> None:
     """What the CRD accepts is judged as the operator and the runtime receive it: the object the server
     stores (it drops unknown fields and nulls, fills defaults, writes 5.0 as 5). What it refuses, the
     contract must refuse as written."""

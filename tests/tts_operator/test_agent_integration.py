@@ -36,8 +36,16 @@ class Runtime:
     def start(self) -> None:
         log = self._tmp / f"runtime-{self._starts}.log"
         self._starts += 1
-        self.proc = start_runtime(log, "--host", "127.0.0.1", "--admin-token-file", str(self.token_file),
-                                  "--log-level", "warning", port=self.port)
+        self.proc = start_runtime(
+            log,
+            "--host",
+            "127.0.0.1",
+            "--admin-token-file",
+            str(self.token_file),
+            "--log-level",
+            "warning",
+            port=self.port,
+        )
 
     def kill(self) -> None:
         """A crash: SIGKILL, no drain (the agent must notice and recover on its own)."""

@@ -10,8 +10,13 @@ from tts_operator.agent.loop import Agent, Timing
 from tts_operator.agent.pod_client import PodClient
 from tts_operator.agent.runtime_client import RuntimeClient
 
-POLICY = {"offloadAfterUse": False, "idleOffloadSeconds": 600, "idleReleaseSeconds": 3600, "pinned": False,
-          "priority": 0}
+POLICY = {
+    "offloadAfterUse": False,
+    "idleOffloadSeconds": 600,
+    "idleReleaseSeconds": 3600,
+    "pinned": False,
+    "priority": 0,
+}
 
 
 class Runtime:
@@ -25,11 +30,29 @@ class Runtime:
 
     def report(self) -> dict[str, Any]:
         vram = 2**30 if self.state == "gpu" else 0
-        return {"models": [{"name": "hibari", "variant": "base", "state": self.state, "vramBytes": vram,
-                            "hostBytes": 2**30, "leases": 0, "idleSeconds": 3.0, "error": None,
-                            "lastUsed": "2026-01-01T00:00:00Z", "policy": POLICY}],
-                "gpu": {"uuid": "GPU-1", "index": 0, "totalBytes": 80 * 2**30, "freeBytes": 2**30,
-                        "processBytes": 0}}
+        return {
+            "models": [
+                {
+                    "name": "hibari",
+                    "variant": "base",
+                    "state": self.state,
+                    "vramBytes": vram,
+                    "hostBytes": 2**30,
+                    "leases": 0,
+                    "idleSeconds": 3.0,
+                    "error": None,
+                    "lastUsed": "2026-01-01T00:00:00Z",
+                    "policy": POLICY,
+                }
+            ],
+            "gpu": {
+                "uuid": "GPU-1",
+                "index": 0,
+                "totalBytes": 80 * 2**30,
+                "freeBytes": 2**30,
+                "processBytes": 0,
+            },
+        }
 
     def verb(self, model: str, verb: str) -> dict[str, Any]:
         self.verbs.append((model, verb))
@@ -62,8 +85,12 @@ class Pod:
 
 def agent_for(runtime: Runtime, pod: Pod) -> Agent:
     clock = iter(float(t) for t in range(1000, 10**6))
-    agent = Agent(cast(RuntimeClient, runtime), cast(PodClient, pod), Timing(min_publish_interval=0.0),
-                  clock=lambda: next(clock))
+    agent = Agent(
+        cast(RuntimeClient, runtime),
+        cast(PodClient, pod),
+        Timing(min_publish_interval=0.0),
+        clock=lambda: next(clock),
+    )
     agent._set_pod(pod.body())  # what the pod-watch thread does on every event
     return agent
 

@@ -25,10 +25,18 @@ def _containers(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
 
 
-@pytest.mark.parametrize("spec", [{}, {"gpu": {"count": 0}, "env": [{"name": "X", "value": "1"}]},
-                                  {"model": {"name": "s", "source": {"pvc": {"claimName": "w"}}},
-                                   "tolerations": [{"key": "g", "operator": "Exists"}],
-                                   "nodeSelector": {"gpu": "yes"}}])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {},
+        {"gpu": {"count": 0}, "env": [{"name": "X", "value": "1"}]},
+        {
+            "model": {"name": "s", "source": {"pvc": {"claimName": "w"}}},
+            "tolerations": [{"key": "g", "operator": "Exists"}],
+            "nodeSelector": {"gpu": "yes"},
+        },
+    ],
+)
 def test_every_child_is_valid_for_the_api_server(spec: dict[str, Any]) -> None:
     for child in build_children(_owner(**spec), IMAGES):
         kubernetes_validate.validate(child, "1.30.0", strict=True)
@@ -75,8 +83,10 @@ def test_policy_edit_does_not_change_the_pod_template() -> None:
 
 def test_differs_compares_only_what_we_set() -> None:
     desired = {"spec": {"replicas": 2, "ports": [{"port": 80}]}, "metadata": {"labels": {"a": "1"}}}
-    observed = {"spec": {"replicas": 2, "ports": [{"port": 80, "protocol": "TCP"}], "extra": 1},
-                "metadata": {"labels": {"a": "1", "b": "2"}, "uid": "x"}}
+    observed = {
+        "spec": {"replicas": 2, "ports": [{"port": 80, "protocol": "TCP"}], "extra": 1},
+        "metadata": {"labels": {"a": "1", "b": "2"}, "uid": "x"},
+    }
     assert not differs(desired, observed)
     assert differs(desired, {**observed, "spec": {**observed["spec"], "replicas": 3}})
     assert differs(desired, {**observed, "spec": {**observed["spec"], "ports": []}})
@@ -89,6 +99,9 @@ def test_differs_compares_only_what_we_set() -> None:
 
 
 def test_stale_policy_pods_skips_current_and_terminating() -> None:
-    pods = [PodInfo("ns", "a", "s", policy="p1"), PodInfo("ns", "b", "s", policy=None),
-            PodInfo("ns", "c", "s", policy="old", terminating=True)]
+    pods = [
+        PodInfo("ns", "a", "s", policy="p1"),
+        PodInfo("ns", "b", "s", policy=None),
+        PodInfo("ns", "c", "s", policy="old", terminating=True),
+    ]
     assert [p.name for p in stale_policy_pods(pods, "p1")] == ["b"]

@@ -45,30 +45,46 @@ BOUNDS = [
     ({"model": {"name": "x"}, "replicas": 101}, "spec.replicas in body should be less than or equal to 100"),
     ({"model": {"name": "x", "backend": "onnx"}}, 'spec.model.backend: Unsupported value: "onnx"'),
     ({"model": {"name": "x" * 64}}, "spec.model.name: Too long"),
-    ({"model": {"name": "x"}, "residency": {"priority": 5000}},
-     "spec.residency.priority in body should be less than or equal to 1000"),
-    ({"model": {"name": "x"}, "residency": {"priority": -1001}},
-     "spec.residency.priority in body should be greater than or equal to -1000"),
-    ({"model": {"name": "x"}, "residency": {"idleOffloadSeconds": -1}},
-     "spec.residency.idleOffloadSeconds in body should be greater than or equal to 0"),
+    (
+        {"model": {"name": "x"}, "residency": {"priority": 5000}},
+        "spec.residency.priority in body should be less than or equal to 1000",
+    ),
+    (
+        {"model": {"name": "x"}, "residency": {"priority": -1001}},
+        "spec.residency.priority in body should be greater than or equal to -1000",
+    ),
+    (
+        {"model": {"name": "x"}, "residency": {"idleOffloadSeconds": -1}},
+        "spec.residency.idleOffloadSeconds in body should be greater than or equal to 0",
+    ),
     ({"model": {"name": "x"}, "port": 0}, "spec.port in body should be greater than or equal to 1"),
     ({"model": {"name": "x"}, "port": 65536}, "spec.port in body should be less than or equal to 65535"),
-    ({"model": {"name": "x"}, "gpu": {"count": -1}},
-     "spec.gpu.count in body should be greater than or equal to 0"),
-    ({"model": {"name": "x"}, "gpu": {"memoryBudgetBytes": -1}},
-     "spec.gpu.memoryBudgetBytes in body should be greater than or equal to 0"),
-    ({"model": {"name": "x"}, "imagePullPolicy": "Sometimes"}, 'spec.imagePullPolicy: Unsupported value'),
+    (
+        {"model": {"name": "x"}, "gpu": {"count": -1}},
+        "spec.gpu.count in body should be greater than or equal to 0",
+    ),
+    (
+        {"model": {"name": "x"}, "gpu": {"memoryBudgetBytes": -1}},
+        "spec.gpu.memoryBudgetBytes in body should be greater than or equal to 0",
+    ),
+    ({"model": {"name": "x"}, "imagePullPolicy": "Sometimes"}, "spec.imagePullPolicy: Unsupported value"),
     ({"model": {"name": "x"}, "image": ""}, "spec.image in body should be at least 1 chars long"),
 ]
 
 
 @pytest.mark.parametrize(("spec", "said"), BOUNDS, ids=[b[1][:50] for b in BOUNDS])
-def test_the_server_refuses_each_bound(spec: dict[str, Any], said: str, kube_cluster: Cluster,
-                                       namespace: str) -> None:
-    doc = {"apiVersion": "tts.residency.dev/v1alpha1", "kind": "TTSService", "metadata": {"name": "x"},
-           "spec": spec}
-    done = kube_cluster.kubectl("create", "-n", namespace, "--dry-run=server", "-f", "-",
-                                input=yaml.safe_dump(doc), check=False)
+def test_the_server_refuses_each_bound(
+    spec: dict[str, Any], said: str, kube_cluster: Cluster, namespace: str
+) -> None:
+    doc = {
+        "apiVersion": "tts.residency.dev/v1alpha1",
+        "kind": "TTSService",
+        "metadata": {"name": "x"},
+        "spec": spec,
+    }
+    done = kube_cluster.kubectl(
+        "create", "-n", namespace, "--dry-run=server", "-f", "-", input=yaml.safe_dump(doc), check=False
+    )
     assert done.returncode != 0 and said in done.stderr, done.stderr
 
 

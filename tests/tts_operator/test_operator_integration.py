@@ -16,31 +16,58 @@ from tts_operator.builders import labels
 pytestmark = pytest.mark.slow
 
 SERVICE = {
-    "apiVersion": "tts.residency.dev/v1alpha1", "kind": "TTSService",
+    "apiVersion": "tts.residency.dev/v1alpha1",
+    "kind": "TTSService",
     "metadata": {"name": "voice"},
-    "spec": {"model": {"name": "hibari"}, "replicas": 2, "port": 8080,
-             "residency": {"offloadAfterUse": True, "idleOffloadSeconds": 600, "idleReleaseSeconds": 3600,
-                           "pinned": False, "priority": 0}},
+    "spec": {
+        "model": {"name": "hibari"},
+        "replicas": 2,
+        "port": 8080,
+        "residency": {
+            "offloadAfterUse": True,
+            "idleOffloadSeconds": 600,
+            "idleReleaseSeconds": 3600,
+            "pinned": False,
+            "priority": 0,
+        },
+    },
 }
 RESIDENCY = "tts.residency.dev/residency"
 FAST = {"RESIDENCY_STATUS_SECONDS": "0.5", "RESIDENCY_RECHECK_SECONDS": "2"}
 
 
 def _report(state: str, vram: int) -> str:
-    return json.dumps({"models": [{"name": "hibari", "state": state, "vramBytes": vram, "leases": 0,
-                                   "lastUsed": "2026-01-01T00:00:00Z"}],
-                       "gpu": None, "updated": "2026-01-01T00:00:01Z"})
+    return json.dumps(
+        {
+            "models": [
+                {
+                    "name": "hibari",
+                    "state": state,
+                    "vramBytes": vram,
+                    "leases": 0,
+                    "lastUsed": "2026-01-01T00:00:00Z",
+                }
+            ],
+            "gpu": None,
+            "updated": "2026-01-01T00:00:01Z",
+        }
+    )
 
 
 def test_apply_creates_children_with_status_and_policy(
-        kube_api: KubeAPI, run_operator: Callable[..., OperatorProcess]) -> None:
+    kube_api: KubeAPI, run_operator: Callable[..., OperatorProcess]
+) -> None:
     run_operator(**FAST)
     ns = kube_api.namespace
     kube_api.create("ttsservices", SERVICE)
     deployment = kube_api.wait_for(lambda: kube_api.get("deployments", ns, "voice"), what="deployment")
     owner_uid = kube_api.get("ttsservices", ns, "voice")["metadata"]["uid"]  # type: ignore[index]
-    for plural, name in [("services", "voice"), ("serviceaccounts", "voice-agent"), ("roles", "voice-agent"),
-                         ("rolebindings", "voice-agent")]:
+    for plural, name in [
+        ("services", "voice"),
+        ("serviceaccounts", "voice-agent"),
+        ("roles", "voice-agent"),
+        ("rolebindings", "voice-agent"),
+    ]:
         child = kube_api.wait_for(lambda p=plural, n=name: kube_api.get(p, ns, n), what=name)
         assert child["metadata"]["ownerReferences"][0]["uid"] == owner_uid
     assert [c["name"] for c in deployment["spec"]["template"]["spec"]["containers"]] == ["runtime", "agent"]
@@ -71,8 +98,10 @@ def test_apply_creates_children_with_status_and_policy(
     template = kube_api.get("deployments", ns, "voice")["spec"]["template"]  # type: ignore[index]
     edit = {"spec": {"residency": {"priority": 7, "pinned": True}}}
     kube_api.patch("ttsservices", ns, "voice", edit)
-    kube_api.wait_for(lambda: all(p and p["priority"] == 7 and p["pinned"] for p in policies()),
-                      what="edited policy on every pod")
+    kube_api.wait_for(
+        lambda: all(p and p["priority"] == 7 and p["pinned"] for p in policies()),
+        what="edited policy on every pod",
+    )
     assert kube_api.get("deployments", ns, "voice")["spec"]["template"] == template  # type: ignore[index]
 
     # A deleted child comes back; a hand-edited one is put back.
@@ -81,7 +110,8 @@ def test_apply_creates_children_with_status_and_policy(
     kube_api.patch("deployments", ns, "voice", {"spec": {"replicas": 5}})
     kube_api.wait_for(
         lambda: kube_api.get("deployments", ns, "voice")["spec"]["replicas"] == 2,  # type: ignore[index]
-        what="replicas put back")
+        what="replicas put back",
+    )
 
 
 def test_bad_spec_is_refused_by_the_server_with_every_reason(kube_api: KubeAPI) -> None:
@@ -89,8 +119,9 @@ def test_bad_spec_is_refused_by_the_server_with_every_reason(kube_api: KubeAPI) 
     bad = json.loads(json.dumps(SERVICE))
     bad["spec"]["model"] = {"name": "hibari", "backend": "plugin"}
     bad["spec"]["replicas"] = -1
-    status, body = kube_api.cluster.request("POST", f"/apis/tts.residency.dev/v1alpha1/namespaces/"
-                                            f"{kube_api.namespace}/ttsservices", bad)
+    status, body = kube_api.cluster.request(
+        "POST", f"/apis/tts.residency.dev/v1alpha1/namespaces/{kube_api.namespace}/ttsservices", bad
+    )
     assert status == 422, body
     message = body["message"]
     assert "spec.replicas" in message, message
@@ -98,16 +129,25 @@ def test_bad_spec_is_refused_by_the_server_with_every_reason(kube_api: KubeAPI) 
     assert kube_api.get("ttsservices", None, "voice") is None
 
 
-CHILDREN = [("deployments", "voice"), ("services", "voice"), ("serviceaccounts", "voice-agent"),
-            ("roles", "voice-agent"), ("rolebindings", "voice-agent")]
+CHILDREN = [
+    ("deployments", "voice"),
+    ("services", "voice"),
+    ("serviceaccounts", "voice-agent"),
+    ("roles", "voice-agent"),
+    ("rolebindings", "voice-agent"),
+]
 
 
 def _child_posts(writes: list[dict[str, Any]], codes: range = range(600)) -> Counter[tuple[str, str, str]]:
     """(namespace, plural, name) of each create the audit log saw answered with one of `codes` (every
     attempt by default), events aside."""
-    refs = [w["objectRef"] for w in writes
-            if w["verb"] == "create" and w["objectRef"]["resource"] != "events"
-            and w["responseStatus"]["code"] in codes]
+    refs = [
+        w["objectRef"]
+        for w in writes
+        if w["verb"] == "create"
+        and w["objectRef"]["resource"] != "events"
+        and w["responseStatus"]["code"] in codes
+    ]
     return Counter((r.get("namespace", ""), r["resource"], r.get("name", "")) for r in refs)
 
 
@@ -131,8 +171,9 @@ def _settled(operator: OperatorProcess, namespaces: list[str], types: tuple[str,
                 operator.wait_logged(f"child event {event} {plural} {ns}/{name}:")
 
 
-def test_each_child_is_posted_exactly_once(kube_api: KubeAPI,
-                                           run_operator: Callable[..., OperatorProcess]) -> None:
+def test_each_child_is_posted_exactly_once(
+    kube_api: KubeAPI, run_operator: Callable[..., OperatorProcess]
+) -> None:
     """The create handler makes the children; the child watch sees them appear and must not race it."""
     operator = run_operator(**FAST)
     ns = kube_api.namespace
@@ -147,8 +188,9 @@ def test_each_child_is_posted_exactly_once(kube_api: KubeAPI,
     assert _child_posts(kube_api.writes(operator.user, mark)) == {(ns, p, n): 1 for p, n in CHILDREN}
 
 
-def _three_services_applied(kube_api: KubeAPI, run_operator: Callable[..., OperatorProcess]
-                            ) -> tuple[OperatorProcess, list[str], int]:
+def _three_services_applied(
+    kube_api: KubeAPI, run_operator: Callable[..., OperatorProcess]
+) -> tuple[OperatorProcess, list[str], int]:
     """Three TTSServices with all their children, settled; writes after the mark are re-creations."""
     namespaces = kube_api.more_namespaces(3)
     operator = run_operator(*namespaces, **FAST)
@@ -161,7 +203,8 @@ def _three_services_applied(kube_api: KubeAPI, run_operator: Callable[..., Opera
 
 
 def test_children_of_a_deleted_service_stay_deleted(
-        kube_api: KubeAPI, run_operator: Callable[..., OperatorProcess]) -> None:
+    kube_api: KubeAPI, run_operator: Callable[..., OperatorProcess]
+) -> None:
     """The garbage collector deletes the children; their DELETED events can come before the TTSService
     leaves the operator's index, and must not bring back children owned by a deleted TTSService."""
     operator, namespaces, mark = _three_services_applied(kube_api, run_operator)
@@ -175,7 +218,8 @@ def test_children_of_a_deleted_service_stay_deleted(
 
 
 def test_a_service_deleted_and_applied_again_gets_its_children_once(
-        kube_api: KubeAPI, run_operator: Callable[..., OperatorProcess]) -> None:
+    kube_api: KubeAPI, run_operator: Callable[..., OperatorProcess]
+) -> None:
     """Delete and re-apply at once: the old children's DELETED events arrive while the new TTSService is
     being created. Each new child is created once, owned by the new TTSService."""
     operator, namespaces, mark = _three_services_applied(kube_api, run_operator)
@@ -200,13 +244,17 @@ def test_a_service_deleted_and_applied_again_gets_its_children_once(
     assert _child_posts(writes, CREATED) == {(ns, p, n): 1 for ns in namespaces for p, n in CHILDREN}
     conflicts = _child_posts(writes, range(409, 410))
     assert _child_posts(writes) == _child_posts(writes, CREATED) + conflicts, "a create failed otherwise"
-    owners = {(ns, p): kube_api.get(p, ns, n)["metadata"]["ownerReferences"][0]["uid"]  # type: ignore[index]
-              for ns in namespaces for p, n in CHILDREN}
+    owners = {
+        (ns, p): kube_api.get(p, ns, n)["metadata"]["ownerReferences"][0]["uid"]  # type: ignore[index]
+        for ns in namespaces
+        for p, n in CHILDREN
+    }
     assert owners == {(ns, p): uids[ns] for ns in namespaces for p, _ in CHILDREN}
 
 
 def test_a_child_of_a_deleted_namesake_is_waited_for_not_given_up_on(
-        kube_api: KubeAPI, run_operator: Callable[..., OperatorProcess]) -> None:
+    kube_api: KubeAPI, run_operator: Callable[..., OperatorProcess]
+) -> None:
     """On a cluster the garbage collector removes a deleted TTSService's children a moment later, so a
     TTSService applied again at once can find one. The operator waits for it to go, then creates its own."""
     # The level check (30 s) is not what must put it right.
@@ -214,11 +262,24 @@ def test_a_child_of_a_deleted_namesake_is_waited_for_not_given_up_on(
     ns = kube_api.namespace
     # A Service of a TTSService that is gone, being deleted (the garbage collector's doing) but held by a
     # finalizer, so that the operator surely meets it.
-    gone = {"apiVersion": "tts.residency.dev/v1alpha1", "kind": "TTSService", "name": "voice",
-            "uid": str(uuid.uuid4()), "controller": True}
-    stale = {"apiVersion": "v1", "kind": "Service", "spec": {"ports": [{"port": 8080}]},
-             "metadata": {"name": "voice", "labels": labels("voice"), "ownerReferences": [gone],
-                          "finalizers": ["residency.dev/test-hold"]}}
+    gone = {
+        "apiVersion": "tts.residency.dev/v1alpha1",
+        "kind": "TTSService",
+        "name": "voice",
+        "uid": str(uuid.uuid4()),
+        "controller": True,
+    }
+    stale = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "spec": {"ports": [{"port": 8080}]},
+        "metadata": {
+            "name": "voice",
+            "labels": labels("voice"),
+            "ownerReferences": [gone],
+            "finalizers": ["residency.dev/test-hold"],
+        },
+    }
     kube_api.create("services", stale)
     kube_api.delete("services", ns, "voice")
     uid = kube_api.create("ttsservices", SERVICE)["metadata"]["uid"]
@@ -227,7 +288,10 @@ def test_a_child_of_a_deleted_namesake_is_waited_for_not_given_up_on(
     kube_api.patch("services", ns, "voice", {"metadata": {"finalizers": None}})  # the deletion completes
     for plural, name in CHILDREN:
         child = kube_api.wait_for(
-            lambda p=plural, n=name: (c := kube_api.get(p, ns, n))
-            and c["metadata"]["ownerReferences"][0]["uid"] == uid and c,
-            timeout=20, what=f"{plural}/{name} of the new TTSService")
+            lambda p=plural, n=name: (
+                (c := kube_api.get(p, ns, n)) and c["metadata"]["ownerReferences"][0]["uid"] == uid and c
+            ),
+            timeout=20,
+            what=f"{plural}/{name} of the new TTSService",
+        )
         assert not child["metadata"].get("deletionTimestamp")

@@ -33,8 +33,9 @@ class RecordingApi:
         self.objects[key] = copy.deepcopy(manifest)
         return manifest
 
-    async def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any],
-                    sub: str | None = None) -> dict[str, Any]:
+    async def patch(
+        self, kind: str, namespace: str, name: str, patch: dict[str, Any], sub: str | None = None
+    ) -> dict[str, Any]:
         self.calls.append(("PATCH", kind))
         return {}
 
@@ -47,8 +48,11 @@ def owner(replicas: int = 1) -> Owner:
 def known(children: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for child in children:
-        watched = {**child, "status": {"big": "x" * 100},
-                   "metadata": {**child["metadata"], "resourceVersion": "7", "managedFields": [{}]}}
+        watched = {
+            **child,
+            "status": {"big": "x" * 100},
+            "metadata": {**child["metadata"], "resourceVersion": "7", "managedFields": [{}]},
+        }
         out.setdefault(child["kind"], []).append(observed_part(watched))
     return out
 
@@ -89,7 +93,14 @@ def test_without_an_index_every_child_is_read() -> None:
 
 
 def test_observed_part_drops_status_and_managed_fields_only() -> None:
-    body = {"kind": "Service", "spec": {"ports": [1]}, "status": {"x": 1},
-            "metadata": {"name": "a", "labels": {"l": "v"}, "managedFields": [{}], "resourceVersion": "3"}}
-    assert observed_part(body) == {"kind": "Service", "spec": {"ports": [1]},
-                                   "metadata": {"name": "a", "labels": {"l": "v"}, "resourceVersion": "3"}}
+    body = {
+        "kind": "Service",
+        "spec": {"ports": [1]},
+        "status": {"x": 1},
+        "metadata": {"name": "a", "labels": {"l": "v"}, "managedFields": [{}], "resourceVersion": "3"},
+    }
+    assert observed_part(body) == {
+        "kind": "Service",
+        "spec": {"ports": [1]},
+        "metadata": {"name": "a", "labels": {"l": "v"}, "resourceVersion": "3"},
+    }

@@ -86,8 +86,9 @@ class FakeApi:
         self.patches: list[dict[str, Any]] = []
         self.missing = missing
 
-    async def patch(self, kind: str, namespace: str, name: str, body: dict[str, Any],
-                    sub: str | None = None) -> dict[str, Any]:
+    async def patch(
+        self, kind: str, namespace: str, name: str, body: dict[str, Any], sub: str | None = None
+    ) -> dict[str, Any]:
         assert (kind, namespace, name, sub) == ("TTSService", "default", "voice", "status")
         if self.missing:
             raise KubeApiError(404, "not found")
@@ -97,19 +98,29 @@ class FakeApi:
 
 def pod(state: str) -> PodInfo:
     report = ann.ResidencyValue.model_validate(
-        {"models": [{"name": "hibari", "state": state, "vramBytes": 5 if state == "gpu" else 0}]})
+        {"models": [{"name": "hibari", "state": state, "vramBytes": 5 if state == "gpu" else 0}]}
+    )
     return PodInfo(namespace="default", name="voice-0", service="voice", ready=True, residency=report)
 
 
 class World:
     def __init__(self) -> None:
-        self.entry: dict[str, Any] = {"uid": "u", "spec": {"model": {"name": "hibari"}, "replicas": 1},
-                                      "status": {}, "generation": 1, "version": "10", "deleting": False}
+        self.entry: dict[str, Any] = {
+            "uid": "u",
+            "spec": {"model": {"name": "hibari"}, "replicas": 1},
+            "status": {},
+            "generation": 1,
+            "version": "10",
+            "deleting": False,
+        }
         self.pods = [pod("gpu")]
 
     def writer(self, api: FakeApi) -> StatusWriter:
-        return StatusWriter(cast(Api, api), lambda key: [self.entry] if key == KEY else [],
-                            lambda key: list(self.pods) if key == KEY else [])
+        return StatusWriter(
+            cast(Api, api),
+            lambda key: [self.entry] if key == KEY else [],
+            lambda key: list(self.pods) if key == KEY else [],
+        )
 
 
 def test_a_change_is_written_once_even_while_the_index_still_shows_the_old_status() -> None:
@@ -123,7 +134,8 @@ def test_a_change_is_written_once_even_while_the_index_still_shows_the_old_statu
     assert run(writer.write(KEY)) is True
     assert api.patches[1]["status"]["pods"] == {"gpu": 0, "cpu": 1, "unloaded": 0, "failed": 0}
     assert json.dumps(api.patches[1]["status"]["conditions"]) == json.dumps(
-        api.patches[0]["status"]["conditions"])  # nothing transitioned: the times stay
+        api.patches[0]["status"]["conditions"]
+    )  # nothing transitioned: the times stay
     # The watch catches up: what it shows is the truth again, and it equals what we wrote.
     world.entry = {**world.entry, "status": api.patches[1]["status"], "version": "102"}
     assert run(writer.write(KEY)) is False
@@ -162,8 +174,9 @@ def test_an_invalid_spec_is_reported_in_the_conditions() -> None:
 
 def test_other_api_errors_propagate_to_the_debouncer() -> None:
     class Broken(FakeApi):
-        async def patch(self, kind: str, namespace: str, name: str, body: dict[str, Any],
-                        sub: str | None = None) -> dict[str, Any]:
+        async def patch(
+            self, kind: str, namespace: str, name: str, body: dict[str, Any], sub: str | None = None
+        ) -> dict[str, Any]:
             raise KubeApiError(500, "internal")
 
     with pytest.raises(KubeApiError):

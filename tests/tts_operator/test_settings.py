@@ -28,12 +28,17 @@ def test_the_environment_is_read_and_flags_win(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("RESIDENCY_RUNTIME_IMAGE", "reg/runtime:1")
     got = parse(OperatorSettings, "--status-seconds", "0.25", "-n", "a", "-n", "b", "-v")
     assert isinstance(got, OperatorSettings)
-    assert (got.status_seconds, got.runtime_image, got.namespace, got.verbose) == (0.25, "reg/runtime:1",
-                                                                                ["a", "b"], True)
+    assert (got.status_seconds, got.runtime_image, got.namespace, got.verbose) == (
+        0.25,
+        "reg/runtime:1",
+        ["a", "b"],
+        True,
+    )
 
 
-def test_a_wrong_value_exits_naming_its_flag(capsys: pytest.CaptureFixture[str],
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_wrong_value_exits_naming_its_flag(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("RESIDENCY_RECHECK_SECONDS", "0")
     with pytest.raises(SystemExit) as done:
         parse(OperatorSettings)

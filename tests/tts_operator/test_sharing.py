@@ -14,22 +14,38 @@ from tts_operator.status import PodInfo
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def _pod(name: str, service: str, models: list[dict[str, Any]], gpu: str | None = "GPU-1",
-         node: str = "n1", **extra: Any) -> PodInfo:
+def _pod(
+    name: str,
+    service: str,
+    models: list[dict[str, Any]],
+    gpu: str | None = "GPU-1",
+    node: str = "n1",
+    **extra: Any,
+) -> PodInfo:
     report = {"models": models, "gpu": {"uuid": gpu} if gpu else None, "updated": "2026-01-01T00:00:00Z"}
     residency = ann.parse(ann.ResidencyValue, json.dumps(report))
     return PodInfo("ns", name, service, node=node, residency=residency, **extra)
 
 
-def _model(state: str, vram: int = 0, demand: int = 0, priority: int = 0, pinned: bool = False,
-           leases: int = 0) -> dict[str, Any]:
-    return {"name": "m", "state": state, "vramBytes": vram, "gpuDemandBytes": demand, "leases": leases,
-            "policy": {"priority": priority, "pinned": pinned}}
+def _model(
+    state: str, vram: int = 0, demand: int = 0, priority: int = 0, pinned: bool = False, leases: int = 0
+) -> dict[str, Any]:
+    return {
+        "name": "m",
+        "state": state,
+        "vramBytes": vram,
+        "gpuDemandBytes": demand,
+        "leases": leases,
+        "policy": {"priority": priority, "pinned": pinned},
+    }
 
 
 def test_share_annotation_lists_peers_on_the_same_gpu_only() -> None:
-    pods = [_pod("a", "s1", [_model("gpu", 100)]), _pod("b", "s2", [_model("cpu")]),
-            _pod("c", "s3", [_model("gpu", 5)], gpu="GPU-2")]
+    pods = [
+        _pod("a", "s1", [_model("gpu", 100)]),
+        _pod("b", "s2", [_model("cpu")]),
+        _pod("c", "s3", [_model("gpu", 5)], gpu="GPU-2"),
+    ]
     changes = plan_gpu_sharing(pods, {"ns/s1": 1000}, NOW)
     share = ann.parse(ann.GpuShareValue, changes["ns/a"][ann.GPU_SHARE])
     assert share is not None and share.group == "n1/GPU-1" and share.budget_bytes == 1000
@@ -44,16 +60,19 @@ def test_unchanged_share_is_not_rewritten_and_cpu_pods_lose_it() -> None:
     raw = plan_gpu_sharing(pods, {}, NOW)["ns/a"][ann.GPU_SHARE]
     assert plan_gpu_sharing([_pod("a", "s1", [_model("gpu", 100)], gpu_share=raw)], {}, NOW) == {}
     assert plan_gpu_sharing([_pod("a", "s1", [], gpu=None, gpu_share=raw)], {}, NOW) == {
-        "ns/a": {ann.GPU_SHARE: None}}
+        "ns/a": {ann.GPU_SHARE: None}
+    }
 
 
 def test_demand_asks_idle_lower_priority_peer_to_offload() -> None:
-    pods = [_pod("hi", "s1", [_model("unloaded", demand=100, priority=5)]),
-            _pod("busy", "s2", [_model("gpu", 500, leases=1)]),
-            _pod("pinned", "s3", [_model("gpu", 500, pinned=True)]),
-            _pod("higher", "s4", [_model("gpu", 500, priority=9)]),
-            _pod("idle", "s5", [_model("gpu", 300, priority=1)]),
-            _pod("idle2", "s6", [_model("gpu", 300, priority=2)])]
+    pods = [
+        _pod("hi", "s1", [_model("unloaded", demand=100, priority=5)]),
+        _pod("busy", "s2", [_model("gpu", 500, leases=1)]),
+        _pod("pinned", "s3", [_model("gpu", 500, pinned=True)]),
+        _pod("higher", "s4", [_model("gpu", 500, priority=9)]),
+        _pod("idle", "s5", [_model("gpu", 300, priority=1)]),
+        _pod("idle2", "s6", [_model("gpu", 300, priority=2)]),
+    ]
     changes = plan_gpu_sharing(pods, {}, NOW)
     asked = {k for k, v in changes.items() if ann.OFFLOAD_REQUEST in v}
     assert asked == {"ns/idle"}  # lowest priority first; one is enough for 100 bytes
@@ -66,8 +85,10 @@ def test_demand_asks_idle_lower_priority_peer_to_offload() -> None:
 
 
 def test_pending_request_is_not_duplicated() -> None:
-    pods = [_pod("hi", "s1", [_model("unloaded", demand=100)]),
-            _pod("idle", "s2", [_model("gpu", 300)], offload_request='{"id":"x"}')]
+    pods = [
+        _pod("hi", "s1", [_model("unloaded", demand=100)]),
+        _pod("idle", "s2", [_model("gpu", 300)], offload_request='{"id":"x"}'),
+    ]
     assert all(ann.OFFLOAD_REQUEST not in c for c in plan_gpu_sharing(pods, {}, NOW).values())
 
 
@@ -78,9 +99,12 @@ def _peers(changes: dict[str, dict[str, str | None]], key: str) -> list[str]:
 
 
 def test_a_pass_plans_only_the_groups_its_events_touched() -> None:
-    pods = [_pod("a", "s1", [_model("gpu", 1)]), _pod("b", "s2", [_model("gpu", 2)]),
-            _pod("c", "s3", [_model("gpu", 3)], gpu="GPU-2"),
-            _pod("d", "s4", [_model("gpu", 4)], gpu="GPU-2")]
+    pods = [
+        _pod("a", "s1", [_model("gpu", 1)]),
+        _pod("b", "s2", [_model("gpu", 2)]),
+        _pod("c", "s3", [_model("gpu", 3)], gpu="GPU-2"),
+        _pod("d", "s4", [_model("gpu", 4)], gpu="GPU-2"),
+    ]
     # Every pod lacks its share annotation: planning the whole cluster would write all four.
     assert set(plan_gpu_sharing(pods, {}, NOW)) == {"ns/a", "ns/b", "ns/c", "ns/d"}
     touched = Touched()

@@ -30,25 +30,52 @@ _ticks = itertools.count(1)
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def _service(name: str, priority: int, pinned: bool = False, budget: int | None = None,
-             replicas: int = 1) -> dict[str, Any]:
+def _service(
+    name: str, priority: int, pinned: bool = False, budget: int | None = None, replicas: int = 1
+) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "model": {"name": "hibari"}, "replicas": replicas,
-        "residency": {"offloadAfterUse": False, "idleOffloadSeconds": 600, "idleReleaseSeconds": 3600,
-                      "pinned": pinned, "priority": priority}}
+        "model": {"name": "hibari"},
+        "replicas": replicas,
+        "residency": {
+            "offloadAfterUse": False,
+            "idleOffloadSeconds": 600,
+            "idleReleaseSeconds": 3600,
+            "pinned": pinned,
+            "priority": priority,
+        },
+    }
     if budget is not None:
         spec["gpu"] = {"memoryBudgetBytes": budget}
-    return {"apiVersion": "tts.residency.dev/v1alpha1", "kind": "TTSService",
-            "metadata": {"name": name}, "spec": spec}
+    return {
+        "apiVersion": "tts.residency.dev/v1alpha1",
+        "kind": "TTSService",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
 
 
-def _model(state: str, vram: int = 0, *, priority: int, pinned: bool = False, leases: int = 0,
-           demand: int = 0) -> dict[str, Any]:
+def _model(
+    state: str, vram: int = 0, *, priority: int, pinned: bool = False, leases: int = 0, demand: int = 0
+) -> dict[str, Any]:
     """One model as the runtime reports it, with the policy the agent applied from the service."""
-    return {"name": "hibari", "variant": "base", "state": state, "vramBytes": vram, "hostBytes": vram,
-            "leases": leases, "gpuDemandBytes": demand, "error": None, "lastUsed": "2026-01-01T00:00:00Z",
-            "policy": {"offloadAfterUse": False, "idleOffloadSeconds": 600, "idleReleaseSeconds": 3600,
-                       "pinned": pinned, "priority": priority}}
+    return {
+        "name": "hibari",
+        "variant": "base",
+        "state": state,
+        "vramBytes": vram,
+        "hostBytes": vram,
+        "leases": leases,
+        "gpuDemandBytes": demand,
+        "error": None,
+        "lastUsed": "2026-01-01T00:00:00Z",
+        "policy": {
+            "offloadAfterUse": False,
+            "idleOffloadSeconds": 600,
+            "idleReleaseSeconds": 3600,
+            "pinned": pinned,
+            "priority": priority,
+        },
+    }
 
 
 def _report(model: dict[str, Any], gpu: str | None, free: int = 0) -> str:
@@ -86,8 +113,9 @@ class Sharing:
             self.kube.create("ttsservices", service)
         for service in services:
             name = service["metadata"]["name"]
-            self.kube.wait_for(lambda n=name: self.kube.get("deployments", None, n),
-                               what=f"deployment {name}")
+            self.kube.wait_for(
+                lambda n=name: self.kube.get("deployments", None, n), what=f"deployment {name}"
+            )
 
     def start_pod(self, service: str, alias: str, report: str, node: str = NODE) -> None:
         """The next pod of the service's ReplicaSet runs on `node`; its agent publishes `report`."""
@@ -156,7 +184,7 @@ class Sharing:
                 if not seen:
                     return False
                 last_seen = max(last_seen, seen[-1])
-            return any("sharing passes done" in line for line in lines[last_seen + 1:])
+            return any("sharing passes done" in line for line in lines[last_seen + 1 :])
 
         self.kube.wait_for(done, timeout=30, what="the operator done with every pod's current version")
 
@@ -207,8 +235,12 @@ def cluster(kube_api: KubeAPI, run_operator: Callable[..., OperatorProcess]) -> 
 
 
 def test_demand_asks_only_the_idle_lower_priority_peer_once(cluster: Sharing) -> None:
-    cluster.create_services(_service("hi", 5, budget=6 * GiB), _service("lo", 0, replicas=3),
-                            _service("keep", 0, pinned=True), _service("top", 9))
+    cluster.create_services(
+        _service("hi", 5, budget=6 * GiB),
+        _service("lo", 0, replicas=3),
+        _service("keep", 0, pinned=True),
+        _service("top", 9),
+    )
     cluster.start_pod("hi", "hi-0", _report(_model("unloaded", priority=5), GPU_A, free=GiB))
     cluster.start_pod("lo", "lo-idle", _report(_model("gpu", 2 * GiB, priority=0), GPU_A))
     cluster.start_pod("lo", "lo-busy", _report(_model("gpu", 3 * GiB, priority=0, leases=1), GPU_A))
@@ -230,7 +262,11 @@ def test_demand_asks_only_the_idle_lower_priority_peer_once(cluster: Sharing) ->
     assert share["group"] == f"{NODE}/{GPU_A}" and share["node"] == NODE and share["gpu"] == GPU_A
     assert share["budgetBytes"] == 6 * GiB
     assert {cluster.alias(p["pod"]): (p["service"], p["priority"]) for p in share["peers"]} == {
-        "lo-idle": ("lo", 0), "lo-busy": ("lo", 0), "keep-0": ("keep", 0), "top-0": ("top", 9)}
+        "lo-idle": ("lo", 0),
+        "lo-busy": ("lo", 0),
+        "keep-0": ("keep", 0),
+        "top-0": ("top", 9),
+    }
     other = cluster.share("lo-other-gpu")
     assert other is not None and other["group"] == f"{NODE}/{GPU_B}" and other["budgetBytes"] is None
     assert cluster.requests() == {}  # nobody demands anything yet
@@ -288,8 +324,9 @@ def test_one_idle_peer_enough_is_the_only_one_asked(cluster: Sharing) -> None:
     requests = cluster.kube.wait_for(cluster.requests, what="an offload request")
     assert set(requests) == {"lo-0"}
     # Further passes (every pod event is one) see lo-0's pending request and do not ask mid-0 as well.
-    cluster.publish("hi-0", _report(_model("loading", 64 * 2**20, priority=5, demand=3 * GiB // 2), GPU_A,
-                                    free=GiB // 2))
+    cluster.publish(
+        "hi-0", _report(_model("loading", 64 * 2**20, priority=5, demand=3 * GiB // 2), GPU_A, free=GiB // 2)
+    )
     cluster.wait_peers("mid-0", {"lo-0": 2 * GiB, "hi-0": 64 * 2**20}, "mid-0 sees hi-0")
     assert set(cluster.requests()) == {"lo-0"}
 
@@ -300,8 +337,10 @@ def test_one_idle_peer_enough_is_the_only_one_asked(cluster: Sharing) -> None:
     assert cluster.requests() == {}
     # The demander sees the freed memory; its demand still shows (it lingers after a refusal) but free memory
     # covers it. Then lo-0 reports cpu. mid-0 keeps its model throughout.
-    cluster.publish("hi-0", _report(_model("loading", 128 * 2**20, priority=5, demand=3 * GiB // 2), GPU_A,
-                                    free=5 * GiB // 2))
+    cluster.publish(
+        "hi-0",
+        _report(_model("loading", 128 * 2**20, priority=5, demand=3 * GiB // 2), GPU_A, free=5 * GiB // 2),
+    )
     cluster.wait_peers("mid-0", {"lo-0": 2 * GiB, "hi-0": 128 * 2**20}, "mid-0 sees hi-0")
     cluster.publish("lo-0", _report(_model("cpu", priority=0), GPU_A, free=5 * GiB // 2))
     cluster.wait_peers("mid-0", {"lo-0": 0, "hi-0": 128 * 2**20}, "mid-0 sees lo-0 on cpu")

@@ -65,8 +65,9 @@ def test_default_is_todays_exclusive_gpu() -> None:
 
 
 def test_time_slicing_asks_for_the_shared_resource_and_budgets_the_share() -> None:
-    owner = _owner({"resourceName": "nvidia.com/gpu.shared",
-                    "sharing": {"mode": "timeSlicing", "memory": "6Gi"}})
+    owner = _owner(
+        {"resourceName": "nvidia.com/gpu.shared", "sharing": {"mode": "timeSlicing", "memory": "6Gi"}}
+    )
     assert _runtime(owner)["resources"]["limits"] == {"nvidia.com/gpu.shared": "1"}
     assert _budget_env(owner) == str(6 << 30)
 
@@ -74,7 +75,10 @@ def test_time_slicing_asks_for_the_shared_resource_and_budgets_the_share() -> No
 def test_hami_limits_memory_in_mib_and_cores() -> None:
     owner = _owner({"sharing": {"mode": "hami", "memory": "4Gi", "cores": 30}})
     assert _runtime(owner)["resources"]["limits"] == {
-        "nvidia.com/gpu": "1", "nvidia.com/gpumem": "4096", "nvidia.com/gpucores": "30"}
+        "nvidia.com/gpu": "1",
+        "nvidia.com/gpumem": "4096",
+        "nvidia.com/gpucores": "30",
+    }
     assert _budget_env(owner) == str(4 << 30)
 
 
@@ -90,13 +94,36 @@ def test_dra_renders_an_owned_claim_template_and_the_pod_claim() -> None:
     assert template["metadata"]["name"] == "voice-gpu"
     assert template["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     devices = template["spec"]["spec"]["devices"]
-    assert devices["requests"] == [{"name": "gpu", "exactly": {
-        "deviceClassName": "gpu.nvidia.com", "allocationMode": "ExactCount", "count": 1,
-        "capacity": {"requests": {"memory": "8Gi"}}}}]
-    assert devices["config"] == [{"requests": ["gpu"], "opaque": {"driver": "gpu.nvidia.com", "parameters": {
-        "apiVersion": "resource.nvidia.com/v1beta1", "kind": "GpuConfig",
-        "sharing": {"strategy": "MPS", "mpsConfig": {"defaultActiveThreadPercentage": 50,
-                                                     "defaultPinnedDeviceMemoryLimit": "8Gi"}}}}}]
+    assert devices["requests"] == [
+        {
+            "name": "gpu",
+            "exactly": {
+                "deviceClassName": "gpu.nvidia.com",
+                "allocationMode": "ExactCount",
+                "count": 1,
+                "capacity": {"requests": {"memory": "8Gi"}},
+            },
+        }
+    ]
+    assert devices["config"] == [
+        {
+            "requests": ["gpu"],
+            "opaque": {
+                "driver": "gpu.nvidia.com",
+                "parameters": {
+                    "apiVersion": "resource.nvidia.com/v1beta1",
+                    "kind": "GpuConfig",
+                    "sharing": {
+                        "strategy": "MPS",
+                        "mpsConfig": {
+                            "defaultActiveThreadPercentage": 50,
+                            "defaultPinnedDeviceMemoryLimit": "8Gi",
+                        },
+                    },
+                },
+            },
+        }
+    ]
     pod = _pod(owner)
     assert pod["spec"]["resourceClaims"] == [{"name": "gpu", "resourceClaimTemplateName": "voice-gpu"}]
     assert _runtime(owner)["resources"] == {"claims": [{"name": "gpu"}]}
@@ -107,7 +134,9 @@ def test_dra_renders_an_owned_claim_template_and_the_pod_claim() -> None:
     assert pod["metadata"]["annotations"][CLAIM_SPEC] != _pod(other)["metadata"]["annotations"][CLAIM_SPEC]
     config = build_resource_claim_template(other)["spec"]["spec"]["devices"]["config"][0]
     assert config["opaque"]["parameters"]["sharing"] == {
-        "strategy": "TimeSlicing", "timeSlicingConfig": {"interval": "Default"}}
+        "strategy": "TimeSlicing",
+        "timeSlicingConfig": {"interval": "Default"},
+    }
 
 
 def test_dra_with_a_shared_claim_makes_no_template() -> None:
@@ -119,24 +148,34 @@ def test_dra_with_a_shared_claim_makes_no_template() -> None:
 def test_prefer_idle_gates_new_pods_and_asks_hami_to_binpack() -> None:
     pod = _pod(_owner({"sharing": {"mode": "hami", "memory": "4Gi", "placement": "preferIdle"}}))
     assert pod["spec"]["schedulingGates"] == [{"name": "tts.residency.dev/placement"}]
-    assert pod["metadata"]["annotations"] == {"hami.io/node-scheduler-policy": "binpack",
-                                              "hami.io/gpu-scheduler-policy": "binpack"}
+    assert pod["metadata"]["annotations"] == {
+        "hami.io/node-scheduler-policy": "binpack",
+        "hami.io/gpu-scheduler-policy": "binpack",
+    }
     assert "schedulingGates" not in _pod(_owner({"sharing": {"mode": "hami", "memory": "4Gi"}}))["spec"]
 
 
-@pytest.mark.parametrize(("gpu", "message"), [
-    ({"sharing": {"mode": "hami"}}, "gpu.sharing.memory is required for mode hami"),
-    ({"sharing": {"mode": "timeSlicing"}}, "time-slicing isolates no memory"),
-    ({"count": 0, "sharing": {"mode": "dra"}}, "needs gpu.count of at least 1"),
-    ({"sharing": {"cores": 10}}, "gpu.sharing.cores applies to mode hami"),
-    ({"sharing": {"mode": "hami", "memory": "4Gi", "dra": {}}}, "gpu.sharing.dra applies to mode dra only"),
-    ({"sharing": {"mode": "dra", "dra": {"strategy": "MPS", "interval": "Long"}}}, "interval applies to"),
-    ({"sharing": {"mode": "dra", "dra": {"resourceClaimName": "x", "strategy": "MPS"}}},
-     "remove gpu.sharing.dra"),
-    ({"sharing": {"mode": "hami", "memory": "4 GB"}}, "must be a quantity such as 8Gi"),
-    ({"sharing": {"mode": "hami", "memory": "100Ki"}}, "at least 1Mi"),
-    ({"sharing": {"mode": "mig"}}, "spec.gpu.sharing.mode"),
-])
+@pytest.mark.parametrize(
+    ("gpu", "message"),
+    [
+        ({"sharing": {"mode": "hami"}}, "gpu.sharing.memory is required for mode hami"),
+        ({"sharing": {"mode": "timeSlicing"}}, "time-slicing isolates no memory"),
+        ({"count": 0, "sharing": {"mode": "dra"}}, "needs gpu.count of at least 1"),
+        ({"sharing": {"cores": 10}}, "gpu.sharing.cores applies to mode hami"),
+        (
+            {"sharing": {"mode": "hami", "memory": "4Gi", "dra": {}}},
+            "gpu.sharing.dra applies to mode dra only",
+        ),
+        ({"sharing": {"mode": "dra", "dra": {"strategy": "MPS", "interval": "Long"}}}, "interval applies to"),
+        (
+            {"sharing": {"mode": "dra", "dra": {"resourceClaimName": "x", "strategy": "MPS"}}},
+            "remove gpu.sharing.dra",
+        ),
+        ({"sharing": {"mode": "hami", "memory": "4 GB"}}, "must be a quantity such as 8Gi"),
+        ({"sharing": {"mode": "hami", "memory": "100Ki"}}, "at least 1Mi"),
+        ({"sharing": {"mode": "mig"}}, "spec.gpu.sharing.mode"),
+    ],
+)
 def test_bad_sharing_is_refused_with_what_to_fix(gpu: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidSpecError, match=message):
         parse_spec({"model": {"name": "hibari"}, "gpu": gpu})
@@ -178,20 +217,44 @@ def test_hami_annotation_parses_devices_and_share() -> None:
 
 
 def test_claim_allocation_reads_devices_and_node() -> None:
-    claim = {"status": {"allocation": {
-        "devices": {"results": [{"request": "gpu", "driver": "gpu.nvidia.com", "pool": "node-a",
-                                 "device": "gpu-0", "consumedCapacity": {"memory": "8Gi"}}]},
-        "nodeSelector": {"nodeSelectorTerms": [{"matchFields": [
-            {"key": "metadata.name", "operator": "In", "values": ["node-a"]}]}]}}}}
+    claim = {
+        "status": {
+            "allocation": {
+                "devices": {
+                    "results": [
+                        {
+                            "request": "gpu",
+                            "driver": "gpu.nvidia.com",
+                            "pool": "node-a",
+                            "device": "gpu-0",
+                            "consumedCapacity": {"memory": "8Gi"},
+                        }
+                    ]
+                },
+                "nodeSelector": {
+                    "nodeSelectorTerms": [
+                        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["node-a"]}]}
+                    ]
+                },
+            }
+        }
+    }
     assert claim_allocation(claim) == ClaimAllocation(
-        (Device("gpu.nvidia.com/node-a/gpu-0", 8 << 30),), "node-a")
+        (Device("gpu.nvidia.com/node-a/gpu-0", 8 << 30),), "node-a"
+    )
     assert claim_allocation({"status": {}}) == ClaimAllocation()
 
 
 def test_pod_claims_from_status_and_spec() -> None:
-    body = {"spec": {"resourceClaims": [{"name": "gpu", "resourceClaimTemplateName": "t"},
-                                        {"name": "x", "resourceClaimName": "shared"}]},
-            "status": {"resourceClaimStatuses": [{"name": "gpu", "resourceClaimName": "pod-gpu-abcde"}]}}
+    body = {
+        "spec": {
+            "resourceClaims": [
+                {"name": "gpu", "resourceClaimTemplateName": "t"},
+                {"name": "x", "resourceClaimName": "shared"},
+            ]
+        },
+        "status": {"resourceClaimStatuses": [{"name": "gpu", "resourceClaimName": "pod-gpu-abcde"}]},
+    }
     assert pod_claims(body) == ("pod-gpu-abcde", "shared")
 
 
@@ -209,8 +272,9 @@ def test_placement_prefers_the_scheduler_and_falls_back_to_the_report() -> None:
 
 
 def test_pods_placed_by_hami_share_before_any_report() -> None:
-    pods = [PodInfo("ns", n, s, node="node-a", hami=hami_devices(HAMI))
-            for n, s in (("a", "s1"), ("b", "s2"))]
+    pods = [
+        PodInfo("ns", n, s, node="node-a", hami=hami_devices(HAMI)) for n, s in (("a", "s1"), ("b", "s2"))
+    ]
     changes = plan_gpu_sharing(pods, {"ns/s1": 8 << 30, "ns/s2": None}, NOW)
     share = ann.parse(ann.GpuShareValue, changes["ns/a"][ann.GPU_SHARE])
     assert share is not None and share.source == "hami"
@@ -220,14 +284,18 @@ def test_pods_placed_by_hami_share_before_any_report() -> None:
 
 
 def test_preferred_nodes_rank_idle_freeable_memory() -> None:
-    pods = [PodInfo("ns", "a", "s", node="n1", residency=_report([_idle(300)], gpu="G1")),
-            PodInfo("ns", "b", "s", node="n2", residency=_report([_idle(900)], gpu="G2")),
-            PodInfo("ns", "c", "s", node="n2", residency=_report([_idle(100, priority=9)], gpu="G2")),
-            PodInfo("ns", "d", "s", node="n3", residency=_report([], gpu="G3"))]
+    pods = [
+        PodInfo("ns", "a", "s", node="n1", residency=_report([_idle(300)], gpu="G1")),
+        PodInfo("ns", "b", "s", node="n2", residency=_report([_idle(900)], gpu="G2")),
+        PodInfo("ns", "c", "s", node="n2", residency=_report([_idle(100, priority=9)], gpu="G2")),
+        PodInfo("ns", "d", "s", node="n3", residency=_report([], gpu="G3")),
+    ]
     assert preferred_nodes(pods, priority=5) == [("n2", 900), ("n1", 300)]
     assert preferred_nodes(pods, priority=9) == [("n2", 1000), ("n1", 300)]
     affinity = node_affinity(preferred_nodes(pods, priority=5))
     terms = affinity["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]  # type: ignore[index]
     assert [(t["weight"], t["preference"]["matchFields"][0]["values"]) for t in terms] == [
-        (100, ["n2"]), (33, ["n1"])]
+        (100, ["n2"]),
+        (33, ["n1"]),
+    ]
     assert node_affinity([]) == {}

@@ -17,8 +17,14 @@ class Clock:
 
 
 def pod(version: str, share: str | None = None, request: str | None = None, name: str = "a") -> ObservedPod:
-    return ObservedPod(namespace="ns", name=name, service="voice", gpu_share=share, offload_request=request,
-                       resource_version=version)
+    return ObservedPod(
+        namespace="ns",
+        name=name,
+        service="voice",
+        gpu_share=share,
+        offload_request=request,
+        resource_version=version,
+    )
 
 
 def test_values_the_pod_shows_are_not_written() -> None:

@@ -159,8 +159,17 @@ def test_bad_environment_value_names_the_variable(
         (["serve", "--model", "x=not-a-factory"], "factory"),
         (["serve", "--models-file", "/nonexistent/models.yaml"], "/nonexistent/models.yaml"),
         (["serve", "--idle-offload-seconds", "inf"], "finite"),
-        (["serve", "--no-offload-after-use", "--idle-offload-seconds", "600", "--idle-release-seconds", "60"],
-         "idleReleaseSeconds must be 0"),
+        (
+            [
+                "serve",
+                "--no-offload-after-use",
+                "--idle-offload-seconds",
+                "600",
+                "--idle-release-seconds",
+                "60",
+            ],
+            "idleReleaseSeconds must be 0",
+        ),
     ],
 )
 def test_bad_model_sources_fail_with_a_message(argv: list[str], needle: str) -> None:

@@ -16,8 +16,9 @@ MB = 1 << 20
 KEEP = {"offloadAfterUse": False}
 
 
-def _engine(make_engine: Callable[..., Engine], specs: list[Any], total: int, share: int | None,
-            clock: Any) -> tuple[Engine, FakeGpu]:
+def _engine(
+    make_engine: Callable[..., Engine], specs: list[Any], total: int, share: int | None, clock: Any
+) -> tuple[Engine, FakeGpu]:
     """An engine on a pretend GPU whose used memory is what its models hold plus `used_by_others`."""
     gpu = FakeGpu(total)
     e = make_engine(specs, device="cuda:0", gpu=gpu, clock=clock, gpu_budget_bytes=share)
@@ -40,9 +41,11 @@ def _states(e: Engine) -> dict[str, State]:
 
 def test_a_load_beyond_the_share_offloads_own_idle_models_first(make_engine, tiny_spec, clock) -> None:
     """A whole free GPU, but a 2.5 MB share: the third 1 MB model fits only once an idle one is offloaded."""
-    specs = [tiny_spec("a", options={"size_bytes": MB}, policy=KEEP),
-             tiny_spec("b", options={"size_bytes": MB}, policy={**KEEP, "priority": 5}),
-             tiny_spec("c", options={"size_bytes": MB}, estimated_bytes=MB, policy=KEEP)]
+    specs = [
+        tiny_spec("a", options={"size_bytes": MB}, policy=KEEP),
+        tiny_spec("b", options={"size_bytes": MB}, policy={**KEEP, "priority": 5}),
+        tiny_spec("c", options={"size_bytes": MB}, estimated_bytes=MB, policy=KEEP),
+    ]
     e, gpu = _engine(make_engine, specs, 1 << 40, int(2.5 * MB), clock)
     _use(e, "a")
     clock.advance(1)
@@ -59,8 +62,10 @@ def test_a_load_beyond_the_share_offloads_own_idle_models_first(make_engine, tin
 def test_a_share_that_nothing_can_free_refuses_before_loading(make_engine, tiny_spec, clock) -> None:
     """Pinned models fill the share: the load is refused (503) before any weights move, and no demand is
     published, since a peer pod offloading would not enlarge this pod's share."""
-    specs = [tiny_spec("pinned", options={"size_bytes": 2 * MB}, policy={"pinned": True}),
-             tiny_spec("new", options={"size_bytes": MB}, estimated_bytes=MB)]
+    specs = [
+        tiny_spec("pinned", options={"size_bytes": 2 * MB}, policy={"pinned": True}),
+        tiny_spec("new", options={"size_bytes": MB}, estimated_bytes=MB),
+    ]
     e, gpu = _engine(make_engine, specs, 1 << 40, int(2.5 * MB), clock)
     e.load("pinned")
     with pytest.raises(InsufficientGpuMemoryError) as err:
@@ -74,9 +79,11 @@ def test_a_share_that_nothing_can_free_refuses_before_loading(make_engine, tiny_
 def test_within_the_share_but_the_gpu_is_full_asks_the_operator(make_engine, tiny_spec, clock) -> None:
     """Peers on a time-sliced GPU use more than theirs: own idle models go first; when that is not enough the
     model's demand is reported (the operator then asks an idle peer pod to offload) and the load waits."""
-    specs = [tiny_spec("idle", options={"size_bytes": MB}, policy=KEEP),
-             tiny_spec("busy", options={"size_bytes": MB}, policy={"pinned": True}),
-             tiny_spec("new", options={"size_bytes": MB}, estimated_bytes=MB, policy=KEEP)]
+    specs = [
+        tiny_spec("idle", options={"size_bytes": MB}, policy=KEEP),
+        tiny_spec("busy", options={"size_bytes": MB}, policy={"pinned": True}),
+        tiny_spec("new", options={"size_bytes": MB}, estimated_bytes=MB, policy=KEEP),
+    ]
     e, gpu = _engine(make_engine, specs, 4 * MB, 3 * MB, clock)
     _use(e, "idle")
     e.load("busy")

@@ -41,8 +41,9 @@ def workers(e: Engine) -> list[int]:
 @pytest.mark.slow
 def test_a_worker_ignores_sigterm_and_sigint_sent_to_the_group(make_engine, tiny_spec, tmp_path) -> None:
     gate = tmp_path / "gate"
-    spec = tiny_spec(execution="worker", factory=f"{FAULTS}:gated_factory", options={"gate": str(gate)},
-                     policy=KEEP)
+    spec = tiny_spec(
+        execution="worker", factory=f"{FAULTS}:gated_factory", options={"gate": str(gate)}, policy=KEEP
+    )
     e = make_engine([spec])
     e.load("tiny")
     [pid] = workers(e)
@@ -89,8 +90,9 @@ DIES = textwrap.dedent(
 
 @pytest.mark.slow
 def test_workers_die_with_a_sigkilled_engine() -> None:
-    proc = subprocess.Popen([sys.executable, "-c", DIES], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DIES], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None
         pids = [int(p) for p in proc.stdout.readline().split()]
@@ -105,8 +107,9 @@ def test_workers_die_with_a_sigkilled_engine() -> None:
 
 def test_a_worker_whose_engine_died_before_it_armed_the_signal_exits() -> None:
     code = "from tts_runtime.engine.lifecycle import become_worker\nbecome_worker(1)\nprint('alive')"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
     assert out.returncode == 0 and "alive" not in out.stdout
 
 
@@ -176,8 +179,9 @@ def test_exit_worker_with_a_small_dev_shm_falls_back_to_keep_worker_with_a_warni
     if probe.returncode != 0:
         pytest.skip("unprivileged mount namespaces are not allowed here")
     script = f"mount -t tmpfs -o size=2m tmpfs /dev/shm && exec {sys.executable} -c '{SMALL_SHM}'"
-    out = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True,
-                         timeout=240, check=False)
+    out = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=240, check=False
+    )
     assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stdout[-3000:] + out.stderr[-3000:]
     assert out.stdout.count("WARNING") == 1 and "keep-worker" in out.stdout  # said once, clearly
 
@@ -226,8 +230,11 @@ def test_a_tts_request_timeout_default_a_user_would_choose(tiny_spec) -> None:
 def test_a_load_failure_gives_clients_a_message_and_the_log_the_traceback(
     make_engine, tiny_spec, caplog
 ) -> None:
-    spec = tiny_spec(execution="worker", factory=f"{FAULTS}:failing_factory",
-                     options={"message": "weights file is corrupt"})
+    spec = tiny_spec(
+        execution="worker",
+        factory=f"{FAULTS}:failing_factory",
+        options={"message": "weights file is corrupt"},
+    )
     e = make_engine([spec])
     with caplog.at_level(logging.ERROR), pytest.raises(Exception) as err:
         e.acquire("tiny")
@@ -243,8 +250,9 @@ def test_a_load_failure_gives_clients_a_message_and_the_log_the_traceback(
 @pytest.mark.slow
 @pytest.mark.parametrize("cpu_mode", ["keep-worker", "exit-worker"])
 def test_restore_gives_a_plugin_its_own_tensors_and_parameters(make_engine, tiny_spec, cpu_mode) -> None:
-    spec = tiny_spec(execution="worker", cpu_mode=cpu_mode, factory=f"{FAULTS}:own_tensors_factory",
-                     policy=KEEP)
+    spec = tiny_spec(
+        execution="worker", cpu_mode=cpu_mode, factory=f"{FAULTS}:own_tensors_factory", policy=KEEP
+    )
     e = make_engine([spec])
     with e.lease("tiny") as lease:
         before = lease.synthesize("graph").samples
@@ -295,8 +303,9 @@ def test_an_idle_release_comes_on_time_after_an_admin_load(make_engine, tiny_spe
 
 def test_pinning_during_an_automatic_offload_wins(make_engine, tiny_spec, tmp_path) -> None:
     gate, entered = tmp_path / "gate", tmp_path / "entered"
-    spec = tiny_spec(factory=f"{FAULTS}:slow_offload_factory",
-                     options={"gate": str(gate), "entered": str(entered)})
+    spec = tiny_spec(
+        factory=f"{FAULTS}:slow_offload_factory", options={"gate": str(gate), "entered": str(entered)}
+    )
     e = make_engine([spec])
     e.start()
     with e.lease("tiny") as lease:
@@ -304,8 +313,10 @@ def test_pinning_during_an_automatic_offload_wins(make_engine, tiny_spec, tmp_pa
     wait_for(entered.exists, what="the automatic offload to start")
     e.set_policy("tiny", PolicyPatch.model_validate({"pinned": True}))
     gate.touch()
-    wait_for(lambda: e.model_report("tiny").state == State.GPU and not e._slot("tiny").busy,
-             what="the pinned model back on the GPU")
+    wait_for(
+        lambda: e.model_report("tiny").state == State.GPU and not e._slot("tiny").busy,
+        what="the pinned model back on the GPU",
+    )
 
 
 def test_a_release_of_an_unloaded_model_is_no_transition(make_engine, tiny_spec, events) -> None:

@@ -30,8 +30,13 @@ def gated(gate: Path, count: Path | None = None) -> dict[str, Any]:
     options: dict[str, Any] = {"gate": str(gate)}
     if count is not None:
         options["count_path"] = str(count)
-    return {"name": "slow", "backend": "torch", "factory": f"{FAULTS}:gated_factory", "execution": "inline",
-            "options": options}
+    return {
+        "name": "slow",
+        "backend": "torch",
+        "factory": f"{FAULTS}:gated_factory",
+        "execution": "inline",
+        "options": options,
+    }
 
 
 def settings(*models: dict[str, Any], **kw: Any) -> Settings:
@@ -79,8 +84,11 @@ def test_a_speech_backlog_does_not_starve_control_health_metrics_or_other_models
             with httpx.Client(base_url=url, timeout=10) as client:
                 assert client.get("/readyz").status_code == 200
                 assert client.get("/metrics").status_code == 200
-                put = client.put("/v1/models/slow/policy", json={"idleOffloadSeconds": 30},
-                                 headers={"Authorization": "Bearer t"})
+                put = client.put(
+                    "/v1/models/slow/policy",
+                    json={"idleOffloadSeconds": 30},
+                    headers={"Authorization": "Bearer t"},
+                )
                 assert put.status_code == 200, put.text
                 assert client.post("/v1/audio/speech", json=speech("fast")).status_code == 200
             assert runtime.admission.depth == backlog  # all of it answered while the backlog waited
@@ -135,8 +143,9 @@ def test_an_oversized_body_is_refused_with_413_before_it_is_read(served: tuple[F
         for _ in range(4):
             yield b" " * (MAX_BODY_BYTES // 2)
 
-    r = httpx.post(f"{url}/v1/audio/speech", content=chunks(), headers={"Content-Type": "application/json"},
-                   timeout=30)
+    r = httpx.post(
+        f"{url}/v1/audio/speech", content=chunks(), headers={"Content-Type": "application/json"}, timeout=30
+    )
     assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
     assert httpx.post(f"{url}/v1/audio/speech", json=speech("tiny"), timeout=30).status_code == 200
 
@@ -193,8 +202,12 @@ def test_readiness_turns_503_while_a_worker_is_stopped() -> None:
     import os
     import signal
 
-    spec = {"name": "tiny", "backend": "torch", "factory": "tts_runtime.testing.tiny:factory",
-            "policy": {"offloadAfterUse": False}}
+    spec = {
+        "name": "tiny",
+        "backend": "torch",
+        "factory": "tts_runtime.testing.tiny:factory",
+        "policy": {"offloadAfterUse": False},
+    }
     with TestClient(create_app(settings(spec))) as client:
         assert client.post("/v1/models/tiny/load").status_code == 200
         assert client.get("/readyz").status_code == 200

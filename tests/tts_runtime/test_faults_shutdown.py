@@ -80,8 +80,12 @@ def test_sigterm_while_a_model_loads_ends_every_worker_within_the_drain(tmp_path
 
 def test_one_drain_budget_the_request_cut_short_gets_503(tmp_path: Path) -> None:
     drain = 6.0
-    model = {"name": "tiny", "backend": "torch", "factory": "tts_runtime.testing.tiny:factory",
-             "options": {"delay_seconds": 60.0}}
+    model = {
+        "name": "tiny",
+        "backend": "torch",
+        "factory": "tts_runtime.testing.tiny:factory",
+        "options": {"delay_seconds": 60.0},
+    }
     proc = runtime_with(tmp_path, model, drain)
     try:
         url = proc.url
@@ -109,8 +113,12 @@ def test_one_drain_budget_the_request_cut_short_gets_503(tmp_path: Path) -> None
 
 
 def test_sigterm_to_the_process_group_still_drains_the_request(tmp_path: Path) -> None:
-    model = {"name": "tiny", "backend": "torch", "factory": "tts_runtime.testing.tiny:factory",
-             "options": {"delay_seconds": 2.0}}
+    model = {
+        "name": "tiny",
+        "backend": "torch",
+        "factory": "tts_runtime.testing.tiny:factory",
+        "options": {"delay_seconds": 2.0},
+    }
     proc = runtime_with(tmp_path, model, 20.0)
     try:
         url = proc.url

@@ -24,7 +24,12 @@ def test_gpu_check_runs_its_cpu_fallback_end_to_end(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHON": sys.executable}
     done = subprocess.run(
         ["bash", str(REPO / "bench" / "gpu_check.sh"), str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=880, check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=880,
+        check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((out / "check.json").read_text())

@@ -19,8 +19,13 @@ TINY = "tts_runtime.testing.tiny:factory"
 
 def spec(cpu_mode: str, **kw: object) -> ModelSpec:
     return ModelSpec(
-        name="tiny", backend="torch", factory=TINY, options={"size_bytes": SIZE}, cpu_mode=cpu_mode,
-        policy={"offloadAfterUse": False}, **kw,
+        name="tiny",
+        backend="torch",
+        factory=TINY,
+        options={"size_bytes": SIZE},
+        cpu_mode=cpu_mode,
+        policy={"offloadAfterUse": False},
+        **kw,
     )
 
 

@@ -108,8 +108,15 @@ async def test_tool_errors_say_what_is_wrong(url: str) -> None:
         # The contract's rules, as on every other write path.
         too_high = await client.call_tool("set_policy", {"model": "tiny", "priority": 5000})
         assert too_high.is_error and "priority" in too_high.content[0].text
-        early = await client.call_tool("set_policy", {"model": "tiny", "offload_after_use": False,
-                                                      "idle_offload_seconds": 600, "idle_release_seconds": 5})
+        early = await client.call_tool(
+            "set_policy",
+            {
+                "model": "tiny",
+                "offload_after_use": False,
+                "idle_offload_seconds": 600,
+                "idle_release_seconds": 5,
+            },
+        )
         assert early.is_error and "idleReleaseSeconds must be 0" in early.content[0].text
 
 

@@ -250,16 +250,26 @@ async def test_policy_is_patched_partially_in_camel_case() -> None:
         )
 
 
-@pytest.mark.parametrize("body", [
-    '{"idleReleaseSeconds": null}', '{"idleOffloadSeconds": 1e999}', '{"idleOffloadSeconds": Infinity}',
-    '{"idleReleaseSeconds": NaN}', '{"priority": 5000}', '{"pinned": "yes"}', '{"priority": 2.5}',
-    '{"offloadAfterUse": false, "idleReleaseSeconds": 5}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"idleReleaseSeconds": null}',
+        '{"idleOffloadSeconds": 1e999}',
+        '{"idleOffloadSeconds": Infinity}',
+        '{"idleReleaseSeconds": NaN}',
+        '{"priority": 5000}',
+        '{"pinned": "yes"}',
+        '{"priority": 2.5}',
+        '{"offloadAfterUse": false, "idleReleaseSeconds": 5}',
+    ],
+)
 async def test_a_policy_the_contract_refuses_is_a_400_and_changes_nothing(body: str) -> None:
     """Every write path validates with the contract's rules: nothing a monitor pass cannot plan is stored."""
     async with running(tiny_settings()) as (_, client):
         before = (await client.get("/v1/models/tiny/policy")).json()
-        response = await client.put("/v1/models/tiny/policy", content=body,
-                                    headers={"content-type": "application/json"})
+        response = await client.put(
+            "/v1/models/tiny/policy", content=body, headers={"content-type": "application/json"}
+        )
         assert_error(response, 400)
         assert (await client.get("/v1/models/tiny/policy")).json() == before
         # The idle monitor still works: a use is followed by the offload-after-use, and status answers.

@@ -279,11 +279,13 @@ def test_hibari_exit_worker_standby_prepares_the_g2p_and_on_a_cpu_restores_ahead
 
 
 def test_engine_start_prespawns_the_worker_and_the_first_load_adopts_it(make_engine, tiny_spec) -> None:
-    e = make_engine([
-        tiny_spec(execution="worker", policy=KEEP),
-        tiny_spec("cold", execution="worker", standby_worker=False, policy=KEEP),
-        tiny_spec("unused", execution="worker", policy=KEEP),
-    ])
+    e = make_engine(
+        [
+            tiny_spec(execution="worker", policy=KEEP),
+            tiny_spec("cold", execution="worker", standby_worker=False, policy=KEEP),
+            tiny_spec("unused", execution="worker", policy=KEEP),
+        ]
+    )
     e.start()
     warm = e._verbs._prespawned["tiny"]
     status = warm.standby_status(timeout=120)

@@ -15,6 +15,7 @@ from tts_operator.settings import AgentSettings, from_args
 
 log = logging.getLogger("tts_operator.agent")
 
+
 def run_agent(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """The agent with the settings read once from the environment and the flags; or the message naming
     the missing extra when installed without [operator]."""

@@ -23,8 +23,14 @@ DEMAND_TTL = 60.0  # seconds a refused GPU demand stays in the report for the op
 class GpuBudget:
     """Checks free GPU memory (NVML, never CUDA) before a model moves onto the GPU."""
 
-    def __init__(self, slots: dict[str, Slot], gpu: GpuProbe, clock: Clock, wait_seconds: float,
-                 share_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        slots: dict[str, Slot],
+        gpu: GpuProbe,
+        clock: Clock,
+        wait_seconds: float,
+        share_bytes: int | None = None,
+    ) -> None:
         self._slots = slots
         self.gpu = gpu
         self.clock = clock
@@ -101,8 +107,13 @@ class GpuBudget:
             over = self._over_share(slot, needed)
             if over > 0:
                 held = self.held_bytes(but=slot)
-                raise self.refuse(slot, needed, f"the pod's GPU share is {self.share_bytes} bytes and its "
-                                  f"other models hold {held} that cannot be offloaded now", demand=False)
+                raise self.refuse(
+                    slot,
+                    needed,
+                    f"the pod's GPU share is {self.share_bytes} bytes and its "
+                    f"other models hold {held} that cannot be offloaded now",
+                    demand=False,
+                )
         free = self.gpu.free_bytes(index)  # the model's own GPU: cuda:1 is never budgeted on GPU 0
         if free is None or free >= needed:
             self.clear_demand(slot)

@@ -44,7 +44,8 @@ MONITOR_MAX_SLEEP = 5.0
 def _policy_problem(err: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or 'policy'}: {str(e['msg']).removeprefix('Value error, ')}"
-        for e in err.errors())
+        for e in err.errors()
+    )
 
 
 class Engine:

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def device_index(device: str) -> int | None:
-    """"cuda:1" -> 1, "cuda" -> 0; None for a device that is no GPU."""
+    """ "cuda:1" -> 1, "cuda" -> 0; None for a device that is no GPU."""
     if not device.startswith("cuda"):
         return None
     tail = device.partition(":")[2]

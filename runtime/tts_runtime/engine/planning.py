@@ -58,8 +58,11 @@ def plan_idle(views: list[SlotView]) -> tuple[list[Action], float | None]:
 def choose_victims(candidates: list[SlotView], needed_bytes: int) -> list[SlotView]:
     """Idle, unpinned GPU-resident models to offload to free `needed_bytes`: lowest priority, then
     least recently used, first. Returns [] when even all of them would not be enough (don't churn)."""
-    eligible = [c for c in candidates
-                if c.gpu_bytes > 0 and idle_and_freeable(c.state, c.leases, c.policy, Verb.OFFLOAD)]
+    eligible = [
+        c
+        for c in candidates
+        if c.gpu_bytes > 0 and idle_and_freeable(c.state, c.leases, c.policy, Verb.OFFLOAD)
+    ]
     eligible.sort(key=lambda c: (c.policy.priority, c.last_used))
     chosen: list[SlotView] = []
     freed = 0

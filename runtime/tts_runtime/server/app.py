@@ -31,8 +31,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     """A ready-to-serve app; the app starts the engine on start-up and shuts it down (draining) on exit."""
     settings = settings or Settings()
     if engine is None:
-        engine = Engine(settings.model_specs(), device=settings.device,
-                        gpu_budget_bytes=settings.gpu_memory_budget_bytes)
+        engine = Engine(
+            settings.model_specs(), device=settings.device, gpu_budget_bytes=settings.gpu_memory_budget_bytes
+        )
     metrics = Metrics(engine.report)
     runtime = Runtime(
         settings=settings,

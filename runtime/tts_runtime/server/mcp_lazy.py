@@ -42,8 +42,13 @@ class LazyMcp:
         await self._ready.wait()
         if self._handler is None:
             body = f"the MCP endpoint is unavailable: {self._error}".encode()
-            await send({"type": "http.response.start", "status": 500,
-                        "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
             return
         await self._handler(scope, receive, send)

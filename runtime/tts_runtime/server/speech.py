@@ -158,7 +158,15 @@ async def create_speech(
                     )
             else:
                 content, sample_rate = await run_for_client(
-                    request, runtime, name, _speak, engine, name, body.input, voice, body.speed,
+                    request,
+                    runtime,
+                    name,
+                    _speak,
+                    engine,
+                    name,
+                    body.input,
+                    voice,
+                    body.speed,
                     body.response_format,
                 )
                 headers["X-Sample-Rate"] = str(sample_rate)
