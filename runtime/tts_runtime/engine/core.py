@@ -25,7 +25,7 @@ from tts_runtime.engine.errors import (
     UnknownModelError,
     WorkerCrashedError,
 )
-from tts_runtime.engine.executor import ExecutionTimeout
+from tts_runtime.engine.executor import ExecutionTimeout, Executor
 from tts_runtime.engine.gpu import GpuProbe, NoGpu, NvmlProbe
 from tts_runtime.engine.lease import Lease, Transition
 from tts_runtime.engine.lifecycle import sweep_stale_blocks
@@ -231,17 +231,8 @@ class Engine:
         ex = slot.executor
         if ex is None:
             raise WorkerCrashedError(f"model {slot.spec.name!r} lost its worker; retry the request")
-        try:
+        with self._synthesis_errors(slot, ex):
             return ex.synthesize(text, voice, speed, slot.spec.request_timeout_seconds)
-        except ResidencyError as e:
-            if isinstance(e, WorkerCrashedError):
-                self._verbs.on_crash(slot, ex, str(e))
-            raise
-        except ExecutionTimeout as e:
-            self._verbs.on_crash(slot, ex, str(e))
-            raise WorkerCrashedError(str(e)) from None
-        except Exception as e:
-            raise ResidencyError(f"model {slot.spec.name!r} failed to synthesize: {e}") from e
 
     def _synthesize_stream(
         self, slot: Slot, text: str, voice: str | None, speed: float, cancel: threading.Event | None
@@ -252,7 +243,16 @@ class Engine:
             raise WorkerCrashedError(f"model {slot.spec.name!r} lost its worker; retry the request")
         chunks = ex.synthesize_stream(text, voice, speed, slot.spec.request_timeout_seconds, cancel)
         try:
-            yield from chunks
+            with self._synthesis_errors(slot, ex):
+                yield from chunks
+        finally:
+            chunks.close()
+
+    @contextlib.contextmanager
+    def _synthesis_errors(self, slot: Slot, ex: Executor) -> Iterator[None]:
+        """A request's failures as clients see them: a crashed or timed-out worker is ended and reported."""
+        try:
+            yield
         except ResidencyError as e:
             if isinstance(e, WorkerCrashedError):
                 self._verbs.on_crash(slot, ex, str(e))
@@ -262,8 +262,6 @@ class Engine:
             raise WorkerCrashedError(str(e)) from None
         except Exception as e:
             raise ResidencyError(f"model {slot.spec.name!r} failed to synthesize: {e}") from e
-        finally:
-            chunks.close()
 
     def _run_verb(self, slot: Slot, verb: Verb) -> None:
         """Run one verb on a slot whose `cond` the caller holds (see `VerbRunner.run`)."""
