@@ -301,18 +301,27 @@ def test_an_idle_release_comes_on_time_after_an_admin_load(make_engine, tiny_spe
     wait_for(lambda: e.model_report("tiny").state == State.UNLOADED, timeout=3.0, what="the idle release")
 
 
-def test_pinning_during_an_automatic_offload_wins(make_engine, tiny_spec, tmp_path) -> None:
-    gate, entered = tmp_path / "gate", tmp_path / "entered"
-    spec = tiny_spec(
-        factory=f"{FAULTS}:slow_offload_factory", options={"gate": str(gate), "entered": str(entered)}
-    )
-    e = make_engine([spec])
+def test_pinning_during_an_automatic_offload_wins(make_engine, tiny_spec) -> None:
+    e = make_engine([tiny_spec()])
+    e.load("tiny")
+    # On a CPU an offload moves nothing and is over at once: hold it at the executor, where the engine
+    # hands it over, to pin the model while it runs.
+    entered, gate = threading.Event(), threading.Event()
+    executor = e._slot("tiny").executor
+    offload = executor.offload
+
+    def held_offload():  # type: ignore[no-untyped-def]
+        entered.set()
+        gate.wait(30)
+        return offload()
+
+    executor.offload = held_offload
     e.start()
     with e.lease("tiny") as lease:
         lease.synthesize("use")  # offload after use follows
-    wait_for(entered.exists, what="the automatic offload to start")
+    assert entered.wait(20), "the automatic offload did not start"
     e.set_policy("tiny", PolicyPatch.model_validate({"pinned": True}))
-    gate.touch()
+    gate.set()
     wait_for(
         lambda: e.model_report("tiny").state == State.GPU and not e._slot("tiny").busy,
         what="the pinned model back on the GPU",

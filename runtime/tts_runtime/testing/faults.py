@@ -115,27 +115,6 @@ def gated_factory(**options: Any) -> GatedTTS:
     return GatedTTS(**options)
 
 
-class SlowOffloadTTS(TinyTTS):
-    """Its offload hook waits until the file `gate` exists (a test acts while the offload runs); with
-    `entered`, that file is created when the hook starts."""
-
-    def __init__(self, gate: str, entered: str | None = None, **options: Any) -> None:
-        super().__init__(**options)
-        self.gate = gate
-        self.entered = entered
-
-    def residency_offload(self) -> None:
-        if self.entered is not None:
-            Path(self.entered).touch()
-        _wait_for_file(self.gate)
-        super().residency_offload()
-
-
-def slow_offload_factory(**options: Any) -> SlowOffloadTTS:
-    """`tts_runtime.testing.faults:slow_offload_factory`: offload waits for the file `gate`."""
-    return SlowOffloadTTS(**options)
-
-
 class OwnTensorsTTS(TinyTTS):
     """A plug-in as engine.md allows: a tensor of its own outside its modules (`codebook`), moved by its
     restore hook, and a cache of its parameters built once (`cached`); both must work after every restore."""
