@@ -110,6 +110,41 @@ def test_admin_offload_and_release_race_requests(make_engine, tiny_spec) -> None
     assert r.leases == 0 and r.state in (State.GPU, State.CPU, State.UNLOADED)
 
 
+def test_admin_offload_is_not_starved_by_requests_that_always_overlap(make_engine, tiny_spec, events) -> None:
+    """Two requests hand over to each other so that one lease is held at every moment: an admin offload
+    used to wait for zero leases until its BusyError; new leases now wait behind it instead."""
+    e = make_engine([tiny_spec(options={"delay_seconds": 0.0}, policy={"offloadAfterUse": False})])
+    e.load("tiny")
+    got = events(e)
+    held = [threading.Event(), threading.Event()]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def relay(me: int) -> None:
+        try:
+            while not stop.is_set():
+                with e.lease("tiny") as lease:
+                    held[me].set()
+                    lease.synthesize("relay")
+                    held[1 - me].wait(1.0)  # end only once the other request holds its lease
+                    held[me].clear()
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=relay, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    assert held[0].wait(10) and held[1].wait(10)
+    try:
+        e.offload("tiny", timeout=5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert errors == []
+    assert any(t.verb == Verb.OFFLOAD and t.ok for t in got)
+
+
 async def test_cancelled_async_lease_does_not_leak(make_engine, tiny_spec) -> None:
     e = make_engine([tiny_spec(options={"delay_seconds": 0.0})])
     # Cancel while the first load is still running in its thread.

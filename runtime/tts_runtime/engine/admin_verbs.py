@@ -15,16 +15,26 @@ def run_admin(runner: VerbRunner, slot: Slot, verb: Verb, limit: float) -> None:
     already off the GPU is a no-op; offload/release wait up to `limit` for leases, then `BusyError`."""
     name = slot.spec.name
     deadline = time.monotonic() + limit
+    takes_gpu_away = verb in (Verb.OFFLOAD, Verb.RELEASE)
     with slot.cond:
-        while slot.busy or (verb in (Verb.OFFLOAD, Verb.RELEASE) and slot.leases > 0):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BusyError(
-                    f"model {name!r} still has {slot.leases} requests in flight after {limit:g}s; "
-                    f"{verb.value} not done, try again",
-                    retry_after=5.0,
-                )
-            slot.cond.wait(left)
+        if takes_gpu_away:
+            # Requests keep arriving under load: without this, leases could overlap for ever and the verb
+            # would never see zero. New leases wait (at most `limit`) for the verb instead.
+            slot.draining_for_admin += 1
+        try:
+            while slot.busy or (takes_gpu_away and slot.leases > 0):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BusyError(
+                        f"model {name!r} still has {slot.leases} requests in flight after {limit:g}s; "
+                        f"{verb.value} not done, try again",
+                        retry_after=5.0,
+                    )
+                slot.cond.wait(left)
+        finally:
+            if takes_gpu_away:
+                slot.draining_for_admin -= 1
+                slot.cond.notify_all()
         state = slot.state
         run: Verb | None = verb
         if verb == Verb.LOAD:

@@ -172,7 +172,7 @@ class Engine:
             while True:
                 if self._closing:
                     raise BusyError("the runtime is shutting down; retry on another replica", retry_after=5.0)
-                if slot.busy:
+                if slot.busy or slot.draining_for_admin:
                     slot.cond.wait()
                     continue
                 if slot.state == State.GPU:

@@ -24,6 +24,8 @@ class Slot:
     state: State = State.UNLOADED
     busy: bool = False  # a verb is running; the state is transient until it ends
     leases: int = 0
+    # Admin offloads/releases waiting for the leases to end: new leases wait behind them (no starvation).
+    draining_for_admin: int = 0
     executor: Executor | None = None
     pending: Executor | None = None  # the executor of a load in progress (shutdown may have to kill it)
     stats: Stats | None = None
