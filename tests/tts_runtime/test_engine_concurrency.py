@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from support.procs import wait_for
 from tts_contract import PolicyPatch, State, Verb
 from tts_runtime.engine import Engine
 from tts_runtime.engine.errors import BusyError, InvalidRequestError
@@ -217,13 +218,16 @@ def test_memory_verb_in_a_worker_waits_for_requests_in_flight(make_engine, tiny_
         sent.set()
         got.append(ex.synthesize("in flight", None, 1.0, 30.0)[0])
 
+    # On a CPU an offload moves nothing and never reaches the worker: send it there all the same.
+    ex.moves_nothing = False
     t = threading.Thread(target=request)
     t.start()
     sent.wait(5)
-    time.sleep(0.05)  # let the request reach the worker before the offload does
-    ex.offload()  # TinyTTS raises if it is offloaded while it synthesizes
+    # The worker has the request in hand (its 0.5 s synthesis runs) before the offload is sent.
+    wait_for(lambda: ex.synthesize("peak?", None, 1.0, 30.0)[0][0] >= 1, what="the request in the worker")
+    ex.offload()
+    assert len(got) == 1, "the offload ended before the request in flight did"
     t.join(30)
-    assert len(got) == 1
     np.testing.assert_allclose(got[0], _expected("in flight"), rtol=0, atol=1e-6)
     ex.restore(30.0)
 
