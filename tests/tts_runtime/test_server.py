@@ -5,18 +5,16 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from fastapi import FastAPI
 
+from support.asgi import running
 from support.decode import decode
-from tts_runtime.server import create_app
 from tts_runtime.settings import Settings
 
 TINY_RATE = 16000
@@ -34,17 +32,6 @@ def tiny_settings(delay: float = 0.0, **overrides: Any) -> Settings:
     }
     values: dict[str, Any] = {"models_json": json.dumps({"models": [spec]}), "device": "cpu", **overrides}
     return Settings(**values)
-
-
-@asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    app = create_app(settings)
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://runtime", timeout=30) as client,
-    ):
-        yield app, client
 
 
 async def speak(client: httpx.AsyncClient, **body: Any) -> httpx.Response:

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from fastapi import FastAPI
 
+from support.asgi import running
 from support.decode import decode
 from tts_runtime.engine.backends import FADE_SECONDS, segmented
 from tts_runtime.engine.segmenter import split
-from tts_runtime.server import audio, create_app
+from tts_runtime.server import audio
 from tts_runtime.settings import Settings
 
 TINY_RATE = 16000
@@ -40,17 +38,6 @@ TINY = {
     "voices": ["alto", "bass"],
 }
 HIBARI = {"name": "hibari", "backend": "hibari", "execution": "inline", "voices": ["heart"]}
-
-
-@asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    app = create_app(settings)
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://runtime", timeout=60) as client,
-    ):
-        yield app, client
 
 
 async def speak(client: httpx.AsyncClient, model: str = "tiny", **body: Any) -> httpx.Response:
@@ -86,7 +73,7 @@ def test_runtime_segments_are_faded_at_every_join() -> None:
 async def test_each_format_streams_as_one_clip(fmt: str) -> None:
     """The body is the chunks as sent, joined: one header, and it decodes to the clip the pcm stream
     carries (lossless formats sample for sample, lossy ones as the same sound, same length)."""
-    async with running(models(TINY)) as (_, client):
+    async with running(models(TINY), client_timeout=60) as (_, client):
         reference = await speak(client, response_format="pcm")
         response = await speak(client, response_format=fmt)
     assert response.status_code == 200 and reference.status_code == 200, response.text
@@ -123,7 +110,7 @@ def _best_lag(signal: np.ndarray, reference: np.ndarray, max_lag: int) -> int:
 
 
 async def test_hibari_streams_the_same_clip_it_sends_whole() -> None:
-    async with running(models(HIBARI)) as (_, client):
+    async with running(models(HIBARI), client_timeout=60) as (_, client):
         whole = await speak(client, "hibari", stream=False)
         streamed = await speak(client, "hibari")
     assert whole.status_code == streamed.status_code == 200
@@ -132,7 +119,7 @@ async def test_hibari_streams_the_same_clip_it_sends_whole() -> None:
 
 
 async def test_sse_sends_openai_events_then_done_with_usage() -> None:
-    async with running(models(TINY)) as (_, client):
+    async with running(models(TINY), client_timeout=60) as (_, client):
         reference = await speak(client)
         response = await speak(client, stream_format="sse")
     assert response.status_code == 200
@@ -166,7 +153,7 @@ async def test_a_failure_mid_stream_is_an_error_event() -> None:
     first += "end."
     text = f"{first} crash"
     assert [s.text for s in split(text)] == [first, "crash"]  # the worker dies on the second segment
-    async with running(models(crashing)) as (_, client):
+    async with running(models(crashing), client_timeout=60) as (_, client):
         response = await speak(client, "crashing", input=text, stream_format="sse")
         assert response.status_code == 200
         events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
@@ -183,7 +170,7 @@ async def test_a_failure_mid_stream_is_an_error_event() -> None:
     "body", [{"stream": False}, {}, {"stream_format": "sse"}], ids=["whole", "audio", "sse"]
 )
 async def test_text_the_voice_cannot_speak_is_400(text: str, body: dict[str, Any]) -> None:
-    async with running(models(HIBARI)) as (_, client):
+    async with running(models(HIBARI), client_timeout=60) as (_, client):
         response = await speak(client, "hibari", input=text, response_format="mp3", **body)
         assert response.status_code == 400, response.text
         error = response.json()["error"]
@@ -195,7 +182,7 @@ async def test_text_the_voice_cannot_speak_is_400(text: str, body: dict[str, Any
 
 
 async def test_speed_is_what_the_model_does_or_a_400() -> None:
-    async with running(models(HIBARI)) as (_, client):
+    async with running(models(HIBARI), client_timeout=60) as (_, client):
         text = "The quick brown fox jumps over the lazy dog near the river bank."
         normal = await speak(client, "hibari", input=text)
         double = await speak(client, "hibari", input=text, speed=2.0)
