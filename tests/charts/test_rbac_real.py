@@ -48,8 +48,9 @@ OPERATOR: set[Grant] = grants(
 OPERATOR_CLUSTER: set[Grant] = grants({("apiextensions.k8s.io", "customresourcedefinitions"): "list watch"})
 # The agent's Role (made by the operator, builders.build_role): its own pod is fenced in by admission.
 AGENT: set[Grant] = grants({("", "pods"): "get list watch patch"})
+# A 403 is a status, not the milliseconds of a log line's timestamp ("[... 08:03:46,403]").
 PROBLEM = re.compile(
-    r"\b403\b|forbidden|not enough permissions|failed to post|\[ERROR|Traceback", re.IGNORECASE
+    r"(?<![,.:])\b403\b|forbidden|not enough permissions|failed to post|\[ERROR|Traceback", re.IGNORECASE
 )
 MODES = {"cluster-wide": False, "watchNamespaces": True}
 
