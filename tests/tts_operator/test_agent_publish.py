@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from tts_operator.agent.backoff import Backoff
 from tts_operator.agent.publish import FREE_BYTES_QUANTUM, Coalescer, changes, significant
 
 
@@ -183,17 +182,3 @@ def test_forget_republishes_the_same_state() -> None:
 def test_negative_interval_is_refused() -> None:
     with pytest.raises(ValueError, match="min_interval"):
         Coalescer(-1.0)
-
-
-def test_backoff_doubles_to_the_cap_with_bounded_jitter_and_resets() -> None:
-    backoff = Backoff(initial=0.5, cap=4.0, jitter=0.2, rand=lambda: 1.0)
-    delays = [backoff.next() for _ in range(6)]
-    assert delays == [0.6, 1.2, 2.4, 4.0, 4.0, 4.0]
-    low = Backoff(initial=0.5, cap=4.0, jitter=0.2, rand=lambda: 0.0)
-    assert low.next() == pytest.approx(0.4)
-    backoff.reset()
-    assert backoff.next() == 0.6
-    for _ in range(5000):  # a long outage never overflows
-        assert backoff.next() <= 4.0
-    with pytest.raises(ValueError):
-        Backoff(initial=0)

@@ -12,10 +12,10 @@ from typing import Any
 
 from tts_contract import Policy
 from tts_contract import annotations as ann
-from tts_operator.agent.backoff import Backoff
 from tts_operator.agent.plan import models_needing_policy, offload_targets, policy_body
 from tts_operator.agent.pod_client import PodApiError, PodClient, PodForbidden, annotations_of
 from tts_operator.agent.publish import Coalescer, changes
+from tts_operator.agent.retry import Retry
 from tts_operator.agent.runtime_client import (
     EventsUnsupported,
     RuntimeClient,
@@ -39,35 +39,6 @@ def _residency_annotation(report: Mapping[str, Any]) -> str:
     """The `tts.residency.dev/residency` value: the runtime's report and when it was published."""
     body = {**report, "updated": ann.now().isoformat().replace("+00:00", "Z")}
     return json.dumps(body, sort_keys=True, separators=(",", ":"))
-
-
-class _Retry:
-    """When an action may next be tried, with its backoff; logs a failure once per outage, not per try."""
-
-    def __init__(self, what: str, clock: Callable[[], float]) -> None:
-        self.what = what
-        self._clock = clock
-        self.backoff = Backoff()
-        self.at = float("-inf")
-        self.error: str | None = None
-
-    def ready(self) -> bool:
-        return self._clock() >= self.at
-
-    def failed(self, error: Exception, level: int = logging.WARNING) -> float:
-        delay = self.backoff.next()
-        self.at = self._clock() + delay
-        if str(error) != self.error:
-            log.log(level, "%s failed: %s (retrying with backoff)", self.what, error)
-        self.error = str(error)
-        return delay
-
-    def ok(self) -> None:
-        if self.error is not None:
-            log.info("%s works again", self.what)
-        self.backoff.reset()
-        self.at = float("-inf")
-        self.error = None
 
 
 class Agent:
@@ -100,11 +71,11 @@ class Agent:
         self._gpu_share: Any = None
         self._bad_annotations: dict[str, str] = {}
         self._coalescer = Coalescer(timing.min_publish_interval, clock)
-        self._read = _Retry(f"reading the runtime at {runtime.base_url}", clock)
-        self._publish = _Retry(f"publishing {ann.RESIDENCY} on pod {pod.ref}", clock)
-        self._policy = _Retry(f"applying {ann.POLICY} to the runtime", clock)
-        self._offload = _Retry(f"serving {ann.OFFLOAD_REQUEST}", clock)
-        self._watch = _Retry(f"watching pod {pod.ref}", clock)
+        self._read = Retry(f"reading the runtime at {runtime.base_url}", clock)
+        self._publish = Retry(f"publishing {ann.RESIDENCY} on pod {pod.ref}", clock)
+        self._policy = Retry(f"applying {ann.POLICY} to the runtime", clock)
+        self._offload = Retry(f"serving {ann.OFFLOAD_REQUEST}", clock)
+        self._watch = Retry(f"watching pod {pod.ref}", clock)
 
     # ---- threads feeding the state -------------------------------------------------------------
 
@@ -128,15 +99,18 @@ class Agent:
 
     def follow_runtime(self) -> None:
         """Thread: follow the event stream; fall back to the loop's polling when there is none."""
-        backoff = Backoff(cap=10.0)
+        # Reconnects sooner than other retries (cap 10 s): the stream is how changes reach the pod quickly.
+        # Failures log at DEBUG: reading the runtime (`_read`) already says when it is unreachable.
+        stream = Retry(f"following {self.runtime.base_url}/v1/residency/events", self._clock, cap=10.0)
         while not self.stop.is_set():
+            ended: Exception = RuntimeUnavailable("the runtime closed the event stream")
             try:
                 for report in self.runtime.events(self.stop):
                     if report is None:  # (re)connected: read the full state now, the stream sends deltas
                         self._streaming = True
                         self._report_at = float("-inf")
                         self.wake.set()
-                        backoff.reset()
+                        stream.ok()
                     else:
                         self._set_report(report)
             except EventsUnsupported:
@@ -144,10 +118,10 @@ class Agent:
                 self._streaming = False
                 self.stop.wait(300.0)  # a runtime upgrade may add it; no need to ask often
                 continue
-            except RuntimeUnavailable:
-                pass
+            except RuntimeUnavailable as err:
+                ended = err
             self._streaming = False
-            self.stop.wait(backoff.next())
+            self.stop.wait(stream.failed(ended, logging.DEBUG))
 
     def follow_pod(self) -> None:
         """Thread: list+watch the pod, re-list after every end or error of the watch."""
