@@ -131,14 +131,15 @@ def test_event_stream_yields_connect_then_each_report(server: tuple[Script, str]
         f"data: {json.dumps(REPORT)}\n\n",
         ": keep-alive\n\n",
         "data: not json\n\n",
-        f"data: {json.dumps(second)}\n\n",
+        f"data: {json.dumps(second)}\r\n\r\n",  # sse-starlette ends lines with CRLF
+        'data: {"models": []\ndata: , "gpu": null}\n\n',  # one report over two data lines
     ]
     client = RuntimeClient(url, None)
     try:
         got = list(client.events(threading.Event()))
     finally:
         client.close()
-    assert got == [None, REPORT, second]
+    assert got == [None, REPORT, second, {"models": [], "gpu": None}]
 
 
 def test_missing_event_stream_says_so(server: tuple[Script, str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -105,3 +106,26 @@ def test_event_stream_ends_when_the_server_drains(app: FastAPI, base_url: str) -
         rest = list(lines)  # returns only because the server closed the stream
         assert all(not line.startswith("data: ") for line in rest)
         assert client.get("/readyz").status_code == 503
+
+
+def test_a_client_that_hangs_up_releases_its_subscription(app: FastAPI, base_url: str) -> None:
+    engine = app.state.runtime.engine
+    subscribe, released = engine.subscribe, threading.Event()
+
+    def tracked(callback: Any) -> Any:
+        unsubscribe = subscribe(callback)
+
+        def release() -> None:
+            unsubscribe()
+            released.set()
+
+        return release
+
+    engine.subscribe = tracked
+    with (
+        httpx.Client(base_url=base_url, timeout=10) as client,
+        client.stream("GET", "/v1/residency/events") as stream,
+    ):
+        assert next(stream.iter_lines()).startswith("data: ")
+    # Closed by the client with nothing changing: only the server noticing the hang-up ends the stream.
+    assert released.wait(10), "the stream kept its engine subscription after the client left"

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+from httpx_sse import SSEError, connect_sse
 
 log = logging.getLogger(__name__)
 
@@ -126,32 +127,27 @@ class RuntimeClient:
         """Follow `GET /v1/residency/events`: yields None once connected, then each report it streams.
 
         Ends when the runtime closes the stream (e.g. it restarts); raises EventsUnsupported when the
-        runtime has no such route, RuntimeUnavailable when it cannot be reached.
+        runtime has no such route, RuntimeUnavailable when it cannot be reached. httpx-sse parses the
+        stream (keep-alive comments, CRLF or LF lines, multi-line data).
         """
         try:
             with (
                 httpx.Client(base_url=self.base_url, timeout=self._stream_timeout, trust_env=False) as client,
-                client.stream(
-                    "GET", "/v1/residency/events", headers={"Accept": "text/event-stream"}
-                ) as response,
+                connect_sse(client, "GET", "/v1/residency/events") as source,
             ):
-                if response.status_code in (404, 405):
-                    raise EventsUnsupported(f"GET /v1/residency/events: HTTP {response.status_code}")
-                if response.status_code != 200:
-                    raise RuntimeUnavailable(f"GET /v1/residency/events: HTTP {response.status_code}")
+                status = source.response.status_code
+                if status in (404, 405):
+                    raise EventsUnsupported(f"GET /v1/residency/events: HTTP {status}")
+                if status != 200:
+                    raise RuntimeUnavailable(f"GET /v1/residency/events: HTTP {status}")
                 yield None
-                data: list[str] = []
-                for line in response.iter_lines():
+                for event in source.iter_sse():
                     if stop.is_set():
                         return
-                    if line.startswith("data:"):
-                        data.append(line[5:].removeprefix(" "))
-                    elif not line and data:
-                        report = _parse_event("\n".join(data))
-                        data = []
-                        if report is not None:
-                            yield report
-        except httpx.HTTPError as err:
+                    report = _parse_event(event.data)
+                    if report is not None:
+                        yield report
+        except (httpx.HTTPError, SSEError) as err:
             raise RuntimeUnavailable(f"GET /v1/residency/events: {err!r}") from err
 
 

@@ -76,7 +76,10 @@ def choose_victims(candidates: list[SlotView], needed_bytes: int) -> list[SlotVi
 
 def retry_backoff(failures: int, base: float = 1.0, cap: float = 60.0) -> float:
     """Seconds a failed model waits before a request may retry its load: 0 after the first failure
-    (a transient error retries at once), then base, 2*base, ... up to cap."""
+    (a transient error retries at once), then base, 2*base, ... up to cap.
+
+    Not tenacity: nothing here retries a call (the next request after `retry_at` does), so there is no
+    retry loop for it to drive; a deterministic line the state machine and its tests read is all it takes."""
     if failures <= 1:
         return 0.0
     return float(min(cap, base * 2 ** (failures - 2)))

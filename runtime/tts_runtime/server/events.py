@@ -8,16 +8,18 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from tts_runtime.server.state import Runtime, RuntimeDep
 
 router = APIRouter()
 
 
-async def report_stream(runtime: Runtime, request: Request | None = None) -> AsyncIterator[str]:
-    """SSE frames: the report now, again after each engine transition, a comment every keep-alive period."""
+async def report_stream(runtime: Runtime) -> AsyncIterator[ServerSentEvent]:
+    """The report now, then again after each engine transition; ends when the server drains.
+
+    Keep-alive comments and the client's disconnect are sse-starlette's (it cancels this generator)."""
     loop = asyncio.get_running_loop()
     changed = asyncio.Event()
 
@@ -29,37 +31,28 @@ async def report_stream(runtime: Runtime, request: Request | None = None) -> Asy
     unsubscribe = runtime.engine.subscribe(on_transition)
     drained = asyncio.ensure_future(runtime.drain.wait())
     try:
-        yield _frame(runtime)
+        yield _report(runtime)
         while not runtime.drain.active:
             waiter = asyncio.ensure_future(changed.wait())
-            done, _ = await asyncio.wait(
-                {waiter, drained},
-                timeout=runtime.settings.events_keepalive_seconds,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            done, _ = await asyncio.wait({waiter, drained}, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             if drained in done:
                 break
-            if request is not None and await request.is_disconnected():
-                break
-            if waiter in done:
-                changed.clear()
-                yield _frame(runtime)
-            else:
-                yield ": keep-alive\n\n"
+            changed.clear()
+            yield _report(runtime)
     finally:
         drained.cancel()
         unsubscribe()
 
 
-def _frame(runtime: Runtime) -> str:
-    return f"data: {json.dumps(runtime.engine.report().to_json(), separators=(',', ':'))}\n\n"
+def _report(runtime: Runtime) -> ServerSentEvent:
+    return ServerSentEvent(data=json.dumps(runtime.engine.report().to_json(), separators=(",", ":")))
 
 
 @router.get("/v1/residency/events", tags=["residency"])
-async def residency_events(request: Request, runtime: RuntimeDep) -> StreamingResponse:
-    return StreamingResponse(
-        report_stream(runtime, request),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+async def residency_events(runtime: RuntimeDep) -> EventSourceResponse:
+    return EventSourceResponse(
+        report_stream(runtime),
+        ping=runtime.settings.events_keepalive_seconds,
+        ping_message_factory=lambda: ServerSentEvent(comment="keep-alive"),
     )
