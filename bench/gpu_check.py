@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         "suspend": "n/a (no GPU)",
     }
     models = [
-        ("one tensor", "tts_runtime.testing.tiny:factory", {"size_bytes": size}),
+        ("one tensor", "support.tiny:factory", {"size_bytes": size}),
         (
             f"{args.tensors} tensors",
             "residency_gpu:many_tensors",

@@ -4,7 +4,7 @@
     python bench/residency_gpu.py --device cpu --sizes 0.05,0.2            # same code path on CPU
 
 Every model is the engine's real path: `Engine` + torch backend + worker process, in both `cpu` modes
-(keep-worker, exit-worker). The model is `tts_runtime.testing.tiny.TinyTTS` sized with ballast and
+(keep-worker, exit-worker). The model is `support.tiny.TinyTTS` sized with ballast and
 loaded from a file on disk (this module's `tiny_from_file`), so "cold load" reads the same bytes the disk
 baseline reads. The reference bandwidth (pinned host→GPU copy of one buffer of the model's size; on CPU a
 host memcpy) is measured in a separate process in the same run, so this process never holds a CUDA context
@@ -27,6 +27,9 @@ from typing import Any
 import benchlib
 from benchlib import GIB, fmt_bytes, fmt_ms, fmt_s, print_table
 
+# The tiny model is test code (tests/support/tiny.py); spawned workers inherit sys.path and import it too.
+sys.path.insert(0, str(benchlib.REPO / "tests"))
+
 MODES = ("keep-worker", "exit-worker")
 TEXT = "Residency keeps idle models off the GPU."
 # Targets from the issue; the original project's claims, for the side-by-side table.
@@ -44,7 +47,7 @@ def tiny_from_file(path: str, size_bytes: int, seed: int = 0) -> Any:
     """
     import torch
 
-    from tts_runtime.testing.tiny import TinyTTS
+    from support.tiny import TinyTTS
 
     with torch.device("meta"):
         model = TinyTTS(size_bytes=size_bytes, seed=seed)
@@ -62,7 +65,7 @@ def many_tensors(count: int, size_bytes: int, seed: int = 0) -> Any:
     import torch
     from torch import nn
 
-    from tts_runtime.testing.tiny import TinyTTS
+    from support.tiny import TinyTTS
 
     class Many(TinyTTS):
         def __init__(self) -> None:
@@ -85,7 +88,7 @@ def write_weights(path: Path, size_bytes: int) -> int:
     """Save a TinyTTS state dict of `size_bytes` to `path` (reused if already there); returns file size."""
     import torch
 
-    from tts_runtime.testing.tiny import TinyTTS
+    from support.tiny import TinyTTS
 
     if not path.exists():
         model = TinyTTS(size_bytes=size_bytes)

@@ -11,10 +11,14 @@ import pytest
 # (support/cluster.py, support/kube.py): without one, those tests skip with one line saying how to run them.
 pytest_plugins = ["support.cluster", "support.kube"]
 
-# Subprocesses (tts-runtime, tts-operator) import this checkout's code, whatever the venv's install points at.
+# Subprocesses (tts-runtime, tts-operator) import this checkout's code, whatever the venv's install points at,
+# and the test-only models (`support.tiny:factory`, `support.faults:...`) from tests/.
 _ROOT = Path(__file__).resolve().parent.parent
 os.environ["PYTHONPATH"] = os.pathsep.join(
-    [*(str(_ROOT / root) for root in ("contract", "runtime", "operator")), os.environ.get("PYTHONPATH", "")]
+    [
+        *(str(_ROOT / root) for root in ("contract", "runtime", "operator", "tests")),
+        os.environ.get("PYTHONPATH", ""),
+    ]
 ).rstrip(os.pathsep)
 
 

@@ -1,1 +1,1 @@
-"""Shared test fixtures: the Kubernetes API emulator and process helpers."""
+"""Shared test code: the Kubernetes API server, process helpers, fake GPUs, tiny and failing models."""

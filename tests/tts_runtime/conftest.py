@@ -11,7 +11,7 @@ from tts_contract import ModelSpec
 from tts_runtime.engine import Engine, ManualClock
 from tts_runtime.engine.lease import Transition
 
-TINY = "tts_runtime.testing.tiny:factory"
+TINY = "support.tiny:factory"
 
 
 def tiny_spec(name: str = "tiny", **kw: Any) -> ModelSpec:

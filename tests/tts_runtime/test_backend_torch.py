@@ -9,19 +9,19 @@ import pytest
 import torch
 from torch import nn
 
+from support.tiny import TinyPlugin, TinyTTS
 from tts_contract import ModelSpec
 from tts_runtime.engine.backends import Blob, GpuOutOfMemory
 from tts_runtime.engine.torch_backend import TorchBackend, modules_of
-from tts_runtime.testing.tiny import TinyPlugin, TinyTTS
 
-TIED = "tts_runtime.testing.tiny:tied_factory"
-FAULTS = "tts_runtime.testing.faults"
-
-
-TINY = "tts_runtime.testing.tiny:factory"
+TIED = "support.tiny:tied_factory"
+FAULTS = "support.faults"
 
 
-def backend(factory: str = "tts_runtime.testing.tiny:factory", **options: object) -> TorchBackend:
+TINY = "support.tiny:factory"
+
+
+def backend(factory: str = "support.tiny:factory", **options: object) -> TorchBackend:
     # A separate CPU working copy stands in for the device copy, so the moving code runs without a GPU.
     spec = ModelSpec(name="m", backend="torch", factory=factory, options=options)
     return TorchBackend(spec, "cpu", working_copy=True)

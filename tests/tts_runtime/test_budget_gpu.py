@@ -17,9 +17,7 @@ MB = 1 << 20
 
 
 def slot(name: str = "m", cpu_mode: str = "keep-worker", execution: str = "worker", **kw: object) -> Slot:
-    spec = ModelSpec(
-        name=name, backend="torch", factory="tts_runtime.testing.tiny:factory", execution=execution, **kw
-    )
+    spec = ModelSpec(name=name, backend="torch", factory="support.tiny:factory", execution=execution, **kw)
     return Slot(spec=spec, device="cuda:0", cpu_mode=cpu_mode, policy=Policy(), voices=[])
 
 

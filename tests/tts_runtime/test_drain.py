@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 SLOW_TINY = {
     "name": "tiny",
     "backend": "torch",
-    "factory": "tts_runtime.testing.tiny:factory",
+    "factory": "support.tiny:factory",
     "options": {"delay_seconds": 2.0},
 }
 

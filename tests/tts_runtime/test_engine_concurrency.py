@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from support.procs import wait_for
+from support.tiny import TinyTTS
 from tts_contract import PolicyPatch, State, Verb
 from tts_runtime.engine import Engine
 from tts_runtime.engine.errors import BusyError, InvalidRequestError
-from tts_runtime.testing.tiny import TinyTTS
 
 
 def test_concurrent_first_requests_cause_one_load(make_engine, tiny_spec, events) -> None:
@@ -236,7 +236,7 @@ def test_memory_verb_in_a_worker_waits_for_requests_in_flight(make_engine, tiny_
 def test_dynamic_batching_in_a_worker(make_engine, tiny_spec) -> None:
     spec = tiny_spec(
         execution="worker",
-        factory="tts_runtime.testing.tiny:batch_factory",
+        factory="support.tiny:batch_factory",
         options={"delay_seconds": 0.3, "max_batch_size": 4},
         policy={"offloadAfterUse": False},
     )

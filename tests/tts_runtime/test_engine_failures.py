@@ -9,7 +9,7 @@ from tts_contract import State, Verb
 from tts_runtime.engine import Engine
 from tts_runtime.engine.errors import InsufficientGpuMemoryError, ModelLoadError
 
-FAULTS = "tts_runtime.testing.faults"
+FAULTS = "support.faults"
 MB = 1 << 20
 
 

@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent(
     from tts_runtime.settings import Settings
 
     keep = {"offloadAfterUse": False}
-    tiny = {"backend": "torch", "factory": "tts_runtime.testing.tiny:factory", "policy": keep}
+    tiny = {"backend": "torch", "factory": "support.tiny:factory", "policy": keep}
     specs = [
         ModelSpec(name="hibari", policy=keep),
         ModelSpec(name="keep", cpu_mode="keep-worker", **tiny),

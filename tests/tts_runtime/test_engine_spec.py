@@ -38,7 +38,7 @@ def test_json_text_with_camel_case_and_policy() -> None:
 def test_yaml_file(tmp_path) -> None:
     path = tmp_path / "models.yaml"
     path.write_text(
-        "models:\n  - name: tiny\n    backend: torch\n    factory: tts_runtime.testing.tiny:factory\n"
+        "models:\n  - name: tiny\n    backend: torch\n    factory: support.tiny:factory\n"
         "    options: {size_bytes: 1024}\n    load_timeout_seconds: 5\n"
     )
     [spec] = load_model_specs(str(path))
@@ -73,5 +73,5 @@ def test_missing_file_and_bad_syntax() -> None:
 
 def test_command_line_form() -> None:
     assert spec_from_cli("hibari") == ModelSpec(name="hibari")
-    s = spec_from_cli("mine=tts_runtime.testing.tiny:factory")
-    assert s.backend == "plugin" and s.factory == "tts_runtime.testing.tiny:factory"
+    s = spec_from_cli("mine=support.tiny:factory")
+    assert s.backend == "plugin" and s.factory == "support.tiny:factory"

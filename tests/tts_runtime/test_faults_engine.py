@@ -23,7 +23,7 @@ from tts_runtime.engine import Engine
 from tts_runtime.engine.errors import InsufficientGpuMemoryError
 from tts_runtime.engine.lifecycle import process_state, sweep_stale_blocks
 
-FAULTS = "tts_runtime.testing.faults"
+FAULTS = "support.faults"
 KEEP = {"offloadAfterUse": False}
 
 
@@ -70,9 +70,9 @@ DIES = textwrap.dedent(
     import os, signal, sys, threading
     from tts_runtime.engine import Engine
     from tts_contract import ModelSpec
-    spec = ModelSpec(name="tiny", backend="torch", factory="tts_runtime.testing.faults:hanging_factory",
+    spec = ModelSpec(name="tiny", backend="torch", factory="support.faults:hanging_factory",
                      policy={"offloadAfterUse": False})
-    e = Engine([ModelSpec(name="ok", backend="torch", factory="tts_runtime.testing.tiny:factory",
+    e = Engine([ModelSpec(name="ok", backend="torch", factory="support.tiny:factory",
                           policy={"offloadAfterUse": False}), spec], device="cpu")
     # Loaded from a thread that then ends: the parent-death signal must not fire for that.
     t = threading.Thread(target=e.load, args=("ok",)); t.start(); t.join()
@@ -151,7 +151,7 @@ SMALL_SHM = textwrap.dedent(
     from tts_runtime.engine import Engine
     from tts_contract import ModelSpec
     from tts_contract import State
-    spec = ModelSpec(name="big", backend="torch", factory="tts_runtime.testing.tiny:factory",
+    spec = ModelSpec(name="big", backend="torch", factory="support.tiny:factory",
                      options={"size_bytes": 8 << 20}, cpu_mode="exit-worker",
                      policy={"offloadAfterUse": False})
     e = Engine([spec], device="cpu")

@@ -22,8 +22,8 @@ from tts_runtime.server import create_app
 from tts_runtime.server.guards import MAX_BODY_BYTES
 from tts_runtime.settings import Settings
 
-FAULTS = "tts_runtime.testing.faults"
-TINY = {"backend": "torch", "factory": "tts_runtime.testing.tiny:factory", "execution": "inline"}
+FAULTS = "support.faults"
+TINY = {"backend": "torch", "factory": "support.tiny:factory", "execution": "inline"}
 
 
 def gated(gate: Path, count: Path | None = None) -> dict[str, Any]:
@@ -205,7 +205,7 @@ def test_readiness_turns_503_while_a_worker_is_stopped() -> None:
     spec = {
         "name": "tiny",
         "backend": "torch",
-        "factory": "tts_runtime.testing.tiny:factory",
+        "factory": "support.tiny:factory",
         "policy": {"offloadAfterUse": False},
     }
     with TestClient(create_app(settings(spec))) as client:

@@ -17,7 +17,7 @@ from support.procs import RuntimeProcess, start_runtime, wait_for
 from tts_runtime.engine.lifecycle import process_state
 
 pytestmark = pytest.mark.slow
-FAULTS = "tts_runtime.testing.faults"
+FAULTS = "support.faults"
 
 
 def children(pid: int) -> list[int]:
@@ -83,7 +83,7 @@ def test_one_drain_budget_the_request_cut_short_gets_503(tmp_path: Path) -> None
     model = {
         "name": "tiny",
         "backend": "torch",
-        "factory": "tts_runtime.testing.tiny:factory",
+        "factory": "support.tiny:factory",
         "options": {"delay_seconds": 60.0},
     }
     proc = runtime_with(tmp_path, model, drain)
@@ -116,7 +116,7 @@ def test_sigterm_to_the_process_group_still_drains_the_request(tmp_path: Path) -
     model = {
         "name": "tiny",
         "backend": "torch",
-        "factory": "tts_runtime.testing.tiny:factory",
+        "factory": "support.tiny:factory",
         "options": {"delay_seconds": 2.0},
     }
     proc = runtime_with(tmp_path, model, 20.0)

@@ -77,7 +77,7 @@ class _Executor:
 
 
 def slot_with(stats: Stats, state: State = State.CPU) -> Slot:
-    spec = ModelSpec(name="m", backend="torch", factory="tts_runtime.testing.tiny:factory")
+    spec = ModelSpec(name="m", backend="torch", factory="support.tiny:factory")
     slot = Slot(spec=spec, device="cuda:0", cpu_mode="keep-worker", policy=Policy(), voices=[])
     slot.state, slot.stats, slot.executor = state, stats, _Executor(41)  # type: ignore[assignment]
     return slot

@@ -12,8 +12,8 @@ from tts_runtime.engine.backends import GpuOutOfMemory
 from tts_runtime.engine.torch_backend import TorchBackend
 
 pytestmark = pytest.mark.gpu
-TINY = "tts_runtime.testing.tiny:factory"
-TIED = "tts_runtime.testing.tiny:tied_factory"
+TINY = "support.tiny:factory"
+TIED = "support.tiny:tied_factory"
 
 
 def make(factory: str, **options: object) -> TorchBackend:

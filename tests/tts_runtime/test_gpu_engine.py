@@ -18,7 +18,7 @@ from tts_runtime.engine import Engine, NvmlProbe
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 SIZE = 512 << 20
 SLACK = 64 << 20  # what may differ between two measurements without any model in memory
-TINY = "tts_runtime.testing.tiny:factory"
+TINY = "support.tiny:factory"
 
 
 def free_bytes() -> int:

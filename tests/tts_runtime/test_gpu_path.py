@@ -14,7 +14,7 @@ from tts_runtime.engine import Engine, NvmlProbe
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 SIZE = 256 << 20
-TINY = "tts_runtime.testing.tiny:factory"
+TINY = "support.tiny:factory"
 
 
 def spec(cpu_mode: str, **kw: object) -> ModelSpec:

@@ -18,7 +18,7 @@ from tts_runtime.settings import Settings
 TINY = {
     "name": "tiny",
     "backend": "torch",
-    "factory": "tts_runtime.testing.tiny:factory",
+    "factory": "support.tiny:factory",
     "execution": "inline",
 }
 TOKEN = "mcp-admin-token"
@@ -122,18 +122,21 @@ async def test_tool_errors_say_what_is_wrong(url: str) -> None:
 
 async def test_stdio_server_for_local_clients() -> None:
     """`tts-runtime mcp`: the same tools over stdio, launched by the client as a subprocess."""
+    import os
     import sys
 
     from mcp import StdioServerParameters
 
     params = StdioServerParameters(
+        # The client passes only a few variables on by default: PYTHONPATH carries this checkout and tests/.
+        env=dict(os.environ),
         command=sys.executable,
         args=[
             "-m",
             "tts_runtime",
             "mcp",
             "--model",
-            "tiny=tts_runtime.testing.tiny:factory",
+            "tiny=support.tiny:factory",
             "--device",
             "cpu",
         ],

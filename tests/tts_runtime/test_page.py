@@ -26,7 +26,7 @@ TOKEN = "page-token"
 TINY = {
     "name": "tiny",
     "backend": "torch",
-    "factory": "tts_runtime.testing.tiny:factory",
+    "factory": "support.tiny:factory",
     "execution": "inline",
 }
 
@@ -107,7 +107,7 @@ LONG_ERROR = "the weights at /models/very/deep/path/" + "x" * 2000 + " are corru
 BROKEN = {
     "name": "broken",
     "backend": "torch",
-    "factory": "tts_runtime.testing.faults:failing_factory",
+    "factory": "support.faults:failing_factory",
     "options": {"message": LONG_ERROR},
     "execution": "inline",
 }

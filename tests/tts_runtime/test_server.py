@@ -24,7 +24,7 @@ def tiny_settings(delay: float = 0.0, **overrides: Any) -> Settings:
     spec = {
         "name": "tiny",
         "backend": "torch",
-        "factory": "tts_runtime.testing.tiny:factory",
+        "factory": "support.tiny:factory",
         "execution": "inline",
         "voices": ["alto", "bass"],
         "defaultVoice": "alto",

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.gpu
 TINY = {
     "name": "tiny",
     "backend": "torch",
-    "factory": "tts_runtime.testing.tiny:factory",
+    "factory": "support.tiny:factory",
     "options": {"size_bytes": 64 * 1024 * 1024},
 }
 

@@ -21,7 +21,7 @@ from tts_runtime.settings import Settings
 TINY = {
     "name": "tiny",
     "backend": "torch",
-    "factory": "tts_runtime.testing.tiny:factory",
+    "factory": "support.tiny:factory",
     "execution": "inline",
     "voices": ["alto", "bass"],
 }

@@ -33,7 +33,7 @@ def models(*specs: dict[str, Any]) -> Settings:
 TINY = {
     "name": "tiny",
     "backend": "torch",
-    "factory": "tts_runtime.testing.tiny:factory",
+    "factory": "support.tiny:factory",
     "execution": "inline",
     "voices": ["alto", "bass"],
 }
@@ -145,7 +145,7 @@ async def test_a_failure_mid_stream_is_an_error_event() -> None:
     crashing = {
         **TINY,
         "name": "crashing",
-        "factory": "tts_runtime.testing.faults:crashing_factory",
+        "factory": "support.faults:crashing_factory",
         "execution": "worker",
     }
     # A first sentence too long to share the short first segment with the next one.

@@ -30,7 +30,7 @@ def _tiny(name: str, delay: float) -> dict[str, object]:
     return {
         "name": name,
         "backend": "torch",
-        "factory": "tts_runtime.testing.tiny:factory",
+        "factory": "support.tiny:factory",
         "voices": ["alto", "bass"],
         "options": {"delay_seconds": delay},
     }

@@ -14,7 +14,7 @@ from tts_contract import ModelSpec
 from tts_runtime.engine.backends import Blob
 from tts_runtime.engine.torch_backend import GRAPHS, StaleGraphError, TorchBackend
 
-TIED = "tts_runtime.testing.tiny:tied_factory"
+TIED = "support.tiny:tied_factory"
 
 
 class FakePinner:
@@ -35,9 +35,7 @@ class FakePinner:
         self.calls.append(("unregister", ptr, self.registered.pop(ptr)))
 
 
-def backend(
-    factory: str = "tts_runtime.testing.tiny:factory", pinner: Any = None, **options: Any
-) -> TorchBackend:
+def backend(factory: str = "support.tiny:factory", pinner: Any = None, **options: Any) -> TorchBackend:
     spec = ModelSpec(name="m", backend="torch", factory=factory, options=options)
     # A separate CPU working copy stands in for the device arena (on a CPU the host copy executes).
     return TorchBackend(spec, "cpu", pinner=pinner, working_copy=True)

@@ -22,7 +22,7 @@ from tts_runtime.engine.errors import (
 from tts_runtime.engine.worker import WorkerExecutor
 
 pytestmark = pytest.mark.slow
-FAULTS = "tts_runtime.testing.faults"
+FAULTS = "support.faults"
 KEEP = {"offloadAfterUse": False}
 
 
@@ -204,7 +204,7 @@ def test_exit_worker_standby_is_warm_without_cuda_and_serves_the_restore(make_en
     assert worker_pids(e) == []  # the standby can hold no GPU memory, so it is not a GPU process
     status = ex.standby_status()
     assert status["pid"] == standby and status["cuda_initialized"] is False
-    assert {"torch", "tts_runtime.engine.torch_backend", "tts_runtime.testing.tiny"} <= set(status["modules"])
+    assert {"torch", "tts_runtime.engine.torch_backend", "support.tiny"} <= set(status["modules"])
     [block] = shm_blocks()
     assert block not in Path(f"/proc/{standby}/maps").read_text()  # maps nothing until restore
     with e.lease("tiny") as lease:
@@ -242,7 +242,7 @@ def test_standby_worker_off_leaves_no_process_and_shutdown_reaps_a_standby(make_
         {
             "name": "off",
             "backend": "torch",
-            "factory": "tts_runtime.testing.tiny:factory",
+            "factory": "support.tiny:factory",
             "cpuMode": "exit-worker",
             "standbyWorker": False,
             "policy": KEEP,

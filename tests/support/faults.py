@@ -9,22 +9,22 @@ from typing import Any
 
 import torch
 
-from tts_runtime.testing.tiny import TinyTTS
+from support.tiny import TinyTTS
 
 
 def failing_factory(message: str = "injected load failure", **_: Any) -> TinyTTS:
-    """`tts_runtime.testing.faults:failing_factory`: the loader raises."""
+    """`support.faults:failing_factory`: the loader raises."""
     raise RuntimeError(message)
 
 
 def hanging_factory(hang_seconds: float = 3600.0, **_: Any) -> TinyTTS:
-    """`tts_runtime.testing.faults:hanging_factory`: the loader hangs (past any sane load timeout)."""
+    """`support.faults:hanging_factory`: the loader hangs (past any sane load timeout)."""
     time.sleep(hang_seconds)
     return TinyTTS()
 
 
 def flaky_factory(counter_path: str, fail_times: int = 1, **options: Any) -> TinyTTS:
-    """`tts_runtime.testing.faults:flaky_factory`: fails the first `fail_times` loads, counted in a file
+    """`support.faults:flaky_factory`: fails the first `fail_times` loads, counted in a file
     (so the count survives worker processes), then builds a TinyTTS."""
     p = Path(counter_path)
     n = int(p.read_text() or 0) if p.exists() else 0
@@ -44,7 +44,7 @@ class CrashingTTS(TinyTTS):
 
 
 def crashing_factory(**options: Any) -> CrashingTTS:
-    """`tts_runtime.testing.faults:crashing_factory`: synthesize("crash") kills the worker."""
+    """`support.faults:crashing_factory`: synthesize("crash") kills the worker."""
     return CrashingTTS(**options)
 
 
@@ -79,7 +79,7 @@ class OomOnRestore(TinyTTS):
 
 
 def oom_on_restore_factory(**options: Any) -> OomOnRestore:
-    """`tts_runtime.testing.faults:oom_on_restore_factory`: restore hits CUDA OOM `fail_restores` times."""
+    """`support.faults:oom_on_restore_factory`: restore hits CUDA OOM `fail_restores` times."""
     return OomOnRestore(**options)
 
 
@@ -111,7 +111,7 @@ class GatedTTS(TinyTTS):
 
 
 def gated_factory(**options: Any) -> GatedTTS:
-    """`tts_runtime.testing.faults:gated_factory`: synthesize waits for the file `gate`."""
+    """`support.faults:gated_factory`: synthesize waits for the file `gate`."""
     return GatedTTS(**options)
 
 
@@ -140,5 +140,5 @@ class OwnTensorsTTS(TinyTTS):
 
 
 def own_tensors_factory(**options: Any) -> OwnTensorsTTS:
-    """`tts_runtime.testing.faults:own_tensors_factory`."""
+    """`support.faults:own_tensors_factory`."""
     return OwnTensorsTTS(**options)

@@ -1,4 +1,4 @@
-"""A tiny deterministic torch "TTS" (`tts_runtime.testing.tiny:factory`), sized in bytes for bench.
+"""A tiny deterministic torch "TTS" (`support.tiny:factory`), sized in bytes for bench.
 
 Text -> per-character embeddings -> two Linear layers and a Conv1d -> 160 samples per character at
 16 kHz, shaped by a registered buffer. Every parameter and buffer touches the output, so a weight that
@@ -119,7 +119,7 @@ class TinyTTS(nn.Module):
 
 
 def factory(**options: Any) -> TinyTTS:
-    """`tts_runtime.testing.tiny:factory`; options: size_bytes, delay_seconds, hidden, seed, concurrency."""
+    """`support.tiny:factory`; options: size_bytes, delay_seconds, hidden, seed, concurrency."""
     return TinyTTS(**options)
 
 
@@ -145,7 +145,7 @@ class BatchTTS(TinyTTS):
 
 
 def batch_factory(**options: Any) -> BatchTTS:
-    """`tts_runtime.testing.tiny:batch_factory`; TinyTTS options plus max_batch_size (default 8)."""
+    """`support.tiny:batch_factory`; TinyTTS options plus max_batch_size (default 8)."""
     return BatchTTS(**options)
 
 
@@ -169,7 +169,7 @@ class TinyPlugin:
 
 
 def plugin_factory(**options: Any) -> TinyPlugin:
-    """`tts_runtime.testing.tiny:plugin_factory`."""
+    """`support.tiny:plugin_factory`."""
     return TinyPlugin(**options)
 
 
@@ -209,5 +209,5 @@ class TiedTTS(nn.Module):
 
 
 def tied_factory(**options: Any) -> TiedTTS:
-    """`tts_runtime.testing.tiny:tied_factory`; options: dtype (float32|float16|bfloat16), hidden, seed."""
+    """`support.tiny:tied_factory`; options: dtype (float32|float16|bfloat16), hidden, seed."""
     return TiedTTS(**options)
