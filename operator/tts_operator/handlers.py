@@ -30,6 +30,7 @@ from tts_operator.builders import (
     build_service_account,
     wants_claim_template,
 )
+from tts_operator.childwrites import ChildWrites
 from tts_operator.reconcile import (
     ForeignChildError,
     StaleChildError,
@@ -40,6 +41,7 @@ from tts_operator.reconcile import (
     patch_annotations,
     sync_policy,
 )
+from tts_operator.serial import Serial
 from tts_operator.sharing import (
     Touched,
     node_affinity,
@@ -95,6 +97,14 @@ def _status(memo: kopf.Memo) -> Debouncer[ServiceKey]:
     return cast(Debouncer[ServiceKey], memo["status"])
 
 
+def _reconciles(memo: kopf.Memo) -> Serial[ServiceKey]:
+    return cast(Serial[ServiceKey], memo["reconciles"])
+
+
+def _child_writes(memo: kopf.Memo) -> ChildWrites:
+    return cast(ChildWrites, memo["child_writes"])
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Kopf's bookkeeping goes to annotations under our group, keeping `status` ours alone.
@@ -113,6 +123,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     )
     memo["written"] = Written()
     memo["sharing"] = SharingPasses()
+    # Kopf runs one object's create/update/resume handlers one at a time, but its timers (the level check)
+    # and the children's events in tasks of their own: every path that reconciles a TTSService's children
+    # takes that service's turn, so two never create the same child.
+    memo["reconciles"] = Serial[ServiceKey]()
+    memo["child_writes"] = ChildWrites()
 
 
 @kopf.on.startup()
@@ -210,29 +225,28 @@ def _known_children(kw: dict[str, Any], namespace: str, name: str) -> dict[str, 
 
 
 async def _reconcile(
-    name: str,
-    namespace: str,
-    uid: str,
-    raw_spec: Any,
-    memo: kopf.Memo,
-    pods: list[PodInfo],
-    known: dict[str, list[dict[str, Any]]],
+    name: str, namespace: str, uid: str, spec: kopf.Spec, memo: kopf.Memo, kw: dict[str, Any]
 ) -> None:
+    """Children and pods' policy of one TTSService, in the service's turn: whatever path (create, update,
+    resume, level check) reconciles it after another sees what the other did, from the indexes as they are
+    then (`spec` is kopf's live view of the object) and from `ChildWrites` (what the indexes lag behind)."""
     _status(memo).mark((namespace, name))  # a spec change is a status change too (generation, replicas)
-    try:
-        spec = parse_spec(raw_spec, name)
-    except InvalidSpecError as exc:
-        raise kopf.PermanentError(f"invalid TTSService spec: {exc}") from None
-    if spec.gpu.sharing.mode == "dra" and spec.gpu.count > 0 and not DRA:
-        raise kopf.PermanentError(NO_DRA)
-    owner = _owner(name, namespace, uid, spec)
-    try:
-        await apply_children(_api(memo), owner, _images(memo), known)
-    except StaleChildError as exc:  # deleted and applied again at once: the old children are on their way out
-        raise kopf.TemporaryError(str(exc), delay=STALE_RETRY_SECONDS) from None
-    except ForeignChildError as exc:
-        raise kopf.PermanentError(str(exc)) from None
-    await sync_policy(_api(memo), spec, pods, _written(memo))
+    async with _reconciles(memo).turn((namespace, name)):
+        try:
+            parsed = parse_spec(dict(spec), name)
+        except InvalidSpecError as exc:
+            raise kopf.PermanentError(f"invalid TTSService spec: {exc}") from None
+        if parsed.gpu.sharing.mode == "dra" and parsed.gpu.count > 0 and not DRA:
+            raise kopf.PermanentError(NO_DRA)
+        owner = _owner(name, namespace, uid, parsed)
+        known = _known_children(kw, namespace, name)
+        try:
+            await apply_children(_api(memo), owner, _images(memo), known, _child_writes(memo))
+        except StaleChildError as exc:  # deleted and applied again at once: the old children are going
+            raise kopf.TemporaryError(str(exc), delay=STALE_RETRY_SECONDS) from None
+        except ForeignChildError as exc:
+            raise kopf.PermanentError(str(exc)) from None
+        await sync_policy(_api(memo), parsed, _pods(_pod_index(kw), namespace, name), _written(memo))
 
 
 @kopf.on.resume(G, V, P)
@@ -241,11 +255,8 @@ async def _reconcile(
 async def reconcile_service(
     name: str, namespace: str | None, uid: str, spec: kopf.Spec, memo: kopf.Memo, **kw: Any
 ) -> None:
-    ns, pods_by_service = namespace or "", _pod_index(kw)
-    await _reconcile(
-        name, ns, uid, dict(spec), memo, _pods(pods_by_service, ns, name), _known_children(kw, ns, name)
-    )
-    await _resync_sharing(memo, ns, name, kw)
+    await _reconcile(name, namespace or "", uid, spec, memo, kw)
+    await _resync_sharing(memo, namespace or "", name, kw)
 
 
 def _spread(memo: kopf.Memo, name: str, namespace: str | None, **_: Any) -> float:
@@ -262,13 +273,10 @@ async def recheck_service(
     name: str, namespace: str | None, uid: str, spec: kopf.Spec, memo: kopf.Memo, **kw: Any
 ) -> None:
     """The level check: children compared with what the watches show (no reads), pods' policy, status."""
-    ns, pods_by_service = namespace or "", _pod_index(kw)
     # A permanent problem is already reported by the create/update handler and in the status conditions.
     with contextlib.suppress(kopf.PermanentError):
-        await _reconcile(
-            name, ns, uid, dict(spec), memo, _pods(pods_by_service, ns, name), _known_children(kw, ns, name)
-        )
-    await _resync_sharing(memo, ns, name, kw)
+        await _reconcile(name, namespace or "", uid, spec, memo, kw)
+    await _resync_sharing(memo, namespace or "", name, kw)
 
 
 async def _resync_sharing(memo: kopf.Memo, namespace: str, name: str, kw: dict[str, Any]) -> None:
@@ -353,13 +361,33 @@ async def _child_outcome(
     kw: dict[str, Any],
 ) -> str:
     """What `child_changed` did about one event of a child, in words."""
+    meta = body.get("metadata") or {}
+    if type == "DELETED":  # what the operator last wrote of it is gone with it
+        kind, ns_ = PLURAL_KINDS[plural], namespace or ""
+        _child_writes(memo).forget(kind, ns_, str(meta.get("name") or ""), meta.get("uid"))
     if type not in ("DELETED", "MODIFIED"):
         return "left alone"
     ref = _owner_ref(body)
-    meta = body.get("metadata") or {}
     if ref is None or (type == "MODIFIED" and meta.get("deletionTimestamp")):
         return "not ours or going"
     service, ns = labels[names.SERVICE_LABEL], namespace or ""
+    # In the service's turn: its create handler or level check may be making this very child.
+    async with _reconciles(memo).turn((ns, service)):
+        return await _put_back(plural, type, body, ref, service, ns, memo, kw)
+
+
+async def _put_back(
+    plural: str,
+    type: str,
+    body: kopf.Body,
+    ref: dict[str, Any],
+    service: str,
+    ns: str,
+    memo: kopf.Memo,
+    kw: dict[str, Any],
+) -> str:
+    """A deleted or edited child of a live TTSService made again as it should be (or why not)."""
+    meta = body.get("metadata") or {}
     entries = [e for e in _service_index(kw).get((ns, service), []) if e["uid"] == ref.get("uid")]
     if not entries or ref.get("name") != service:
         return "owner gone"
@@ -370,13 +398,15 @@ async def _child_outcome(
     desired = CHILD_BUILDERS[plural](_owner(service, ns, entries[0]["uid"], spec), _images(memo))
     if desired is None or desired["metadata"]["name"] != meta.get("name"):
         return "not a child the owner wants"
-    observed = None if type == "DELETED" else dict(body)
+    observed = None
+    if type == "MODIFIED":  # this event, or a later version the operator wrote (its event is on its way)
+        observed = _child_writes(memo).current(desired["kind"], ns, meta.get("name") or "", dict(body))
     if observed is not None and not needs_patch(desired, observed):
         return "as desired"  # status, or our own write coming back: nothing to put back
     if not await _owner_alive(_api(memo), ns, service, entries[0]["uid"]):
         return "owner deleted"
     try:
-        await apply_child(_api(memo), desired, observed)
+        await apply_child(_api(memo), desired, observed, writes=_child_writes(memo))
     except ForeignChildError:
         return "owned by another"
     return "put back"

@@ -9,6 +9,7 @@ from typing import Any
 from tts_contract import annotations as ann
 from tts_operator.api import Api, KubeApiError
 from tts_operator.builders import Images, Manifest, Owner, build_children, claim_template_name, differs
+from tts_operator.childwrites import ChildWrites
 from tts_operator.spec import TTSServiceSpec
 from tts_operator.status import PodInfo
 from tts_operator.written import Written
@@ -80,23 +81,29 @@ def observed_part(body: Any) -> Manifest:
 
 
 async def apply_child(
-    api: Api, desired: Manifest, observed: Manifest | None = None, *, known: bool = False
+    api: Api,
+    desired: Manifest,
+    observed: Manifest | None = None,
+    *,
+    known: bool = False,
+    writes: ChildWrites | None = None,
 ) -> str:
     """Create the child if missing, patch it if it drifted from what we set. Returns what was done.
 
     `observed` is the child as the watch shows it; `known` says that None means it does not exist (the
-    children index), otherwise None means: ask the API server."""
+    children index), otherwise None means: ask the API server. What the API server answers to a create or
+    patch goes to `writes` (the index shows it a moment later)."""
     meta = desired["metadata"]
     if observed is None and not known:
         observed = await api.get(desired["kind"], meta["namespace"], meta["name"])
     if observed is None:
         try:
-            await api.create(desired)
+            _wrote(writes, await api.create(desired))
             return "created"
         except KubeApiError as exc:
             if exc.status != 409:
                 raise
-        # Created meanwhile (the index lags behind our own POSTs, or the event handler made it): compare it.
+        # It exists after all (made by someone else, or by us more than `writes` remembers): compare it.
         observed = await api.get(desired["kind"], meta["namespace"], meta["name"])
         if observed is None:
             return "created"
@@ -107,31 +114,43 @@ async def apply_child(
         uid = (observed.get("metadata") or {}).get("uid")
         await api.delete(desired["kind"], meta["namespace"], meta["name"], uid)
         try:
-            await api.create(desired)
+            _wrote(writes, await api.create(desired))
         except KubeApiError as exc:
             if exc.status != 409:  # someone (the child watch) made it meanwhile: the next pass compares it
                 raise
         return "replaced"
-    await api.patch(desired["kind"], meta["namespace"], meta["name"], owned_part(desired))
+    _wrote(writes, await api.patch(desired["kind"], meta["namespace"], meta["name"], owned_part(desired)))
     return "patched"
 
 
+def _wrote(writes: ChildWrites | None, answer: Manifest | None) -> None:
+    if writes is not None and answer:
+        writes.wrote(observed_part(answer))
+
+
 async def apply_children(
-    api: Api, owner: Owner, images: Images, known: Mapping[str, Iterable[Manifest]] | None = None
+    api: Api,
+    owner: Owner,
+    images: Images,
+    known: Mapping[str, Iterable[Manifest]] | None = None,
+    writes: ChildWrites | None = None,
 ) -> dict[str, str]:
     """Bring every child to what it should be. `known` maps a kind to its watched children of this owner (the
-    children index): compared without a GET; without it, each child is read from the API server."""
+    children index): compared without a GET, or with what `writes` says the operator made of a child since
+    (the index lags behind those writes); without `known`, each child is read from the API server."""
     done: dict[str, str] = {}
     for child in build_children(owner, images):
         name = child["metadata"]["name"]
         if known is None:
-            result = await apply_child(api, child)
+            result = await apply_child(api, child, writes=writes)
         else:
             observed = next(
                 (o for o in known.get(child["kind"], ()) if (o.get("metadata") or {}).get("name") == name),
                 None,
             )
-            result = await apply_child(api, child, observed, known=True)
+            if writes is not None:
+                observed = writes.current(child["kind"], owner.namespace, name, observed)
+            result = await apply_child(api, child, observed, known=True, writes=writes)
         done[f"{child['kind']}/{name}"] = result
     if known is not None:
         wanted = {c["kind"] for c in build_children(owner, images)}
