@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from tts_contract.extras import missing_extra
+from tts_contract.flags import add_flags, settings_from_args
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -18,7 +19,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except ModuleNotFoundError as err:  # `pip install .` without [operator]
         raise SystemExit(missing_extra(err, "tts-operator run", "operator")) from None
     # Read once, here: the handlers module takes them on import (its timer's interval among them).
-    settings = settings_module.from_args(parser, settings_module.OperatorSettings, args)
+    settings = settings_from_args(parser, settings_module.OperatorSettings, args)
     kopf.configure(verbose=settings.verbose, debug=settings.debug)
     if settings.dra == "auto":
         # GPU sharing mode dra needs watches of ResourceClaims and claim templates: opened only where they
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     agent = sub.add_parser("agent", help="the residency agent sidecar of an inference pod")
     try:
-        from tts_operator.settings import AgentSettings, OperatorSettings, add_flags
+        from tts_operator.settings import AgentSettings, OperatorSettings
     except ModuleNotFoundError as err:
         raise SystemExit(missing_extra(err, "tts-operator", "operator")) from None
     add_flags(run, OperatorSettings)

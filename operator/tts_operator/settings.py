@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tts_contract.flags import Flag
 
 RUNTIME_IMAGE = "ghcr.io/residency-dev/residency-runtime:0.1.0"
 AGENT_IMAGE = "ghcr.io/residency-dev/residency-operator:0.1.0"
@@ -16,44 +17,29 @@ DEFAULT_TOKEN_FILE = "/var/run/residency/admin-token"
 DRAIN_SECONDS = 30.0
 
 
-def _flags(*flags: str, metavar: str | None = None) -> dict[str, Any]:
-    """`json_schema_extra` of a field: the flag spellings (default `--field-name`) and the metavar."""
-    return {"flags": list(flags), **({"metavar": metavar} if metavar else {})}
-
-
 class OperatorSettings(BaseSettings):
     """`tts-operator run`: each field is a flag and `RESIDENCY_<FIELD>` (flags win)."""
 
     model_config = SettingsConfigDict(env_prefix="RESIDENCY_", extra="ignore")
 
     standalone: bool = Field(False, description="no peering with other operator instances")
-    namespace: list[str] = Field(
-        default_factory=list,
-        description="watch this namespace (repeatable; globs allowed, as in Kopf)",
-        json_schema_extra=_flags("-n", "--namespace", metavar="NS"),
+    namespace: Annotated[list[str], Flag("-n", "--namespace", metavar="NS")] = Field(
+        default_factory=list, description="watch this namespace (repeatable; globs allowed, as in Kopf)"
     )
-    all_namespaces: bool = Field(
-        False,
-        description="watch every namespace (the default without -n)",
-        json_schema_extra=_flags("-A", "--all-namespaces"),
+    all_namespaces: Annotated[bool, Flag("-A", "--all-namespaces")] = Field(
+        default=False, description="watch every namespace (the default without -n)"
     )
-    liveness: str | None = Field(
-        None,
-        description="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz",
-        json_schema_extra=_flags(metavar="URL"),
+    liveness: Annotated[str | None, Flag(metavar="URL")] = Field(
+        default=None, description="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"
     )
-    verbose: bool = Field(
-        False, description="log at DEBUG level", json_schema_extra=_flags("-v", "--verbose")
-    )
-    debug: bool = Field(
-        False,
-        description="log at DEBUG level, Kopf internals included",
-        json_schema_extra=_flags("-d", "--debug"),
+    verbose: Annotated[bool, Flag("-v", "--verbose")] = Field(default=False, description="log at DEBUG level")
+    debug: Annotated[bool, Flag("-d", "--debug")] = Field(
+        default=False, description="log at DEBUG level, Kopf internals included"
     )
     runtime_image: str = Field(RUNTIME_IMAGE, min_length=1, description="runtime image of new pods")
     agent_image: str = Field(AGENT_IMAGE, min_length=1, description="agent image of new pods")
     runtime_drain_seconds: float = Field(
-        DRAIN_SECONDS,
+        default=DRAIN_SECONDS,
         ge=0,
         description="the runtime's drain budget on SIGTERM; the pods' grace period is this plus a margin",
     )
@@ -67,7 +53,8 @@ class OperatorSettings(BaseSettings):
     api_threads: int = Field(32, ge=1, le=1024, description="Kubernetes API calls in flight at once")
     # GPU sharing mode dra watches ResourceClaims and claim templates; auto: where served and allowed.
     dra: Literal["auto", "on", "off"] = Field(
-        "auto", description="watch DRA claims: auto (if served and allowed, checked at start), on or off"
+        default="auto",
+        description="watch DRA claims: auto (if served and allowed, checked at start), on or off",
     )
 
     @model_validator(mode="after")
@@ -83,16 +70,16 @@ class AgentSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RESIDENCY_AGENT_", extra="ignore", populate_by_name=True)
 
     pod: str | None = Field(
-        None, validation_alias=AliasChoices("POD_NAME"), description="own pod name (env POD_NAME)"
+        default=None, validation_alias=AliasChoices("POD_NAME"), description="own pod name (env POD_NAME)"
     )
     namespace: str | None = Field(
-        None,
+        default=None,
         validation_alias=AliasChoices("POD_NAMESPACE"),
         description="own pod namespace (env POD_NAMESPACE)",
     )
     runtime_url: str = Field(DEFAULT_RUNTIME_URL, description="the runtime over localhost")
     admin_token_file: str = Field(
-        DEFAULT_TOKEN_FILE,
+        default=DEFAULT_TOKEN_FILE,
         validation_alias=AliasChoices("RESIDENCY_ADMIN_TOKEN_FILE"),
         description="bearer token for the runtime's admin routes, written by the runtime at its start "
         "(env RESIDENCY_ADMIN_TOKEN_FILE)",
@@ -100,53 +87,21 @@ class AgentSettings(BaseSettings):
     health_port: int = Field(8081, ge=0, le=65535, description="/healthz and /readyz (0: any free port)")
     health_host: str = Field("0.0.0.0", description="address of the probe server")
     min_publish_interval: float = Field(
-        1.0,
+        default=1.0,
         ge=0,
         description="seconds between two writes of the residency annotation (the latest state "
         "always follows)",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", validation_alias=AliasChoices("LOG_LEVEL"), description="log verbosity (env LOG_LEVEL)"
+        default="INFO",
+        validation_alias=AliasChoices("LOG_LEVEL"),
+        description="log verbosity (env LOG_LEVEL)",
     )
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
-
-
-S = TypeVar("S", bound=BaseSettings)
-
-
-def add_flags(parser: argparse.ArgumentParser, settings: type[BaseSettings]) -> None:
-    """One flag per settings field (help from its description); a flag left out keeps the env/default."""
-    for name, field in settings.model_fields.items():
-        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        flags = [str(f) for f in extra.get("flags") or []] or [f"--{name.replace('_', '-')}"]  # type: ignore[union-attr]
-        options: dict[str, Any] = {"dest": name, "default": None, "help": field.description}
-        if field.annotation is bool:
-            options["action"] = "store_true"
-        elif get_origin(field.annotation) is list:
-            options.update(action="append", metavar=extra.get("metavar"))
-        else:
-            options["metavar"] = extra.get("metavar") or name.upper()
-            if str in get_args(field.annotation) or field.annotation is str:
-                options["type"] = str
-        parser.add_argument(*flags, **options)
-
-
-def from_args(parser: argparse.ArgumentParser, settings: type[S], args: argparse.Namespace) -> S:
-    """The settings: environment, then the flags given; a wrong value exits 2 naming its flag."""
-    given = {k: v for k, v in vars(args).items() if k in settings.model_fields and v is not None}
-    try:
-        return settings(**given)
-    except ValidationError as err:
-        problems = []
-        for error in err.errors():
-            field = str(error["loc"][0]) if error["loc"] else ""
-            flag = f"--{field.replace('_', '-')}" if field else "settings"
-            problems.append(f"{flag}: {str(error['msg']).removeprefix('Value error, ')}")
-        parser.error("; ".join(problems))
 
 
 _current: OperatorSettings | None = None

@@ -24,64 +24,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tts_runtime")
 
-# Settings field -> the flag that sets it, so an error names what the user typed.
-_FLAGS = {
-    "host": "--host",
-    "port": "--port",
-    "model": "--model",
-    "models_file": "--models-file",
-    "models_json": "TTS_RUNTIME_MODELS_JSON",
-    "offload_after_use": "--offload-after-use",
-    "idle_offload_seconds": "--idle-offload-seconds",
-    "idle_release_seconds": "--idle-release-seconds",
-    "disable_gpu_management": "--disable-gpu-management",
-    "device": "--device",
-    "admin_token": "--admin-token",
-    "admin_token_file": "--admin-token-file",
-    "max_queue": "--max-queue",
-    "drain_timeout_seconds": "--drain-timeout",
-    "log_level": "--log-level",
-    "events_keepalive_seconds": "TTS_RUNTIME_EVENTS_KEEPALIVE_SECONDS",
-}
-
-
-def _add_model_flags(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("models and residency policy")
-    g.add_argument(
-        "--model",
-        action="append",
-        metavar="SPEC",
-        help="a model to serve (repeatable): 'hibari', NAME=hibari, or NAME=module:factory",
-    )
-    g.add_argument("--models-file", metavar="PATH", help='YAML/JSON file {"models": [ModelSpec, ...]}')
-    g.add_argument(
-        "--offload-after-use",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="move weights off the GPU as soon as the last request ends (default: on)",
-    )
-    g.add_argument(
-        "--idle-offload-seconds",
-        "--gpu-idle-timeout",
-        dest="idle_offload_seconds",
-        metavar="S",
-        help="with --no-offload-after-use: offload after S idle seconds (default 600)",
-    )
-    g.add_argument(
-        "--idle-release-seconds",
-        metavar="S",
-        help="release a model completely after S idle seconds; 0 = never (default 3600)",
-    )
-    g.add_argument(
-        "--disable-gpu-management",
-        action="store_true",
-        default=None,
-        help="traditional mode: preload every model and keep it on the GPU",
-    )
-    g.add_argument("--device", metavar="auto|cuda|cpu", help="where models execute (default auto)")
-
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line; its flags are made from the settings' fields (tts_contract.flags)."""
+    from tts_contract.flags import add_flags
+    from tts_runtime.settings import MODELS, Settings
+
     parser = argparse.ArgumentParser(
         prog="tts-runtime",
         description="Residency's TTS runtime: OpenAI-compatible speech that never lets an idle model squat "
@@ -89,55 +37,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
     serve = sub.add_parser(
         "serve", help="serve speech, residency, admin, metrics, status page and MCP over HTTP"
     )
-    serve.add_argument("--host", help="interface to bind (default 127.0.0.1; 0.0.0.0 in a container)")
-    serve.add_argument("--port", metavar="N", help="TCP port (default 8000)")
-    _add_model_flags(serve)
-    g = serve.add_argument_group("security and limits")
-    g.add_argument("--admin-token", metavar="TOKEN", help="bearer token required by admin routes")
-    g.add_argument(
-        "--admin-token-file",
-        metavar="PATH",
-        help="read the admin token from PATH; generate one there (mode 0600) if it does not exist",
-    )
-    g.add_argument(
-        "--max-queue", metavar="N", help="speech requests admitted at once; beyond: 503 (default 64)"
-    )
-    g.add_argument(
-        "--drain-timeout",
-        dest="drain_timeout_seconds",
-        metavar="S",
-        help="on SIGTERM wait up to S seconds for requests in flight (default 30)",
-    )
-    g.add_argument("--log-level", metavar="LEVEL", help="critical|error|warning|info|debug (default info)")
-
+    add_flags(serve, Settings)
     mcp = sub.add_parser("mcp", help="serve the MCP tools over stdio (for a local MCP client)")
-    _add_model_flags(mcp)
+    add_flags(mcp, Settings, groups=[MODELS])
     return parser
 
 
 def load_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Settings:
     """Settings from the environment with the flags given on the command line on top; exit 2 if wrong."""
-    from pydantic import ValidationError
-
+    from tts_contract.flags import settings_from_args
     from tts_runtime.settings import Settings
 
-    given = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
-    try:
-        return Settings(**given)
-    except ValidationError as err:
-        problems = []
-        for error in err.errors():
-            field = str(error["loc"][0]) if error["loc"] else ""
-            flag = _FLAGS.get(field, field)
-            where = (
-                flag if field in given or flag.startswith("TTS_") else f"{flag} / TTS_RUNTIME_{field.upper()}"
-            )
-            problems.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
-        parser.error("; ".join(problems))
+    return settings_from_args(parser, Settings, args)
 
 
 def _configure_logging(level: str) -> None:

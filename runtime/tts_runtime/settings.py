@@ -1,4 +1,4 @@
-"""Runtime settings: `TTS_RUNTIME_*` environment variables, overridden by command-line flags."""
+"""Runtime settings: `TTS_RUNTIME_*` environment variables, overridden by the flags made from the fields."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tts_contract import ModelSpec, PolicyPatch
+from tts_contract.flags import Flag
 from tts_runtime import __version__
 from tts_runtime.engine.models_file import ModelsFileError, load_model_specs, parse_model_specs
 
@@ -19,6 +20,9 @@ VERSION = __version__
 
 DEFAULT_MODEL = "hibari"
 MAX_INPUT_CHARS = 4096
+# Help sections of the flags; `tts-runtime mcp` takes the MODELS ones only.
+MODELS = "models and residency policy"
+LIMITS = "security and limits"
 
 
 class ConfigError(ValueError):
@@ -26,35 +30,68 @@ class ConfigError(ValueError):
 
 
 class Settings(BaseSettings):
-    """Everything `tts-runtime serve` can be told; each field is also `TTS_RUNTIME_<FIELD>`."""
+    """Everything `tts-runtime serve` can be told: each field is a flag (tts_contract.flags, help from its
+    description) and `TTS_RUNTIME_<FIELD>`; the ones marked env_only are set by the operator alone."""
 
     model_config = SettingsConfigDict(env_prefix="TTS_RUNTIME_", extra="forbid", validate_default=True)
 
     # Loopback by default: a container sets TTS_RUNTIME_HOST=0.0.0.0 explicitly.
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
+    host: str = Field(default="127.0.0.1", description="interface to bind; a container binds 0.0.0.0")
+    port: Annotated[int, Flag(metavar="N")] = Field(default=8000, ge=0, le=65535, description="TCP port")
     # `--model` values: "hibari", "NAME=hibari" or "NAME=module:factory" (a plug-in).
-    model: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    models_file: Path | None = None
+    model: Annotated[list[str], NoDecode, Flag(metavar="SPEC", group=MODELS)] = Field(
+        default_factory=list,
+        description="a model to serve (repeatable): 'hibari', NAME=hibari, or NAME=module:factory",
+    )
+    models_file: Annotated[Path | None, Flag(metavar="PATH", group=MODELS)] = Field(
+        default=None, description='YAML/JSON file {"models": [ModelSpec, ...]}'
+    )
     # What the operator sets: {"models": [ModelSpec, ...]}; used when no flag or file names models.
-    models_json: str | None = None
+    models_json: Annotated[str | None, Flag(env_only=True)] = None
     # Policy overrides for every model; None keeps each model's own policy (or the seed default).
-    offload_after_use: bool | None = None
-    idle_offload_seconds: float | None = Field(default=None, ge=0)
-    idle_release_seconds: float | None = Field(default=None, ge=0)
-    disable_gpu_management: bool = False
-    device: Literal["auto", "cuda", "cpu"] = "auto"
+    offload_after_use: Annotated[bool | None, Flag(group=MODELS)] = Field(
+        default=None, description="move weights off the GPU as soon as the last request ends (default: on)"
+    )
+    idle_offload_seconds: Annotated[
+        float | None, Flag("--idle-offload-seconds", "--gpu-idle-timeout", metavar="S", group=MODELS)
+    ] = Field(
+        default=None,
+        ge=0,
+        description="with --no-offload-after-use: offload after S idle seconds (default 600)",
+    )
+    idle_release_seconds: Annotated[float | None, Flag(metavar="S", group=MODELS)] = Field(
+        default=None,
+        ge=0,
+        description="release a model completely after S idle seconds; 0 = never (default 3600)",
+    )
+    disable_gpu_management: Annotated[bool, Flag(group=MODELS)] = Field(
+        default=False, description="traditional mode: preload every model and keep it on the GPU"
+    )
+    device: Annotated[Literal["auto", "cuda", "cpu"], Flag(group=MODELS)] = Field(
+        default="auto", description="where models execute"
+    )
     # The pod's share of a shared GPU in bytes (HAMi's or MPS's limit, or memoryBudgetBytes; set by the
     # operator): the runtime keeps its models on the GPU within it. None = the whole GPU.
-    gpu_memory_budget_bytes: int | None = Field(default=None, ge=0)
-    admin_token: SecretStr | None = None
-    admin_token_file: Path | None = None
+    gpu_memory_budget_bytes: Annotated[int | None, Flag(env_only=True)] = Field(default=None, ge=0)
+    admin_token: Annotated[SecretStr | None, Flag(metavar="TOKEN", group=LIMITS)] = Field(
+        default=None, description="bearer token required by admin routes"
+    )
+    admin_token_file: Annotated[Path | None, Flag(metavar="PATH", group=LIMITS)] = Field(
+        default=None,
+        description="read the admin token from PATH; generate one there (mode 0600) if it does not exist",
+    )
     # Speech requests admitted at once (running + waiting); beyond it 503 + Retry-After.
-    max_queue: int = Field(default=64, ge=1, le=100_000)
-    drain_timeout_seconds: float = Field(default=30.0, ge=0)
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    max_queue: Annotated[int, Flag(metavar="N", group=LIMITS)] = Field(
+        default=64, ge=1, le=100_000, description="speech requests admitted at once; beyond: 503"
+    )
+    drain_timeout_seconds: Annotated[float, Flag("--drain-timeout", metavar="S", group=LIMITS)] = Field(
+        default=30.0, ge=0, description="on SIGTERM wait up to S seconds for requests in flight"
+    )
+    log_level: Annotated[Literal["critical", "error", "warning", "info", "debug"], Flag(group=LIMITS)] = (
+        Field(default="info", description="log verbosity")
+    )
     # Seconds between keep-alive comments on the /v1/residency/events stream.
-    events_keepalive_seconds: float = Field(default=15.0, gt=0)
+    events_keepalive_seconds: Annotated[float, Flag(env_only=True)] = Field(default=15.0, gt=0)
 
     @field_validator("model", mode="before")
     @classmethod

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tts_contract.flags import add_flags, settings_from_args
 from tts_operator import settings as settings_module
-from tts_operator.settings import AgentSettings, OperatorSettings, add_flags, from_args
+from tts_operator.settings import AgentSettings, OperatorSettings
 
 OPERATOR = Path(settings_module.__file__).parent
 
@@ -20,7 +21,7 @@ Model = type[OperatorSettings] | type[AgentSettings]
 def parse(model: Model, *argv: str) -> OperatorSettings | AgentSettings:
     parser = argparse.ArgumentParser(prog="t")
     add_flags(parser, model)
-    return from_args(parser, model, parser.parse_args(list(argv)))
+    return settings_from_args(parser, model, parser.parse_args(list(argv)))
 
 
 def test_the_environment_is_read_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:

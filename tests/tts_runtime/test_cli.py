@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import stat
 from pathlib import Path
@@ -181,3 +182,39 @@ def test_malformed_models_json_is_reported(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("TTS_RUNTIME_MODELS_JSON", "{not json")
     with pytest.raises(ConfigError, match="TTS_RUNTIME_MODELS_JSON"):
         settings_from(["serve"]).model_specs()
+
+
+def _dests(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
+
+
+def test_every_setting_is_a_flag_or_set_by_the_operator_and_each_is_documented() -> None:
+    """The flags are the settings' fields (no second list to drift); docs/runtime.md names each one."""
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    serve, mcp = _dests(commands["serve"]), _dests(commands["mcp"])
+    env_only = {"models_json", "gpu_memory_budget_bytes", "events_keepalive_seconds"}
+    assert set(serve) == set(Settings.model_fields) - env_only
+    assert set(mcp) < set(serve) and {"model", "device", "offload_after_use"} <= set(mcp)
+    assert all(action.help for action in serve.values())
+    doc = (Path(__file__).parents[2] / "docs" / "runtime.md").read_text()
+    for name in Settings.model_fields:
+        assert f"`TTS_RUNTIME_{name.upper()}`" in doc, name
+        if name in serve:
+            assert f"`{serve[name].option_strings[0]}" in doc, name
+
+
+def test_the_runtime_reads_no_environment_at_import_time() -> None:
+    """Settings are read once, in `main`: no module-level os.environ in the runtime package."""
+    import ast
+
+    import tts_runtime
+
+    found = []
+    for path in Path(tts_runtime.__file__).parent.rglob("*.py"):
+        for stmt in ast.parse(path.read_text()).body:
+            if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                continue
+            if "os.environ" in ast.unparse(stmt) or "getenv" in ast.unparse(stmt):
+                found.append(f"{path.name}: {ast.unparse(stmt)[:80]}")
+    assert not found, found

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tts_contract.flags import add_flags
 from tts_operator.agent.cli import run_agent
-from tts_operator.settings import AgentSettings, add_flags
+from tts_operator.settings import AgentSettings
 
 
 def main() -> int:

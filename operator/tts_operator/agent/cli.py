@@ -11,7 +11,8 @@ from pathlib import Path
 from types import FrameType
 
 from tts_contract.extras import missing_extra
-from tts_operator.settings import AgentSettings, from_args
+from tts_contract.flags import settings_from_args
+from tts_operator.settings import AgentSettings
 
 log = logging.getLogger("tts_operator.agent")
 
@@ -20,7 +21,7 @@ def run_agent(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """The agent with the settings read once from the environment and the flags; or the message naming
     the missing extra when installed without [operator]."""
     try:
-        return run(from_args(parser, AgentSettings, args))
+        return run(settings_from_args(parser, AgentSettings, args))
     except ModuleNotFoundError as err:
         raise SystemExit(missing_extra(err, "tts-operator agent", "operator")) from None
 
