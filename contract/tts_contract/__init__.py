@@ -1,7 +1,7 @@
 """The contract shared by the runtime, the agent and the operator: every name of it is exported here.
 
-Pydantic only (no numpy, no torch): the operator image imports it. Submodules:
-`names` (API group, kind, label keys, name patterns), `residency` (states, verbs, policy, report, the
+Pydantic only (no numpy, no torch): the operator image imports it. Submodules: `names` (API group, kind,
+label keys, the pod's env names and paths, name patterns), `residency` (states, verbs, policy, report, the
 idle-and-freeable rule), `model` (the model spec), `annotations` (annotation keys and values, parse and dump).
 """
 
@@ -27,20 +27,30 @@ from tts_contract.model import (
     ServiceModel,
 )
 from tts_contract.names import (
+    ADMIN_TOKEN_ENV,
+    ADMIN_TOKEN_FILE,
+    ADMIN_TOKEN_FILE_ENV,
     DEVICE_PATTERN,
+    DRAIN_TIMEOUT_ENV,
     FACTORY_PATTERN,
+    GPU_MEMORY_BUDGET_ENV,
     GROUP,
     KIND,
     MANAGED_BY,
     MANAGED_BY_LABEL,
     MAX_SERVICE_NAME_LENGTH,
     MODEL_NAME_PATTERN,
+    MODELS_JSON_ENV,
     NAME,
     NAME_LABEL,
     PLACEMENT_GATE,
     PLURAL,
+    POD_NAME_ENV,
+    POD_NAMESPACE_ENV,
     RESERVED_ENV,
+    RUNTIME_ENV_PREFIX,
     SERVICE_LABEL,
+    SHARED_DIR,
     VERSION,
     matches,
 )
@@ -63,22 +73,30 @@ from tts_contract.residency import (
 )
 
 __all__ = [
+    "ADMIN_TOKEN_ENV",
+    "ADMIN_TOKEN_FILE",
+    "ADMIN_TOKEN_FILE_ENV",
     "DEVICE_PATTERN",
+    "DRAIN_TIMEOUT_ENV",
     "FACTORY_PATTERN",
     "FACTORY_RULE",
     "FREES",
+    "GPU_MEMORY_BUDGET_ENV",
     "GPU_SHARE",
     "GROUP",
     "KIND",
     "MANAGED_BY",
     "MANAGED_BY_LABEL",
     "MAX_SERVICE_NAME_LENGTH",
+    "MODELS_JSON_ENV",
     "MODEL_NAME_PATTERN",
     "NAME",
     "NAME_LABEL",
     "OFFLOAD_REQUEST",
     "PLACEMENT_GATE",
     "PLURAL",
+    "POD_NAMESPACE_ENV",
+    "POD_NAME_ENV",
     "POLICY",
     "POLICY_FIELDS",
     "PRIORITY_MAX",
@@ -86,7 +104,9 @@ __all__ = [
     "RELEASE_RULE",
     "RESERVED_ENV",
     "RESIDENCY",
+    "RUNTIME_ENV_PREFIX",
     "SERVICE_LABEL",
+    "SHARED_DIR",
     "VERB_PATH",
     "VERB_SOURCES",
     "VERSION",

@@ -1,4 +1,4 @@
-"""Names of the contract: API group, kind, label keys, and the patterns names must match."""
+"""Names of the contract: API group, kind, label keys, the pod's env names and paths, and name patterns."""
 
 from __future__ import annotations
 
@@ -28,14 +28,25 @@ DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 
 # A TTSService's children append "-agent" (6 characters) to its name and must stay DNS labels (63).
 MAX_SERVICE_NAME_LENGTH = 57
+# The pod the operator builds: what it tells the runtime and the agent, and where the two meet.
+RUNTIME_ENV_PREFIX = "TTS_RUNTIME_"  # each field of tts-runtime's settings is TTS_RUNTIME_<FIELD>
+MODELS_JSON_ENV = f"{RUNTIME_ENV_PREFIX}MODELS_JSON"  # {"models": [ModelSpec, ...]}
+ADMIN_TOKEN_ENV = f"{RUNTIME_ENV_PREFIX}ADMIN_TOKEN"
+ADMIN_TOKEN_FILE_ENV = f"{RUNTIME_ENV_PREFIX}ADMIN_TOKEN_FILE"
+GPU_MEMORY_BUDGET_ENV = f"{RUNTIME_ENV_PREFIX}GPU_MEMORY_BUDGET_BYTES"  # the pod's share of a shared GPU
+DRAIN_TIMEOUT_ENV = f"{RUNTIME_ENV_PREFIX}DRAIN_TIMEOUT_SECONDS"
+POD_NAME_ENV = "POD_NAME"  # the agent's own pod, from the downward API
+POD_NAMESPACE_ENV = "POD_NAMESPACE"
+SHARED_DIR = "/var/run/residency"  # an in-memory volume the runtime and the agent both mount
+ADMIN_TOKEN_FILE = f"{SHARED_DIR}/admin-token"  # the runtime writes the admin token there, the agent reads it
 # Env names the operator sets on the runtime container itself; a user value would silently break the pod.
 RESERVED_ENV = (
-    "TTS_RUNTIME_MODELS_JSON",
-    "TTS_RUNTIME_ADMIN_TOKEN",
-    "TTS_RUNTIME_ADMIN_TOKEN_FILE",
-    "TTS_RUNTIME_GPU_MEMORY_BUDGET_BYTES",
-    "POD_NAME",
-    "POD_NAMESPACE",
+    MODELS_JSON_ENV,
+    ADMIN_TOKEN_ENV,
+    ADMIN_TOKEN_FILE_ENV,
+    GPU_MEMORY_BUDGET_ENV,
+    POD_NAME_ENV,
+    POD_NAMESPACE_ENV,
 )
 
 

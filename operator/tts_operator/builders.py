@@ -9,13 +9,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from tts_contract import names
+from tts_contract.names import (
+    ADMIN_TOKEN_FILE,
+    ADMIN_TOKEN_FILE_ENV,
+    DRAIN_TIMEOUT_ENV,
+    GPU_MEMORY_BUDGET_ENV,
+    MODELS_JSON_ENV,
+    POD_NAME_ENV,
+    POD_NAMESPACE_ENV,
+    SHARED_DIR,
+)
 from tts_operator.settings import AGENT_IMAGE, DRAIN_SECONDS, RUNTIME_IMAGE
 from tts_operator.spec import MIB, TTSServiceSpec
 
 UID = 10001
 RUNTIME_PORT = 8000
 AGENT_PORT = 8081
-SHARED_DIR = "/var/run/residency"
 WEIGHTS_DIR = "/models"
 CACHE_DIR = "/var/cache/residency"
 TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -155,16 +164,16 @@ def _runtime_container(owner: Owner, images: Images) -> Manifest:
     resources: Manifest = json.loads(json.dumps(spec.resources))  # a deep copy: never mutate the spec
     _gpu_resources(spec, resources)
     env = [
-        {"name": "TTS_RUNTIME_MODELS_JSON", "value": models_json(spec)},
-        {"name": "TTS_RUNTIME_ADMIN_TOKEN_FILE", "value": f"{SHARED_DIR}/admin-token"},
-        {"name": "TTS_RUNTIME_DRAIN_TIMEOUT_SECONDS", "value": f"{images.drain_seconds:g}"},
+        {"name": MODELS_JSON_ENV, "value": models_json(spec)},
+        {"name": ADMIN_TOKEN_FILE_ENV, "value": ADMIN_TOKEN_FILE},
+        {"name": DRAIN_TIMEOUT_ENV, "value": f"{images.drain_seconds:g}"},
         {"name": "HF_HOME", "value": CACHE_DIR},
         *[e.model_dump(by_alias=True, exclude_none=True) for e in spec.env],
     ]
     budget = spec.gpu.budget_bytes
     if budget is not None:
         # The share the pod is scheduled with: the runtime keeps its models within it (never a CUDA OOM).
-        env.insert(2, {"name": "TTS_RUNTIME_GPU_MEMORY_BUDGET_BYTES", "value": str(budget)})
+        env.insert(2, {"name": GPU_MEMORY_BUDGET_ENV, "value": str(budget)})
     mounts: list[Manifest] = [
         {"name": "residency", "mountPath": SHARED_DIR},
         {"name": "tmp", "mountPath": "/tmp"},
@@ -202,8 +211,8 @@ def _agent_container(images: Images) -> Manifest:
         "command": ["tts-operator", "agent"],
         "ports": [{"name": "agent", "containerPort": AGENT_PORT, "protocol": "TCP"}],
         "env": [
-            {"name": "POD_NAME", **field("metadata.name")},
-            {"name": "POD_NAMESPACE", **field("metadata.namespace")},
+            {"name": POD_NAME_ENV, **field("metadata.name")},
+            {"name": POD_NAMESPACE_ENV, **field("metadata.namespace")},
         ],
         "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}},
         "volumeMounts": [

@@ -8,11 +8,11 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tts_contract.flags import Flag
+from tts_contract.names import ADMIN_TOKEN_FILE, POD_NAME_ENV, POD_NAMESPACE_ENV
 
 RUNTIME_IMAGE = "ghcr.io/residency-dev/residency-runtime:0.1.0"
 AGENT_IMAGE = "ghcr.io/residency-dev/residency-operator:0.1.0"
 DEFAULT_RUNTIME_URL = "http://127.0.0.1:8000"
-DEFAULT_TOKEN_FILE = "/var/run/residency/admin-token"
 # The runtime's one drain budget on SIGTERM (requests in flight, then every model released).
 DRAIN_SECONDS = 30.0
 
@@ -70,16 +70,16 @@ class AgentSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RESIDENCY_AGENT_", extra="ignore", populate_by_name=True)
 
     pod: str | None = Field(
-        default=None, validation_alias=AliasChoices("POD_NAME"), description="own pod name (env POD_NAME)"
+        default=None, validation_alias=AliasChoices(POD_NAME_ENV), description="own pod name (env POD_NAME)"
     )
     namespace: str | None = Field(
         default=None,
-        validation_alias=AliasChoices("POD_NAMESPACE"),
+        validation_alias=AliasChoices(POD_NAMESPACE_ENV),
         description="own pod namespace (env POD_NAMESPACE)",
     )
     runtime_url: str = Field(DEFAULT_RUNTIME_URL, description="the runtime over localhost")
     admin_token_file: str = Field(
-        default=DEFAULT_TOKEN_FILE,
+        default=ADMIN_TOKEN_FILE,
         validation_alias=AliasChoices("RESIDENCY_ADMIN_TOKEN_FILE"),
         description="bearer token for the runtime's admin routes, written by the runtime at its start "
         "(env RESIDENCY_ADMIN_TOKEN_FILE)",

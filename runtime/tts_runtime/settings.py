@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from tts_contract import ModelSpec, PolicyPatch
+from tts_contract import MODELS_JSON_ENV, RUNTIME_ENV_PREFIX, ModelSpec, PolicyPatch
 from tts_contract.flags import Flag
 from tts_runtime import __version__
 from tts_runtime.engine.models_file import ModelsFileError, load_model_specs, parse_model_specs
@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     """Everything `tts-runtime serve` can be told: each field is a flag (tts_contract.flags, help from its
     description) and `TTS_RUNTIME_<FIELD>`; the ones marked env_only are set by the operator alone."""
 
-    model_config = SettingsConfigDict(env_prefix="TTS_RUNTIME_", extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(env_prefix=RUNTIME_ENV_PREFIX, extra="forbid", validate_default=True)
 
     # Loopback by default: a container sets TTS_RUNTIME_HOST=0.0.0.0 explicitly.
     host: str = Field(default="127.0.0.1", description="interface to bind; a container binds 0.0.0.0")
@@ -129,7 +129,7 @@ class Settings(BaseSettings):
                 specs += load_model_specs(self.models_file)
             specs += [parse_model_flag(value) for value in self.model]
             if not specs and self.models_json:
-                specs = parse_model_specs(_load_json(self.models_json), source="TTS_RUNTIME_MODELS_JSON")
+                specs = parse_model_specs(_load_json(self.models_json), source=MODELS_JSON_ENV)
             if not specs:
                 specs = [ModelSpec.model_validate({"name": DEFAULT_MODEL})]
             # Re-checked together: a name may come from the file and from a flag.
@@ -182,7 +182,7 @@ def _load_json(text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise ConfigError(f"TTS_RUNTIME_MODELS_JSON is not valid JSON: {err}") from err
+        raise ConfigError(f"{MODELS_JSON_ENV} is not valid JSON: {err}") from err
 
 
 def _write_new_token(path: Path) -> str:

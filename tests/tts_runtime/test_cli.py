@@ -218,3 +218,19 @@ def test_the_runtime_reads_no_environment_at_import_time() -> None:
             if "os.environ" in ast.unparse(stmt) or "getenv" in ast.unparse(stmt):
                 found.append(f"{path.name}: {ast.unparse(stmt)[:80]}")
     assert not found, found
+
+
+def test_the_env_names_the_operator_sets_are_runtime_settings() -> None:
+    """The contract's names for the runtime's env (what builders.py writes) are fields of Settings."""
+    import tts_contract
+
+    names = [
+        tts_contract.MODELS_JSON_ENV,
+        tts_contract.ADMIN_TOKEN_ENV,
+        tts_contract.ADMIN_TOKEN_FILE_ENV,
+        tts_contract.GPU_MEMORY_BUDGET_ENV,
+        tts_contract.DRAIN_TIMEOUT_ENV,
+    ]
+    for name in names:
+        field = name.removeprefix(tts_contract.RUNTIME_ENV_PREFIX).lower()
+        assert name.startswith(tts_contract.RUNTIME_ENV_PREFIX) and field in Settings.model_fields, name
