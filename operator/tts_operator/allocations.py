@@ -127,40 +127,42 @@ def dra_available(namespaces: list[str]) -> tuple[bool, str]:
     would be refused; the reason says what is missing."""
     import kubernetes
 
+    from tts_operator.kube import Kube, KubeApiError, load_config
+
     try:
-        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except kubernetes.config.ConfigException:
+        load_config()
+    except (kubernetes.config.ConfigException, OSError) as err:
+        # Kopf says the same when it starts; DRA is simply off until a restart with credentials.
+        return False, f"no Kubernetes credentials to ask with ({err})"
+    kube = Kube()
+    try:
         try:
-            kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-        except (kubernetes.config.ConfigException, OSError) as err:
-            # Kopf says the same when it starts; DRA is simply off until a restart with credentials.
-            return False, f"no Kubernetes credentials to ask with ({err})"
-    with kubernetes.client.ApiClient() as client:
-        try:
-            groups = kubernetes.client.ApisApi(client).get_api_versions()
-        except kubernetes.client.ApiException as exc:
-            return False, f"API discovery failed ({exc.status})"
-        served = any(
-            g.name == "resource.k8s.io" and any(v.version == "v1" for v in g.versions) for g in groups.groups
-        )
-        if not served:
+            group = kube.request("GET", "/apis/resource.k8s.io") or {}
+        except KubeApiError as exc:
+            if exc.status != 404:
+                return False, f"API discovery failed ({exc})"
+            group = {}
+        if not any(v.get("version") == "v1" for v in group.get("versions") or []):
             return False, "the API server does not serve resource.k8s.io/v1 (Kubernetes 1.34+)"
-        auth = kubernetes.client.AuthorizationV1Api(client)
         for namespace in namespaces or [""]:
             for resource, verbs in DRA_ACCESS:
                 for verb in verbs:
-                    review = kubernetes.client.V1SelfSubjectAccessReview(
-                        spec=kubernetes.client.V1SelfSubjectAccessReviewSpec(
-                            resource_attributes=kubernetes.client.V1ResourceAttributes(
-                                group="resource.k8s.io",
-                                resource=resource,
-                                verb=verb,
-                                namespace=namespace or None,
-                            )
-                        )
+                    attributes = {"group": "resource.k8s.io", "resource": resource, "verb": verb}
+                    if namespace:
+                        attributes["namespace"] = namespace
+                    review = {
+                        "apiVersion": "authorization.k8s.io/v1",
+                        "kind": "SelfSubjectAccessReview",
+                        "spec": {"resourceAttributes": attributes},
+                    }
+                    answer = kube.request(
+                        "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review
                     )
-                    answer = auth.create_self_subject_access_review(review).status
-                    if answer is None or not answer.allowed:
+                    if not ((answer or {}).get("status") or {}).get("allowed"):
                         where = f"in namespace {namespace}" if namespace else "cluster-wide"
                         return False, f"RBAC does not allow {verb} on resource.k8s.io {resource} {where}"
+    except KubeApiError as exc:
+        return False, f"asking the API server failed ({exc})"
+    finally:
+        kube.close()
     return True, "resource.k8s.io/v1 served and allowed"

@@ -17,7 +17,7 @@ from tts_contract import annotations as ann
 from tts_contract import names
 from tts_operator import settings as settings_module
 from tts_operator.allocations import NO_DRA, ClaimAllocation, claim_allocation, dra_enabled
-from tts_operator.api import PATHS, Api, KubeApiError
+from tts_operator.api import Api
 from tts_operator.builders import (
     Images,
     Manifest,
@@ -31,6 +31,7 @@ from tts_operator.builders import (
     wants_claim_template,
 )
 from tts_operator.childwrites import ChildWrites
+from tts_operator.kube import PATHS, KubeApiError, kopf_errors
 from tts_operator.reconcile import (
     ForeignChildError,
     StaleChildError,
@@ -252,6 +253,7 @@ async def _reconcile(
 @kopf.on.resume(G, V, P)
 @kopf.on.create(G, V, P)
 @kopf.on.update(G, V, P)
+@kopf_errors
 async def reconcile_service(
     name: str, namespace: str | None, uid: str, spec: kopf.Spec, memo: kopf.Memo, **kw: Any
 ) -> None:
@@ -269,6 +271,7 @@ def _spread(memo: kopf.Memo, name: str, namespace: str | None, **_: Any) -> floa
 
 
 @kopf.timer(G, V, P, interval=SETTINGS.recheck_seconds, initial_delay=_spread)
+@kopf_errors
 async def recheck_service(
     name: str, namespace: str | None, uid: str, spec: kopf.Spec, memo: kopf.Memo, **kw: Any
 ) -> None:

@@ -7,9 +7,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tts_contract import annotations as ann
-from tts_operator.api import Api, KubeApiError
+from tts_operator.api import Api
 from tts_operator.builders import Images, Manifest, Owner, build_children, claim_template_name, differs
 from tts_operator.childwrites import ChildWrites
+from tts_operator.kube import KubeApiError
 from tts_operator.spec import TTSServiceSpec
 from tts_operator.status import PodInfo
 from tts_operator.written import Written

@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from tts_operator.allocations import NO_DRA, dra_enabled
-from tts_operator.api import Api, KubeApiError
+from tts_operator.api import Api
+from tts_operator.kube import KubeApiError
 from tts_operator.spec import InvalidSpecError, parse_spec
 from tts_operator.status import PodInfo, aggregate, status_changed
 from tts_operator.written import includes

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubernetes import config
-from kubernetes.client.exceptions import ApiException
+from kubernetes import client, config
 
 from support.kube import KubeAPI, make_pod
-from tts_operator.agent.pod_client import PodApiError, PodClient, PodForbidden, PodNotFound, annotations_of
+from tts_operator.agent.pod_client import PodClient, annotations_of
+from tts_operator.kube import KubeApiError
 
 
 @pytest.fixture()
@@ -35,12 +35,14 @@ def test_patch_adds_and_removes_annotations_without_touching_others(
     assert annotations_of(pods.get()) == {"keep": "me", "new": '{"a":1}'}
 
 
-def test_missing_pod_is_not_found(kube_api: KubeAPI, api_client: Any) -> None:
+def test_missing_pod_is_not_found_and_may_still_come(kube_api: KubeAPI, api_client: Any) -> None:
     pods = PodClient("ghost", kube_api.namespace, api_client=api_client)
-    with pytest.raises(PodNotFound, match=f"{kube_api.namespace}/ghost"):
+    with pytest.raises(KubeApiError, match=f"{kube_api.namespace}/ghost not found") as got:
         pods.get()
-    with pytest.raises(PodNotFound):
+    assert got.value.status == 404 and got.value.temporary
+    with pytest.raises(KubeApiError, match="not found") as patched:
         pods.patch_annotations({"a": "b"})
+    assert patched.value.status == 404
 
 
 def test_watch_lists_then_follows_only_its_own_pod(kube_api: KubeAPI, api_client: Any) -> None:
@@ -72,10 +74,21 @@ def test_watch_lists_then_follows_only_its_own_pod(kube_api: KubeAPI, api_client
 
 def test_forbidden_names_the_missing_rbac_rule() -> None:
     pods = PodClient("p", "demo")
-    error = pods._error("patch", ApiException(status=403, reason="Forbidden"))
-    assert isinstance(error, PodForbidden)
-    assert "namespace demo" in str(error) and "'patch'" in str(error) and "resources: ['pods']" in str(error)
-    other = pods._error("get", ApiException(status=500, reason="Internal"))
-    assert type(other) is PodApiError and "HTTP 500" in str(other)
-    unreachable = pods._error("get", ConnectionRefusedError("refused"))
-    assert type(unreachable) is PodApiError and "refused" in str(unreachable)
+    refused = pods._explain("patch", KubeApiError(403, "Forbidden"))
+    assert refused.status == 403 and not refused.temporary  # a person must grant it: the agent logs ERROR
+    assert (
+        "namespace demo" in str(refused)
+        and "'patch'" in str(refused)
+        and "resources: ['pods']" in str(refused)
+    )
+    other = pods._explain("get", KubeApiError(500, "Internal"))
+    assert other.temporary and "get pod demo/p: 500: Internal" in str(other)
+
+
+def test_an_unreachable_api_server_is_a_temporary_error() -> None:
+    config = client.Configuration()
+    config.host = "http://127.0.0.1:1"
+    pods = PodClient("p", "demo", request_timeout=2.0, api_client=client.ApiClient(config))
+    with pytest.raises(KubeApiError, match="get pod demo/p") as got:
+        pods.get()
+    assert got.value.status == 0 and got.value.temporary

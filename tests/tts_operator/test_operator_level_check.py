@@ -6,8 +6,9 @@ import asyncio
 import copy
 from typing import Any, cast
 
-from tts_operator.api import Api, KubeApiError
+from tts_operator.api import Api
 from tts_operator.builders import Images, Owner, build_children
+from tts_operator.kube import KubeApiError
 from tts_operator.reconcile import apply_children, observed_part
 from tts_operator.spec import parse_spec
 

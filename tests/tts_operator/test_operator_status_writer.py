@@ -10,7 +10,8 @@ from typing import Any, cast
 import pytest
 
 from tts_contract import annotations as ann
-from tts_operator.api import Api, KubeApiError
+from tts_operator.api import Api
+from tts_operator.kube import KubeApiError
 from tts_operator.status import PodInfo
 from tts_operator.statuswriter import Debouncer, ServiceKey, StatusWriter
 

@@ -31,8 +31,9 @@ def run(args: AgentSettings) -> int:
     # Imported here so `tts-operator --help` does not pay for the Kubernetes client.
     from tts_operator.agent.health import HealthServer
     from tts_operator.agent.loop import Agent, Timing
-    from tts_operator.agent.pod_client import PodClient, load_kube_config
+    from tts_operator.agent.pod_client import PodClient
     from tts_operator.agent.runtime_client import RuntimeClient
+    from tts_operator.kube import load_config
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -48,7 +49,7 @@ def run(args: AgentSettings) -> int:
         )
         return 2
     try:
-        load_kube_config()
+        load_config()
     except Exception as err:
         print(
             f"tts-operator agent: no Kubernetes credentials: {err} (set KUBECONFIG or run in a pod)",

@@ -13,7 +13,7 @@ from typing import Any
 from tts_contract import Policy
 from tts_contract import annotations as ann
 from tts_operator.agent.plan import models_needing_policy, offload_targets, policy_body
-from tts_operator.agent.pod_client import PodApiError, PodClient, PodForbidden, annotations_of
+from tts_operator.agent.pod_client import PodClient, annotations_of
 from tts_operator.agent.publish import Coalescer, changes
 from tts_operator.agent.retry import Retry
 from tts_operator.agent.runtime_client import (
@@ -22,6 +22,7 @@ from tts_operator.agent.runtime_client import (
     RuntimeRefused,
     RuntimeUnavailable,
 )
+from tts_operator.kube import KubeApiError
 
 log = logging.getLogger("tts_operator.agent")
 
@@ -39,6 +40,11 @@ def _residency_annotation(report: Mapping[str, Any]) -> str:
     """The `tts.residency.dev/residency` value: the runtime's report and when it was published."""
     body = {**report, "updated": ann.now().isoformat().replace("+00:00", "Z")}
     return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
+def _level(err: KubeApiError) -> int:
+    """Every API failure is retried; one that will not pass by itself (e.g. RBAC refuses) is an ERROR."""
+    return logging.WARNING if err.temporary else logging.ERROR
 
 
 class Agent:
@@ -130,11 +136,8 @@ class Agent:
                 for pod in self.pod.watch(self.stop):
                     self._set_pod(pod)
                     self._watch.ok()
-            except PodApiError as err:
-                delay = self._watch.failed(
-                    err, logging.ERROR if isinstance(err, PodForbidden) else logging.WARNING
-                )
-                self.stop.wait(delay)
+            except KubeApiError as err:
+                self.stop.wait(self._watch.failed(err, _level(err)))
 
     # ---- one pass of the loop ----------------------------------------------------------------------
 
@@ -231,8 +234,8 @@ class Agent:
             patch[ann.RESIDENCY] = _residency_annotation(report)
         try:
             pod = self.pod.patch_annotations(patch)
-        except PodApiError as err:
-            self._offload.failed(err)
+        except KubeApiError as err:
+            self._offload.failed(err, _level(err))
             return
         if report is not None:
             self._coalescer.published(report)
@@ -251,8 +254,8 @@ class Agent:
             return
         try:
             pod = self.pod.patch_annotations({ann.RESIDENCY: _residency_annotation(value)})
-        except PodApiError as err:
-            self._coalescer.failed(self._publish.failed(err))
+        except KubeApiError as err:
+            self._coalescer.failed(self._publish.failed(err, _level(err)))
             return
         log.debug("published residency: %s", "; ".join(changes(self._coalescer.last_published, value)))
         self._coalescer.published(value)
