@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from support.clock import ManualClock
 from tts_contract import ModelSpec
-from tts_runtime.engine import Engine, ManualClock
+from tts_runtime.engine import Engine
 from tts_runtime.engine.lease import Transition
 
 TINY = "support.tiny:factory"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from support.clock import ManualClock
 from support.fakegpu import FakeGpu
 from tts_contract import ModelSpec, Policy, State, Verb
-from tts_runtime.engine import ManualClock
 from tts_runtime.engine.backends import Stats
 from tts_runtime.engine.budget import GpuBudget
 from tts_runtime.engine.errors import InsufficientGpuMemoryError

@@ -112,7 +112,7 @@ def test_the_probe_reads_the_nth_visible_gpu(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_the_pods_share_counts_an_offloaded_workers_context_by_its_host_pid() -> None:
-    from tts_runtime.engine import ManualClock
+    from support.clock import ManualClock
     from tts_runtime.engine.budget import GpuBudget
 
     context = 520 << 20

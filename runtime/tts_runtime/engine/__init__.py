@@ -1,6 +1,6 @@
 """The GPU residency engine: every model of a runtime process, its leases, verbs, policy and workers."""
 
-from tts_runtime.engine.clock import Clock, ManualClock, SystemClock
+from tts_runtime.engine.clock import Clock, SystemClock
 from tts_runtime.engine.core import Engine
 from tts_runtime.engine.gpu import GpuProbe, NoGpu, NvmlProbe
 from tts_runtime.engine.lease import Lease, Synthesis, Transition
@@ -12,7 +12,6 @@ __all__ = [
     "Engine",
     "GpuProbe",
     "Lease",
-    "ManualClock",
     "NoGpu",
     "NvmlProbe",
     "SlotView",

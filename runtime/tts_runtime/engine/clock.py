@@ -1,10 +1,9 @@
-"""Time the engine reads: the `Clock` protocol, the system clock, and a manual clock for tests."""
+"""Time the engine reads: the `Clock` protocol and the system clock (tests pass support.clock's)."""
 
 from __future__ import annotations
 
-import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -25,27 +24,3 @@ class SystemClock:
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
-
-
-class ManualClock:
-    """Time moves only when a test says so (`advance`); `sleep` advances instead of waiting."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self._t = 1000.0
-        self._start = start or datetime(2026, 1, 1, tzinfo=UTC)
-        self._lock = threading.Lock()
-
-    def monotonic(self) -> float:
-        with self._lock:
-            return self._t
-
-    def now(self) -> datetime:
-        with self._lock:
-            return self._start + timedelta(seconds=self._t - 1000.0)
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._t += seconds
-
-    def sleep(self, seconds: float) -> None:
-        self.advance(seconds)
