@@ -121,7 +121,9 @@ def serve_mcp_stdio(parser: argparse.ArgumentParser, settings: Settings) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
         engine = Engine(
-            settings.model_specs(), device=settings.device, gpu_budget_bytes=settings.gpu_memory_budget_bytes
+            settings.model_specs(),
+            device=settings.device,
+            gpu_memory_budget_bytes=settings.gpu_memory_budget_bytes,
         )
     except ConfigError as err:
         parser.error(str(err))

@@ -21,7 +21,7 @@ def _engine(
 ) -> tuple[Engine, FakeGpu]:
     """An engine on a pretend GPU whose used memory is what its models hold plus `used_by_others`."""
     gpu = FakeGpu(total)
-    e = make_engine(specs, device="cuda:0", gpu=gpu, clock=clock, gpu_budget_bytes=share)
+    e = make_engine(specs, device="cuda:0", gpu=gpu, clock=clock, gpu_memory_budget_bytes=share)
 
     def used() -> int:
         return sum(r.host_bytes for r in (e.model_report(n) for n in e.names()) if r.state == State.GPU)

@@ -118,5 +118,5 @@ def test_the_pods_share_counts_an_offloaded_workers_context_by_its_host_pid() ->
     context = 520 << 20
     nv = FakeNvml(procs={PEER: 3 * GIB, HOST_PID: context})
     slot = slot_with(Stats(device="cuda:0", host_bytes=GIB, gpu_pids=[HOST_PID]))
-    budget = GpuBudget({"m": slot}, NvmlProbe(nvml=nv), ManualClock(), 0.0, share_bytes=4 * GIB)
+    budget = GpuBudget({"m": slot}, NvmlProbe(nvml=nv), ManualClock(), 0.0, memory_budget_bytes=4 * GIB)
     assert budget.held_bytes() == context  # not 0 (the pod PID), not the peer pod's 3 GiB

@@ -1,8 +1,9 @@
 """The GPU memory budget: make room for a load or restore by offloading idle peers, or refuse it.
 
-Two limits: the memory free on the GPU (NVML), and the pod's share of the GPU (`share_bytes`: what it was
-scheduled with, HAMi's or MPS's limit or memoryBudgetBytes, passed by the operator). The share is counted from
-this process's own models, so it holds without NVML and where nothing else enforces it (time-slicing)."""
+Two limits: the memory free on the GPU (NVML), and the pod's share of the GPU (`memory_budget_bytes`: what
+it was scheduled with, HAMi's or MPS's limit or memoryBudgetBytes, passed by the operator). The share is
+counted from this process's own models, so it holds without NVML and where nothing else enforces it
+(time-slicing)."""
 
 from __future__ import annotations
 
@@ -29,13 +30,13 @@ class GpuBudget:
         gpu: GpuProbe,
         clock: Clock,
         wait_seconds: float,
-        share_bytes: int | None = None,
+        memory_budget_bytes: int | None = None,
     ) -> None:
         self._slots = slots
         self.gpu = gpu
         self.clock = clock
         self.wait_seconds = wait_seconds
-        self.share_bytes = share_bytes
+        self.memory_budget_bytes = memory_budget_bytes
         self.context_bytes = 0  # the last CUDA context any worker measured: the estimate for a new one
 
     def needed(self, slot: Slot, verb: Verb) -> int:
@@ -75,9 +76,9 @@ class GpuBudget:
 
     def _over_share(self, slot: Slot, needed: int) -> int:
         """How many bytes `needed` more would go beyond the pod's share (0: within it, or no share)."""
-        if self.share_bytes is None:
+        if self.memory_budget_bytes is None:
             return 0
-        return max(0, self.held_bytes(but=slot) + needed - self.share_bytes)
+        return max(0, self.held_bytes(but=slot) + needed - self.memory_budget_bytes)
 
     def _evict_for(
         self, slot: Slot, short: int, evict: Callable[[Slot], object], index: int | None = None
@@ -110,7 +111,7 @@ class GpuBudget:
                 raise self.refuse(
                     slot,
                     needed,
-                    f"the pod's GPU share is {self.share_bytes} bytes and its "
+                    f"the pod's GPU share is {self.memory_budget_bytes} bytes and its "
                     f"other models hold {held} that cannot be offloaded now",
                     demand=False,
                 )

@@ -62,7 +62,7 @@ class Engine:
         gpu_wait_seconds: float = 3.0,
         retry_backoff_seconds: float = 1.0,
         checkpoint: Checkpointer | None = None,
-        gpu_budget_bytes: int | None = None,
+        gpu_memory_budget_bytes: int | None = None,
     ) -> None:
         if not specs:
             raise ValueError("the engine needs at least one ModelSpec")
@@ -96,8 +96,8 @@ class Engine:
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self._closing = False
-        # gpu_budget_bytes: the pod's share of a shared GPU (the operator passes what it was scheduled with).
-        budget = GpuBudget(self._slots, self.gpu, self.clock, gpu_wait_seconds, gpu_budget_bytes)
+        # gpu_memory_budget_bytes: the pod's share of a shared GPU (what the operator scheduled it with).
+        budget = GpuBudget(self._slots, self.gpu, self.clock, gpu_wait_seconds, gpu_memory_budget_bytes)
         self._verbs = VerbRunner(budget, self.clock, self._emit, retry_backoff_seconds, self._checkpoint)
         if any(s.execution == "worker" for s in specs):
             sweep_stale_blocks()

@@ -32,7 +32,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     settings = settings or Settings()
     if engine is None:
         engine = Engine(
-            settings.model_specs(), device=settings.device, gpu_budget_bytes=settings.gpu_memory_budget_bytes
+            settings.model_specs(),
+            device=settings.device,
+            gpu_memory_budget_bytes=settings.gpu_memory_budget_bytes,
         )
     metrics = Metrics(engine.report)
     runtime = Runtime(
