@@ -31,6 +31,7 @@ from tts_operator.builders import (
     wants_claim_template,
 )
 from tts_operator.childwrites import ChildWrites
+from tts_operator.debounce import DebouncedRuns
 from tts_operator.kube import PATHS, KubeApiError, kopf_errors
 from tts_operator.reconcile import (
     ForeignChildError,
@@ -53,7 +54,7 @@ from tts_operator.sharing import (
 )
 from tts_operator.spec import InvalidSpecError, TTSServiceSpec, parse_spec
 from tts_operator.status import PodInfo
-from tts_operator.statuswriter import Debouncer, ServiceKey, StatusWriter
+from tts_operator.statuswriter import ServiceKey, StatusWriter
 from tts_operator.written import ObservedPod, Written
 
 G, V, P = names.GROUP, names.VERSION, names.PLURAL
@@ -94,8 +95,8 @@ def _written(memo: kopf.Memo) -> Written:
     return cast(Written, memo["written"])
 
 
-def _status(memo: kopf.Memo) -> Debouncer[ServiceKey]:
-    return cast(Debouncer[ServiceKey], memo["status"])
+def _status(memo: kopf.Memo) -> DebouncedRuns[ServiceKey]:
+    return cast(DebouncedRuns[ServiceKey], memo["status"])
 
 
 def _reconciles(memo: kopf.Memo) -> Serial[ServiceKey]:
@@ -138,7 +139,7 @@ async def start_status(memo: kopf.Memo, **kw: Any) -> None:
     writer = StatusWriter(
         _api(memo), lambda key: list(services.get(key, [])), lambda key: list(pods.get(key, []))
     )
-    memo["status"] = Debouncer(writer.write, SETTINGS.status_seconds)
+    memo["status"] = DebouncedRuns(writer.write, SETTINGS.status_seconds, "writing the status")
 
 
 @kopf.on.cleanup()

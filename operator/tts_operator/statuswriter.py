@@ -1,14 +1,12 @@
-"""Debounced status writes: each TTSService's status is written once per change, not once per event."""
+"""Status writes: each TTSService's status written once per change (the handlers debounce the calls)."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from tts_operator.allocations import NO_DRA, dra_enabled
 from tts_operator.api import Api
@@ -16,53 +14,6 @@ from tts_operator.kube import KubeApiError
 from tts_operator.spec import InvalidSpecError, parse_spec
 from tts_operator.status import PodInfo, aggregate, status_changed
 from tts_operator.written import includes
-
-log = logging.getLogger(__name__)
-K = TypeVar("K", bound=Hashable)
-
-
-class Debouncer(Generic[K]):
-    """Per key: run `action(key)` `delay` seconds after the first `mark`; marks until then fold into it,
-    marks during it cause one more run after another `delay`. Runs of one key never overlap, and every
-    mark is followed by a run that starts after it (so the run sees what the mark was about)."""
-
-    def __init__(self, action: Callable[[K], Awaitable[object]], delay: float) -> None:
-        self.delay = delay
-        self._action = action
-        self._scheduled: set[K] = set()
-        self._running: set[K] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def mark(self, key: K) -> None:
-        if key in self._scheduled:
-            return
-        self._scheduled.add(key)
-        if key not in self._running:
-            self._running.add(key)
-            task = asyncio.get_running_loop().create_task(self._run(key))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, key: K) -> None:
-        try:
-            while key in self._scheduled:
-                await asyncio.sleep(self.delay)
-                self._scheduled.discard(key)
-                try:
-                    await self._action(key)
-                except Exception:  # the level check marks every service again later: it is retried then
-                    log.exception("writing the status of %s failed", key)
-        finally:
-            self._running.discard(key)
-            self._scheduled.discard(key)
-
-    def pending(self) -> int:
-        return len(self._tasks)
-
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 @dataclass

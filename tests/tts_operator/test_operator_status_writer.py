@@ -13,7 +13,7 @@ from tts_contract import annotations as ann
 from tts_operator.api import Api
 from tts_operator.kube import KubeApiError
 from tts_operator.status import PodInfo
-from tts_operator.statuswriter import Debouncer, ServiceKey, StatusWriter
+from tts_operator.statuswriter import ServiceKey, StatusWriter
 
 KEY: ServiceKey = ("default", "voice")
 
@@ -29,55 +29,6 @@ async def until(condition: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0.005)
     raise AssertionError("timed out")
-
-
-def test_marks_within_the_delay_are_one_run_and_a_mark_during_a_run_is_one_more() -> None:
-    async def scenario() -> list[tuple[str, str]]:
-        log: list[tuple[str, str]] = []
-        release = asyncio.Event()
-
-        async def action(key: str) -> None:
-            log.append(("start", key))
-            if len(log) == 1:
-                await release.wait()
-            log.append(("end", key))
-
-        debounce = Debouncer(action, 0.01)
-        for _ in range(5):
-            debounce.mark("a")
-        debounce.mark("b")
-        await until(lambda: ("end", "b") in log)  # b, marked with a, has had its delay and its run
-        assert log.count(("start", "a")) == 1 and ("end", "a") not in log  # a's first run is held open
-        debounce.mark("a")
-        debounce.mark("a")
-        release.set()
-        await until(lambda: log.count(("end", "a")) == 2 and debounce.pending() == 0)
-        await debounce.close()
-        return log
-
-    log = run(scenario())
-    assert [e for e in log if e[1] == "a"] == [("start", "a"), ("end", "a"), ("start", "a"), ("end", "a")]
-    assert [e for e in log if e[1] == "b"] == [("start", "b"), ("end", "b")]
-
-
-def test_a_failing_action_is_logged_and_the_key_can_run_again() -> None:
-    async def scenario() -> int:
-        calls = 0
-
-        async def action(key: str) -> None:
-            nonlocal calls
-            calls += 1
-            raise KubeApiError(500, "boom")
-
-        debounce = Debouncer(action, 0.0)
-        debounce.mark("a")
-        await until(lambda: calls == 1 and debounce.pending() == 0)
-        debounce.mark("a")
-        await until(lambda: calls == 2 and debounce.pending() == 0)
-        await debounce.close()
-        return calls
-
-    assert run(scenario()) == 2
 
 
 class FakeApi:

@@ -1,4 +1,4 @@
-"""What in a residency report is worth publishing, and when: a pure diff and a trailing-edge rate limiter."""
+"""What in a residency report is worth publishing, and when: a pure diff and the publication's debouncing."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from tts_operator.debounce import Debouncer
 
 Report = Mapping[str, Any]
 
@@ -71,19 +73,18 @@ class Coalescer:
 
     The first change after a quiet period goes out at once (leading edge); changes inside the interval
     only replace the pending report, which goes out when the interval ends (trailing edge). A burst that
-    ends where it started publishes nothing more: the annotation already says that.
+    ends where it started publishes nothing more: the annotation already says that. The timing is the
+    operator's one Debouncer; this adds what counts as a change (`significant`).
     """
 
     def __init__(self, min_interval: float, clock: Callable[[], float] = time.monotonic) -> None:
         if min_interval < 0:
             raise ValueError(f"min_interval must be >= 0 seconds, got {min_interval}")
         self.min_interval = min_interval
-        self._clock = clock
+        self._timing = Debouncer(min_interval, leading=True, clock=clock)
         self._published: dict[str, Any] | None = None  # significant() of what the pod shows
         self._published_report: Report | None = None
         self._pending: Report | None = None
-        self._last_at: float | None = None
-        self._not_before: float = float("-inf")
 
     @property
     def pending(self) -> Report | None:
@@ -95,44 +96,36 @@ class Coalescer:
 
     def offer(self, report: Report) -> None:
         """The runtime's latest report; becomes pending when it differs from what is published."""
-        self._pending = None if significant(report) == self._published else report
-
-    def _due_at(self) -> float | None:
-        if self._pending is None:
-            return None
-        earliest = self._not_before
-        if self._last_at is not None:
-            earliest = max(earliest, self._last_at + self.min_interval)
-        return earliest
+        if significant(report) == self._published:
+            self._pending = None
+            self._timing.cancel()
+        else:
+            self._pending = report
+            self._timing.mark()
 
     def wait_time(self) -> float | None:
         """Seconds until the pending report may go out (0: now); None when nothing is pending."""
-        due_at = self._due_at()
-        if due_at is None:
-            return None
-        return max(0.0, due_at - self._clock())
+        return self._timing.wait_time()
 
     def due(self) -> Report | None:
         """The report to publish now, or None (nothing pending, or still inside the interval)."""
-        due_at = self._due_at()
-        if due_at is None or self._clock() < due_at:
-            return None
-        return self._pending
+        return self._pending if self._timing.due() else None
 
     def published(self, report: Report) -> None:
         """Record that `report` is now on the pod."""
         self._published = significant(report)
         self._published_report = report
-        self._last_at = self._clock()
-        self._not_before = float("-inf")
+        self._timing.ran()
         if self._pending is report or (
             self._pending is not None and significant(self._pending) == self._published
         ):
             self._pending = None
+        elif self._pending is not None:  # something newer than what went out: due after the interval
+            self._timing.mark()
 
     def failed(self, retry_in: float) -> None:
         """The publication failed: keep the report pending and try again after `retry_in` seconds."""
-        self._not_before = self._clock() + retry_in
+        self._timing.postpone(retry_in)
 
     def forget(self) -> None:
         """Publish the next report whatever it is (e.g. someone else overwrote the annotation)."""
