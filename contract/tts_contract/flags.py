@@ -65,14 +65,16 @@ def _choices(annotation: Any) -> tuple[Any, ...]:
     return tuple(v for arg in get_args(annotation) if get_origin(arg) is Literal for v in get_args(arg))
 
 
-def _help(field: FieldInfo) -> str:
-    text = (field.description or "").replace("%", "%%")
+def _help(model: type[BaseModel], name: str, field: FieldInfo) -> str:
+    """The description, then the default and the environment variable, both read from the field."""
+    said = []
     default = field.default
-    # The default said once, from the field itself; None, False and [] say nothing a reader needs.
+    # None, False and [] say nothing a reader needs; a description that explains its default keeps it.
     shown = field.default_factory is None and default is not None and default is not False
-    if shown and field.is_required() is False and "default" not in text:
-        text += f" (default {default})"
-    return text
+    if shown and not field.is_required() and "default" not in (field.description or ""):
+        said.append(f"default {default}")
+    said.append(f"env {env_name(model, name)}")
+    return f"{field.description or ''} ({', '.join(said)})".replace("%", "%%")
 
 
 def add_flags(
@@ -90,7 +92,7 @@ def add_flags(
             if flag.group not in sections:
                 sections[flag.group] = parser.add_argument_group(flag.group)
             target = sections[flag.group]
-        options: dict[str, Any] = {"dest": name, "default": None, "help": _help(field)}
+        options: dict[str, Any] = {"dest": name, "default": None, "help": _help(model, name, field)}
         annotation, args = field.annotation, get_args(field.annotation)
         if annotation is bool:
             options["action"] = "store_true"

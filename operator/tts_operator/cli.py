@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = sub.add_parser(
         "run",
         help="reconcile TTSService objects (Kopf operator)",
-        description="Every flag is also RESIDENCY_<FLAG> in the environment (flags win).",
+        description="Each flag's help names its environment variable (a flag given wins).",
     )
     agent = sub.add_parser("agent", help="the residency agent sidecar of an inference pod")
     try:

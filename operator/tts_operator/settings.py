@@ -70,19 +70,18 @@ class AgentSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RESIDENCY_AGENT_", extra="ignore", populate_by_name=True)
 
     pod: str | None = Field(
-        default=None, validation_alias=AliasChoices(POD_NAME_ENV), description="own pod name (env POD_NAME)"
+        default=None, validation_alias=AliasChoices(POD_NAME_ENV), description="own pod name"
     )
     namespace: str | None = Field(
         default=None,
         validation_alias=AliasChoices(POD_NAMESPACE_ENV),
-        description="own pod namespace (env POD_NAMESPACE)",
+        description="own pod namespace",
     )
     runtime_url: str = Field(DEFAULT_RUNTIME_URL, description="the runtime over localhost")
     admin_token_file: str = Field(
         default=ADMIN_TOKEN_FILE,
         validation_alias=AliasChoices("RESIDENCY_ADMIN_TOKEN_FILE"),
-        description="bearer token for the runtime's admin routes, written by the runtime at its start "
-        "(env RESIDENCY_ADMIN_TOKEN_FILE)",
+        description="bearer token for the runtime's admin routes, written by the runtime at its start",
     )
     health_port: int = Field(8081, ge=0, le=65535, description="/healthz and /readyz (0: any free port)")
     health_host: str = Field("0.0.0.0", description="address of the probe server")
@@ -95,7 +94,7 @@ class AgentSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO",
         validation_alias=AliasChoices("LOG_LEVEL"),
-        description="log verbosity (env LOG_LEVEL)",
+        description="log verbosity",
     )
 
     @field_validator("log_level", mode="before")

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tts-runtime",
         description="Residency's TTS runtime: OpenAI-compatible speech that never lets an idle model squat "
-        "on GPU memory. Every flag has an environment variable TTS_RUNTIME_<FLAG> (flags win).",
+        "on GPU memory. Each flag's help names its environment variable (a flag given wins).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from tts_contract import MODELS_JSON_ENV, RUNTIME_ENV_PREFIX, ModelSpec, PolicyPatch
+from tts_contract import MODELS_JSON_ENV, RUNTIME_ENV_PREFIX, ModelSpec, Policy, PolicyPatch
 from tts_contract.flags import Flag
 from tts_runtime import __version__
 from tts_runtime.engine.models_file import ModelsFileError, load_model_specs, parse_model_specs
@@ -20,9 +20,15 @@ VERSION = __version__
 
 DEFAULT_MODEL = "hibari"
 MAX_INPUT_CHARS = 4096
+# The policy a model has unless its spec or a flag says otherwise (the policy flags' help says it).
+_SEED = Policy.model_validate({})
 # Help sections of the flags; `tts-runtime mcp` takes the MODELS ones only.
 MODELS = "models and residency policy"
 LIMITS = "security and limits"
+
+
+def _on(value: bool) -> str:
+    return "on" if value else "off"
 
 
 class ConfigError(ValueError):
@@ -50,19 +56,23 @@ class Settings(BaseSettings):
     models_json: Annotated[str | None, Flag(env_only=True)] = None
     # Policy overrides for every model; None keeps each model's own policy (or the seed default).
     offload_after_use: Annotated[bool | None, Flag(group=MODELS)] = Field(
-        default=None, description="move weights off the GPU as soon as the last request ends (default: on)"
+        default=None,
+        description="move weights off the GPU as soon as the last request ends; "
+        f"default {_on(_SEED.offload_after_use)}",
     )
     idle_offload_seconds: Annotated[
         float | None, Flag("--idle-offload-seconds", "--gpu-idle-timeout", metavar="S", group=MODELS)
     ] = Field(
         default=None,
         ge=0,
-        description="with --no-offload-after-use: offload after S idle seconds (default 600)",
+        description="with --no-offload-after-use: offload after S idle seconds; "
+        f"default {_SEED.idle_offload_seconds:g}",
     )
     idle_release_seconds: Annotated[float | None, Flag(metavar="S", group=MODELS)] = Field(
         default=None,
         ge=0,
-        description="release a model completely after S idle seconds; 0 = never (default 3600)",
+        description="release a model completely after S idle seconds, 0 = never; "
+        f"default {_SEED.idle_release_seconds:g}",
     )
     disable_gpu_management: Annotated[bool, Flag(group=MODELS)] = Field(
         default=False, description="traditional mode: preload every model and keep it on the GPU"

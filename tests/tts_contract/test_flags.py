@@ -41,7 +41,8 @@ def test_every_field_but_the_env_only_one_is_a_flag_with_its_help_and_default() 
     actions = {a.dest: a for a in parser._actions if a.dest != "help"}
     assert set(actions) == {"size", "mode", "cache", "tag", "secret"}
     assert (
-        actions["size"].option_strings == ["-s", "--size"] and actions["size"].help == "how many (default 3)"
+        actions["size"].option_strings == ["-s", "--size"]
+        and actions["size"].help == "how many (default 3, env EXAMPLE_SIZE)"
     )
     assert actions["mode"].metavar == "fast|slow"
     assert actions["cache"].option_strings == ["--cache", "--no-cache"]
