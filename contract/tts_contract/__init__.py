@@ -25,6 +25,7 @@ from tts_contract.model import (
     ModelSpec,
     PvcSource,
     ServiceModel,
+    worker_group_problem,
 )
 from tts_contract.names import (
     ADMIN_TOKEN_ENV,
@@ -131,4 +132,5 @@ __all__ = [
     "annotations",
     "idle_and_freeable",
     "matches",
+    "worker_group_problem",
 ]

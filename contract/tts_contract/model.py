@@ -21,6 +21,8 @@ CpuMode = Literal["auto", "keep-worker", "exit-worker", "suspend"]
 # worker: execution in a worker process the engine owns (release -> 0 GPU bytes);
 # inline: in the engine's own process (tests, or hosts where a subprocess is not wanted).
 Execution = Literal["worker", "inline"]
+# What cannot apply to one model of a worker process that other models share: each acts on the process.
+SHARED_WORKER_CPU_MODES = frozenset({"auto", "keep-worker"})
 
 FACTORY_RULE = (
     "model.factory ('package.module:callable') is required for backends torch and plugin, not for hibari"
@@ -77,6 +79,9 @@ class ModelSpec(_ModelBase):
     # restore skips the spawn and `import torch`; it costs host RAM (~the imports' RSS), never GPU bytes.
     standby_worker: bool = True
     execution: Execution = "worker"
+    # Models that name the same group live in one worker process (host RAM: one interpreter, one set of
+    # imports, one CUDA context); each keeps its own state and verbs. None: the model's own worker.
+    worker_group: str | None = None
     device: str | None = None  # overrides the engine's device for this model ("cpu", "cuda:1")
     estimated_bytes: int | None = Field(None, ge=0)  # GPU bytes a first load needs (budget check)
 
@@ -87,6 +92,32 @@ class ModelSpec(_ModelBase):
             raise ValueError(f"device {v!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
         return v
 
+    @field_validator("worker_group")
+    @classmethod
+    def _worker_group(cls, v: str | None) -> str | None:
+        if v is not None and not matches(MODEL_NAME_PATTERN, v):
+            raise ValueError(
+                f"workerGroup {v!r} must be 1-63 letters, digits, '.', '_' or '-', first a letter/digit"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _shared_worker(self) -> ModelSpec:
+        if self.worker_group is None:
+            return self
+        if self.execution != "worker":
+            raise ValueError(
+                f"model {self.name!r}: workerGroup needs execution 'worker' (an inline model runs in the "
+                "engine's process, not in a worker)"
+            )
+        if self.cpu_mode not in SHARED_WORKER_CPU_MODES:
+            raise ValueError(
+                f"model {self.name!r}: cpuMode {self.cpu_mode!r} ends or suspends the whole worker process, "
+                f"so it cannot apply to one model of workerGroup {self.worker_group!r}; use cpuMode "
+                "keep-worker (or auto), or leave workerGroup unset for a worker of its own"
+            )
+        return self
+
     @model_validator(mode="after")
     def _default_voice(self) -> ModelSpec:
         if self.default_voice and self.voices and self.default_voice not in self.voices:
@@ -95,6 +126,24 @@ class ModelSpec(_ModelBase):
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
+
+
+def worker_group_problem(specs: list[ModelSpec]) -> str | None:
+    """Why these models cannot share their worker processes as their `workerGroup`s say, or None. One
+    process serves one device: the models of a group must name the same `device`."""
+    devices: dict[str, dict[str, list[str]]] = {}
+    for s in specs:
+        if s.worker_group is not None:
+            dev = "auto" if s.device in (None, "auto") else s.device
+            devices.setdefault(s.worker_group, {}).setdefault(dev, []).append(s.name)
+    for group, by_device in devices.items():
+        if len(by_device) > 1:
+            seen = "; ".join(f"{dev}: {', '.join(names)}" for dev, names in sorted(by_device.items()))
+            return (
+                f"the models of workerGroup {group!r} name different devices ({seen}); one worker process "
+                "serves one device: give them the same device or different workerGroups"
+            )
+    return None
 
 
 class PvcSource(BaseModel):

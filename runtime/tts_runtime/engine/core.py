@@ -12,7 +12,16 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import numpy as np
 from pydantic import ValidationError
 
-from tts_contract import ModelReport, ModelSpec, Policy, PolicyPatch, ResidencyReport, State, Verb
+from tts_contract import (
+    ModelReport,
+    ModelSpec,
+    Policy,
+    PolicyPatch,
+    ResidencyReport,
+    State,
+    Verb,
+    worker_group_problem,
+)
 from tts_runtime.engine.admin_verbs import run_admin
 from tts_runtime.engine.backends import Chunks
 from tts_runtime.engine.budget import GpuBudget
@@ -31,6 +40,7 @@ from tts_runtime.engine.lease import Lease, Transition
 from tts_runtime.engine.lifecycle import sweep_stale_blocks
 from tts_runtime.engine.planning import plan_idle
 from tts_runtime.engine.reporting import gpu_pids, model_report, process_pids
+from tts_runtime.engine.shared_worker import SharedWorker
 from tts_runtime.engine.slot import Slot
 from tts_runtime.engine.suspending import Checkpointer, suspend_helper
 from tts_runtime.engine.verbs import VerbRunner
@@ -70,6 +80,9 @@ class Engine:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"model names must be unique; repeated: {dupes}")
+        problem = worker_group_problem(specs)
+        if problem is not None:
+            raise ValueError(problem)
         self.clock: Clock = clock or SystemClock()
         self.gpu: GpuProbe = gpu if gpu is not None else (NoGpu() if device == "cpu" else NvmlProbe())
         self.device = self._resolve_device(device)
@@ -98,9 +111,22 @@ class Engine:
         self._closing = False
         # gpu_memory_budget_bytes: the pod's share of a shared GPU (what the operator scheduled it with).
         budget = GpuBudget(self._slots, self.gpu, self.clock, gpu_wait_seconds, gpu_memory_budget_bytes)
-        self._verbs = VerbRunner(budget, self.clock, self._emit, retry_backoff_seconds, self._checkpoint)
+        self._verbs = VerbRunner(
+            budget, self.clock, self._emit, retry_backoff_seconds, self._checkpoint, self._worker_groups()
+        )
         if any(s.execution == "worker" for s in specs):
             sweep_stale_blocks()
+
+    def _worker_groups(self) -> dict[str, SharedWorker]:
+        """One shared process per `workerGroup` (its models all name one device: checked above)."""
+        members: dict[str, list[Slot]] = {}
+        for slot in self._slots.values():
+            if slot.spec.worker_group is not None:
+                members.setdefault(slot.spec.worker_group, []).append(slot)
+        return {
+            group: SharedWorker(group, [s.spec for s in slots], slots[0].device)
+            for group, slots in members.items()
+        }
 
     def _resolve_device(self, device: str) -> str:
         if device == "auto":

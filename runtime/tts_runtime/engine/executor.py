@@ -28,6 +28,8 @@ class Executor(Protocol):
     stats: Stats
     # True on a CPU device (keep-worker): offload and restore are free no-ops, the state machine still runs.
     moves_nothing: bool
+    # Other models live in its process too (`workerGroup`): the process's NVML count is not this model's.
+    shares_process: bool
 
     def pids(self) -> list[int]: ...
 
@@ -64,6 +66,8 @@ class Executor(Protocol):
 
 class InlineExecutor:
     """Runs the backend in this process (tests, CPU-only hosts that want no subprocess)."""
+
+    shares_process = False
 
     def __init__(self, spec: ModelSpec, device: str) -> None:
         self.spec = spec

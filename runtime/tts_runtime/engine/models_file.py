@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from tts_contract import ModelSpec
+from tts_contract import ModelSpec, worker_group_problem
 
 
 class ModelsFileError(ValueError):
@@ -46,6 +46,9 @@ def parse_model_specs(data: Any, *, source: str = "models") -> list[ModelSpec]:
         if s.name in seen:
             raise ModelsFileError(f"{source}: model name {s.name!r} appears twice; names must be unique")
         seen.add(s.name)
+    problem = worker_group_problem(specs)
+    if problem is not None:
+        raise ModelsFileError(f"{source}: {problem}")
     return specs
 
 

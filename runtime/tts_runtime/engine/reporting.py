@@ -15,7 +15,9 @@ def model_report(slot: Slot, now: float, gpu: GpuProbe) -> ModelReport:
     """One model's line; `now` is the engine clock's monotonic time."""
     with slot.cond:
         stats = slot.stats or Stats(device=slot.device)
-        pids = slot.executor.pids() if slot.executor is not None else []
+        # A process other models share: NVML's count is theirs too; the model's line is its own weights.
+        ex = slot.executor
+        pids = ex.pids() if ex is not None and not ex.shares_process else []
         idle = None
         if slot.leases:
             idle = 0.0
@@ -54,7 +56,7 @@ def process_pids(slots: Iterable[Slot]) -> list[int]:
         ex = slot.executor
         if ex is not None:
             out.extend(ex.pids())
-    return out
+    return list(dict.fromkeys(out))  # a shared worker once, however many of its models are loaded
 
 
 def gpu_pids(slots: Iterable[Slot]) -> list[int]:
@@ -64,4 +66,4 @@ def gpu_pids(slots: Iterable[Slot]) -> list[int]:
         ex, stats = slot.executor, slot.stats
         if ex is not None:
             out.extend((stats.gpu_pids if stats is not None else None) or ex.pids())
-    return out
+    return list(dict.fromkeys(out))

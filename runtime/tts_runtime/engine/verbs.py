@@ -19,6 +19,7 @@ from tts_runtime.engine.errors import (
 from tts_runtime.engine.executor import ExecutionTimeout, Executor, InlineExecutor
 from tts_runtime.engine.lease import Transition
 from tts_runtime.engine.planning import plan_idle, retry_backoff
+from tts_runtime.engine.shared_worker import SharedExecutor, SharedWorker
 from tts_runtime.engine.slot import Slot
 from tts_runtime.engine.suspending import Checkpointer, SuspendingExecutor
 from tts_runtime.engine.worker import WorkerExecutor
@@ -36,6 +37,7 @@ class VerbRunner:
         emit: Callable[[Transition], None],
         retry_backoff_seconds: float,
         checkpoint: Checkpointer | None = None,
+        groups: dict[str, SharedWorker] | None = None,
     ) -> None:
         self.budget = budget
         self.clock = clock
@@ -43,6 +45,7 @@ class VerbRunner:
         self.retry_backoff_seconds = retry_backoff_seconds
         self.checkpoint = checkpoint  # the engine's CUDA checkpoint helper (cpuMode suspend), if probed
         self._prespawned: dict[str, WorkerExecutor] = {}  # model -> executor with a warm process, unused
+        self.groups = groups or {}  # workerGroup -> the process its models share
 
     def prespawn(self, slot: Slot) -> None:
         """Start a model's worker ahead of its first load where that costs no GPU memory (the process
@@ -52,6 +55,9 @@ class VerbRunner:
             return
         if slot.cpu_mode == "suspend":
             return  # its worker is a SuspendingExecutor's, built at load
+        if spec.worker_group is not None:
+            self.groups[spec.worker_group].prespawn()
+            return
         ex = WorkerExecutor(slot.spec, slot.device, slot.cpu_mode)
         ex.prespawn()
         self._prespawned[slot.spec.name] = ex
@@ -61,6 +67,8 @@ class VerbRunner:
         while self._prespawned:
             _, ex = self._prespawned.popitem()
             ex.close()
+        for group in self.groups.values():
+            group.close_idle()
 
     def run(self, slot: Slot, verb: Verb) -> None:
         """Run one verb on a slot whose `cond` the caller holds (released while the work runs)."""
@@ -205,7 +213,9 @@ class VerbRunner:
         if slot.spec.execution == "inline":
             return InlineExecutor(slot.spec, slot.device)
         ex: WorkerExecutor
-        if slot.cpu_mode == "suspend" and self.checkpoint is not None:
+        if slot.spec.worker_group is not None:
+            ex = SharedExecutor(slot.spec, slot.device, self.groups[slot.spec.worker_group])
+        elif slot.cpu_mode == "suspend" and self.checkpoint is not None:
             ex = SuspendingExecutor(slot.spec, slot.device, self.checkpoint)
         else:
             warm = self._prespawned.pop(slot.spec.name, None)

@@ -339,6 +339,8 @@ class Channel:
         self.expected_end = False  # the engine asked it to exit or killed it: its end is no news
         # Called (from the reader thread) when the process ends while no request waits on it.
         self.on_idle_end: Callable[[Channel], None] | None = None
+        # Called (from the reader thread) whenever the process ends (a shared worker tells every model).
+        self.on_end: Callable[[Channel], None] | None = None
         self._reader = threading.Thread(target=self._read, name=f"pipe-{name}", daemon=True)
         self._reader.start()
 
@@ -365,6 +367,8 @@ class Channel:
             q.put(None)
         if not waiting and not self.expected_end and self.on_idle_end is not None:
             self.on_idle_end(self)
+        if self.on_end is not None:
+            self.on_end(self)
 
     def request(self, op: str, args: tuple[Any, ...]) -> tuple[int, Inbox]:
         q: Inbox = queue.SimpleQueue()
@@ -424,6 +428,8 @@ class Channel:
 
 class WorkerExecutor:
     """Thread-safe proxy to one model's worker process: requests in flight together, verbs one at a time."""
+
+    shares_process = False  # other models live in its process too (`workerGroup`: shared_worker.py)
 
     def __init__(self, spec: ModelSpec, device: str, cpu_mode: str) -> None:
         self.spec = spec
@@ -607,7 +613,11 @@ class WorkerExecutor:
         chan = self._chan
         if chan is None:
             raise WorkerCrashedError(f"model {self.spec.name!r} has no worker process (it was released)")
-        return self._ask(chan, op, args, timeout)
+        return self._ask(chan, op, self._tag(args), timeout)
+
+    def _tag(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A request's arguments as the process expects them (a shared one: the model's name first)."""
+        return args
 
     def load(self, timeout: float) -> Stats:
         deadline = time.monotonic() + timeout
@@ -712,7 +722,7 @@ class WorkerExecutor:
         if chan is None:
             raise WorkerCrashedError(f"model {self.spec.name!r} has no worker process (it was released)")
         try:
-            rid, replies = chan.request("stream", (text, voice, speed))
+            rid, replies = chan.request("stream", self._tag((text, voice, speed)))
         except _Gone:
             raise self._crashed(chan, "stream") from None
         stopped = False
