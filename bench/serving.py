@@ -4,7 +4,7 @@
     python bench/serving.py throughput --rounds 3 --clients 1,4,8,16
     python bench/serving.py cold --repeats 3
     python bench/serving.py exit-worker --requests 12 --gap 2
-    python bench/serving.py memory --models 4
+    python bench/serving.py memory --models 3 --mem-rounds 2
     python bench/serving.py throughput --runtime /tmp/before/runtime   # Residency from another checkout
 
 Both sides serve hibari (voice heart, one ONNX thread per request, seed 0, 16-bit PCM) on this machine's
@@ -17,8 +17,9 @@ the median and the spread (min–max) over the rounds.
   cold         process start -> first audio bytes of one request (both load the model on the way)
   exit-worker  one request at a time, `--gap` seconds apart (an idle model's next request), keep-worker
                vs exit-worker, both offloadAfterUse: what a request pays for a restore in each mode
-  memory       RSS and PSS of the runtime and its workers serving 1 and N hibari models (each in its own
-               worker), against the baseline with one model: the per-model overhead
+  memory       RSS and PSS of the runtime and its workers serving 1 and N hibari models, each in its own
+               worker and all in one shared worker (`workerGroup`), against the baseline with one model:
+               the per-model overhead of each
 """
 
 from __future__ import annotations
@@ -347,45 +348,63 @@ def _memory_of(pids: list[int]) -> dict[str, int]:
 
 def memory(f: Factory, args: argparse.Namespace, out: dict[str, Any]) -> None:
     n = args.models
+    names = [f"hibari-{i}" for i in range(n)]
+    own = [{"name": m, "voices": ["heart"]} for m in names]
+    shared = [{**m, "workerGroup": "hibari"} for m in own]
     cases: list[tuple[str, Callable[[], Server], list[str]]] = [
         ("baseline, 1 model", f.baseline, ["hibari"]),
         ("residency, 1 model", lambda: f.residency("mem-1"), ["hibari"]),
+        (f"residency, {n} models, own workers", lambda: f.residency("mem-own", own), names),
+        (f"residency, {n} models, one shared worker", lambda: f.residency("mem-shared", shared), names),
     ]
-    names = [f"hibari-{i}" for i in range(n)]
-    own = [{"name": m, "voices": ["heart"]} for m in names]
-    cases.append((f"residency, {n} models, own workers", lambda: f.residency("mem-own", own), names))
-    rows = []
-    for label, make, models in cases:
-        s = make()
-        try:
-            for m in models:
-                s.first_audio({**BODY, "model": m})
-            time.sleep(0.5)
-            mem = _memory_of(s.pids())
-        finally:
-            s.stop()
-        rows.append({"case": label, "models": len(models), **mem})
-        rss, pss = benchlib.fmt_bytes(mem["rss"]), benchlib.fmt_bytes(mem["pss"])
-        print(f"{label}: RSS {rss} PSS {pss}", flush=True)
-    out["memory"] = rows
-    one = rows[1]
+    rounds: list[dict[str, dict[str, Any]]] = []
+    for k in range(args.mem_rounds):
+        got: dict[str, dict[str, Any]] = {}
+        for label, make, models in cases[k % len(cases) :] + cases[: k % len(cases)]:  # rotate the order
+            s = make()
+            try:
+                for m in models:
+                    s.first_audio({**BODY, "model": m})
+                time.sleep(0.5)
+                mem = _memory_of(s.pids())
+            finally:
+                s.stop()
+            got[label] = {"case": label, "models": len(models), **mem}
+            rss, pss = benchlib.fmt_bytes(mem["rss"]), benchlib.fmt_bytes(mem["pss"])
+            print(f"round {k + 1}: {label}: RSS {rss} PSS {pss}", flush=True)
+        rounds.append(got)
+    out["memory"] = rounds
+    base, one = cases[0][0], cases[1][0]
+
+    def per_model(r: dict[str, dict[str, Any]], label: str, key: str) -> float:
+        """What each model adds: over the baseline for one model, over one model for the others."""
+        row = r[label]
+        if label == base:
+            return float("nan")
+        if row["models"] == 1:
+            return float(row[key] - r[base][key])
+        return float(row[key] - r[one][key]) / (row["models"] - 1)
+
+    mib = "{:.0f}"
     table = []
-    for r in rows:
-        per = (r["pss"] - one["pss"]) / (r["models"] - 1) if r["models"] > 1 else None
+    for label, _, _ in cases:
+        col = [r[label] for r in rounds]
         table.append(
             [
-                r["case"],
-                r["processes"],
-                benchlib.fmt_bytes(r["rss"]),
-                benchlib.fmt_bytes(r["pss"]),
-                benchlib.fmt_bytes(per) if per is not None else "",
+                label,
+                col[0]["processes"],
+                spread([c["rss"] / 2**20 for c in col], mib),
+                spread([c["pss"] / 2**20 for c in col], mib),
+                spread([per_model(r, label, "rss") / 2**20 for r in rounds], mib),
+                spread([per_model(r, label, "pss") / 2**20 for r in rounds], mib),
             ]
         )
     print_table(
-        "Host memory with every model loaded (resident)",
-        ["case", "processes", "RSS (sum)", "PSS (sum)", "PSS per further model"],
+        f"Host memory with every model loaded (resident), MiB, median [min–max] of {len(rounds)} round(s)",
+        ["case", "processes", "RSS (sum)", "PSS (sum)", "RSS per model", "PSS per model"],
         table,
     )
+    print("per model: 1 model over the baseline; N models: each one after the first, over 1 model")
 
 
 PARTS = {"throughput": throughput, "cold": cold, "exit-worker": exit_worker, "memory": memory}
@@ -412,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exit-requests", type=int, default=10, help="exit-worker: request pairs (default 10)")
     p.add_argument("--gap", type=float, default=2.0, help="exit-worker: idle seconds between requests")
     p.add_argument("--models", type=int, default=3, help="memory: models in the multi-model cases")
+    p.add_argument("--mem-rounds", type=int, default=2, help="memory: interleaved rounds (default 2)")
     p.add_argument("--json", help="write results here (default bench/results/serving-<time>.json)")
     args = p.parse_args(argv)
     bad = [x for x in args.parts if x not in PARTS]
@@ -421,8 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
     except ValueError:
         p.error("--clients takes whole numbers separated by commas, e.g. 1,4,8,16")
-    if min(args.clients, default=0) < 1 or min(args.rounds, args.requests, args.repeats) < 1:
-        p.error("--clients, --rounds, --requests and --repeats must be ≥ 1")
+    if min(args.clients, default=0) < 1 or min(args.rounds, args.requests, args.repeats, args.mem_rounds) < 1:
+        p.error("--clients, --rounds, --requests, --repeats and --mem-rounds must be ≥ 1")
     f = Factory(Path(args.runtime).resolve(), benchlib.RESULTS / "logs")
     out: dict[str, Any] = {
         "bench": "serving",
