@@ -105,3 +105,46 @@ def test_inline_torch_offload_frees_allocations() -> None:
             assert lease.synthesize("inline").samples.tobytes() == before.tobytes()
     finally:
         e.shutdown(drain_timeout=5)
+
+
+def test_a_shared_worker_frees_each_model_on_its_own() -> None:
+    """Two models in one worker (`workerGroup`): offloading or releasing one gives its bytes back while the
+    other stays on the GPU and speaks as before; the last release ends the process (context included)."""
+    probe = NvmlProbe()
+    assert probe.available()
+    specs = [
+        ModelSpec(
+            name=name,
+            backend="torch",
+            factory=TINY,
+            options={"size_bytes": SIZE, "seed": seed},
+            worker_group="pair",
+            policy={"offloadAfterUse": False},
+        )
+        for name, seed in (("a", 1), ("b", 2))
+    ]
+    e = Engine(specs, device="cuda:0", gpu=probe)
+    try:
+        free0 = free_bytes()
+        said = {}
+        for name in ("a", "b"):
+            with e.lease(name) as lease:
+                said[name] = lease.synthesize("gpu words").samples
+        [worker] = e.pids()[1:]
+        free_both = free_bytes()
+        assert free0 - free_both >= 2 * SIZE
+        assert e.model_report("a").vram_bytes >= SIZE and e.model_report("b").vram_bytes >= SIZE
+        assert e.offload("b").vram_bytes == 0
+        assert free_bytes() - free_both >= SIZE  # b's weights went back to the driver ...
+        with e.lease("a") as lease:  # ... and a is untouched
+            assert lease.synthesize("gpu words").samples.tobytes() == said["a"].tobytes()
+        with e.lease("b") as lease:
+            assert lease.synthesize("gpu words").samples.tobytes() == said["b"].tobytes()
+        e.release("a")
+        assert e.pids()[1:] == [worker] and e.model_report("b").state == State.GPU
+        assert free_bytes() - free_both >= SIZE
+        e.release("b")
+        assert e.pids()[1:] == []
+        settle(lambda: free0 - free_bytes() < SLACK)  # no process, no CUDA context
+    finally:
+        e.shutdown()

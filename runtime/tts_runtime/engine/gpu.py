@@ -208,3 +208,20 @@ def identify_self(
     if not pids:
         log.info("could not tell which GPU process is this one (new on the GPU: %s)", new or "none")
     return GpuIdentity(pids=pids, context_bytes=context)
+
+
+_identified: dict[int, GpuIdentity] = {}
+_identified_lock = threading.Lock()
+
+
+def identify_once(index: int, create_context: Callable[[], int | None]) -> GpuIdentity:
+    """`identify_self` the first time this process makes its context on GPU `index`; afterwards only
+    `create_context()`, and the same answer: the models of a shared worker (`workerGroup`) share the one
+    context, and a later model must not take "no new process appeared" for "cannot tell"."""
+    with _identified_lock:
+        known = _identified.get(index)
+        if known is None:
+            known = _identified[index] = identify_self(NvmlProbe(index), create_context)
+            return known
+    create_context()
+    return known

@@ -20,7 +20,7 @@ import numpy as np
 
 from tts_contract import ModelSpec
 from tts_runtime.engine.backends import Blob, Chunks, GpuOutOfMemory, Stats, as_samples, check_request
-from tts_runtime.engine.gpu import GpuIdentity, NvmlProbe, identify_self
+from tts_runtime.engine.gpu import GpuIdentity, identify_once
 
 log = logging.getLogger(__name__)
 SAMPLE_RATE = 24000
@@ -223,7 +223,7 @@ class HibariBackend:
 
         if CUDA in requested and not self.identity.pids and not self.identity.context_bytes:
             # The first CUDA session creates this process's context: find which NVML process it is.
-            self.identity = identify_self(NvmlProbe(self.device_id), build)
+            self.identity = identify_once(self.device_id, build)
         else:
             build()
         sess = made[0]

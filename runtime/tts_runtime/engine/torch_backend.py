@@ -36,7 +36,7 @@ from tts_runtime.engine.backends import (
     resolve_factory,
     segmented,
 )
-from tts_runtime.engine.gpu import GpuIdentity, NvmlProbe, identify_self
+from tts_runtime.engine.gpu import GpuIdentity, identify_once
 from tts_runtime.engine.host_memory import CudaHostPinner, HostPinner, PinnedRegion
 
 log = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ class TorchBackend:
             torch.cuda.set_device(dev)  # no stray context on GPU 0 when serving on cuda:N
             return int(torch.cuda.mem_get_info(dev)[0])
 
-        self.identity = identify_self(NvmlProbe(dev.index or 0), create)
+        self.identity = identify_once(dev.index or 0, create)
 
     def _build(self, meta: bool = False) -> Any:
         assert self.spec.factory
