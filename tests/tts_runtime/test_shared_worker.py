@@ -21,7 +21,7 @@ from tts_runtime.engine.models_file import ModelsFileError, parse_model_specs
 from tts_runtime.engine.shared_worker import SharedExecutor
 
 pytestmark = pytest.mark.slow
-FAULTS = "tts_runtime.testing.faults"
+FAULTS = "support.faults"
 KEEP = {"offloadAfterUse": False}
 BIG = 96 << 20  # a model whose host copy shows clearly in the process's RSS
 REQUESTS = 60  # per client thread
