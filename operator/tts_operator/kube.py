@@ -132,6 +132,7 @@ class Kube:
         self,
         method: str,
         url: str,
+        *,
         body: Any = None,
         content_type: str | None = None,
         query: list[tuple[str, str]] | None = None,
@@ -166,7 +167,7 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
     ) -> Any:
         """One call; answers the parsed JSON body (None when empty)."""
-        response = self._send(method, url, body, content_type, query)
+        response = self._send(method, url, body=body, content_type=content_type, query=query)
         try:
             data = response.read()
         except Exception as exc:
