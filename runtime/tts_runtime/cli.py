@@ -59,16 +59,31 @@ def _configure_logging(level: str) -> None:
 
 
 def serve(parser: argparse.ArgumentParser, settings: Settings) -> int:
-    import uvicorn
-
-    from tts_runtime.server.app import create_app
+    from tts_runtime.engine import Engine
     from tts_runtime.settings import ConfigError
 
     _configure_logging(settings.log_level)
     try:
-        app = create_app(settings)
+        engine = Engine(
+            settings.model_specs(),
+            device=settings.device,
+            gpu_memory_budget_bytes=settings.gpu_memory_budget_bytes,
+        )
     except ConfigError as err:
         parser.error(str(err))
+    # The workers start now, before the web server's imports, so both start-ups overlap (cold start).
+    engine.prespawn()
+    try:
+        import uvicorn
+
+        from tts_runtime.server.app import create_app
+
+        app = create_app(settings, engine)
+    except BaseException as err:
+        engine.shutdown(0)  # the prespawned workers must not outlive a start-up that failed
+        if isinstance(err, ConfigError):
+            parser.error(str(err))
+        raise
     runtime = app.state.runtime
     config = uvicorn.Config(
         app,

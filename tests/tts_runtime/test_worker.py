@@ -271,6 +271,7 @@ def test_hibari_exit_worker_standby_prepares_the_g2p_and_on_a_cpu_restores_ahead
     assert status["cuda_initialized"] is False
     assert status["prepared"] is True and "hibari.g2p" in status["modules"]
     assert status["restored_ahead"] is True  # a CPU device: the restore was done before it was asked
+    assert status["warmed_up"] is True  # and a first synthesis, so the next request is a warm one
     standby = ex.standby_pid()
     with e.lease("hibari") as lease:
         after = lease.synthesize("Hello there.").samples
@@ -298,3 +299,20 @@ def test_engine_start_prespawns_the_worker_and_the_first_load_adopts_it(make_eng
     assert worker_pids(e) == [status["pid"]]  # the first load adopted the prespawned process
     e.shutdown(drain_timeout=5.0)
     assert unused is not None and gone(unused)  # shutdown ends what no load used
+
+
+def test_hibari_prespawned_on_a_cpu_loads_and_warms_up_before_the_first_request(make_engine) -> None:
+    e = make_engine([ModelSpec(name="hibari", policy=KEEP)])
+    e.prespawn()  # what the CLI does before importing the web server
+    warm = e._verbs._prespawned["hibari"]
+    status = warm.standby_status(timeout=120)  # answered once the standby is ready: no request yet
+    assert status["cuda_initialized"] is False
+    assert status["loaded_ahead"] is True and status["restored_ahead"] is False
+    assert status["warmed_up"] is True  # the session's first run happened off the request path
+    assert e.model_report("hibari").state == State.UNLOADED
+    with e.lease("hibari") as lease:
+        first = lease.synthesize("Hello there.").samples
+    assert worker_pids(e) == [status["pid"]]  # the load adopted the process that loaded ahead
+    cold = make_engine([ModelSpec(name="hibari", standby_worker=False, policy=KEEP)])
+    with cold.lease("hibari") as lease:  # loaded the usual way, on request: the same audio
+        assert lease.synthesize("Hello there.").samples.tobytes() == first.tobytes()

@@ -351,9 +351,16 @@ class Engine:
         self._stop.clear()
         self._monitor = threading.Thread(target=self._monitor_loop, name="residency-monitor", daemon=True)
         self._monitor.start()
-        for slot in self._slots.values():  # first requests find their worker started (perf, cold start)
+        self.prespawn()
+
+    def prespawn(self) -> None:
+        """Start each worker model's process ahead of its first load (idempotent; `start()` does it too):
+        first requests find their worker started. It touches no GPU (imports, host-only work; on a CPU
+        device the whole load and a warm-up). The CLI calls it before importing the web server, so the
+        two start-ups overlap. `shutdown()` ends what no load used."""
+        for slot in self._slots.values():
             with slot.cond:
-                if slot.state == State.UNLOADED and not slot.busy:
+                if slot.state == State.UNLOADED and not slot.busy and not self._closing:
                     self._verbs.prespawn(slot)
 
     def _monitor_loop(self) -> None:

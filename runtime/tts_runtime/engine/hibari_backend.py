@@ -31,6 +31,8 @@ CPU_ONLY = ("CPUExecutionProvider",)
 OPTIMISED = "optimised"  # Blob meta kind of ONNX Runtime's optimised graph of a voice
 _G2P_BYTES: dict[bool, int] = {}  # british? -> host bytes one G2P took when this process built it
 CUDA = "CUDAExecutionProvider"
+# A standby's warm-up: one sentence of everyday length (a session's first run is ~2x a warm one).
+WARM_UP_TEXT = "The quick brown fox jumps over the lazy dog, and then it rests for a while."
 _PRELOADED: list[bool] = []  # onnxruntime.preload_dlls() ran in this process
 
 
@@ -261,6 +263,12 @@ class HibariBackend:
                 raise GpuOutOfMemory(f"out of GPU memory building the hibari session: {e}") from None
             raise
         self.engines = engines
+
+    def warm_up(self) -> None:
+        """One synthesis per voice, discarded: ONNX Runtime grows its arena and the G2P its caches in a
+        session's first run, which otherwise the first request pays. The seed is per call: no state."""
+        for engine in self.engines.values():
+            engine(WARM_UP_TEXT, speed=1.0, seed=self.seed)
 
     def offload(self) -> None:
         self.engines = {}  # only the sessions go; vocab, G2P and OOV net stay in host RAM

@@ -125,7 +125,10 @@ def _standby_status(made: Any = None) -> dict[str, Any]:
         "cuda_initialized": cuda,
         "modules": sorted(sys.modules),
         "prepared": prepared,  # the backend's host-only work is done (hibari: vocab and G2P)
-        "restored_ahead": restored,  # CPU device: the whole restore is done, the next one is free
+        # CPU device: the whole restore (or first load) is done, the one that adopts it is free
+        "restored_ahead": restored and made.block is not None,
+        "loaded_ahead": restored and made.block is None,
+        "warmed_up": made is not None and made.warmed_up,  # a first synthesis ran, off the request path
     }
 
 
@@ -164,27 +167,43 @@ class _Replies:
 class _Standby:
     """What a standby made ahead: the backend (or None), and on a CPU device the whole restore."""
 
-    def __init__(self, backend: Any) -> None:
+    def __init__(self, backend: Any, block: tuple[str, Layout] | None) -> None:
         self.backend = backend
-        self.block: tuple[str, Layout] | None = None  # the shared block to adopt at the first restore
+        self.block = block  # the shared block to adopt at the first restore (None: a first load)
         self.shm: SharedMemory | None = None
-        self.restored = False  # the backend already executes from the block: the first restore is free
+        # The backend already executes (from the block, or loaded): the first restore or load is free.
+        self.restored = False
+        self.warmed_up = False
 
 
-def _restore_ahead(made: _Standby, block: tuple[str, Layout]) -> None:
-    """On a CPU device a restore touches no device: do all of it before it is asked for (exit-worker)."""
+def _ready_ahead(made: _Standby) -> None:
+    """On a CPU device neither a restore nor a first load touches a device: do all of it before it is
+    asked for, then one synthesis, so the first request does not pay a fresh session's first run (ONNX
+    Runtime grows its arena and the G2P fills its caches there: ~2x a warm request)."""
+    block = made.block
     try:
-        made.shm = SharedMemory(name=block[0])
-        made.backend.adopt_host(_blobs(made.shm, block[1]))
-        made.backend.restore()
+        if block is None:
+            made.backend.load()
+        else:
+            made.shm = SharedMemory(name=block[0])
+            made.backend.adopt_host(_blobs(made.shm, block[1]))
+            made.backend.restore()
         made.restored = True
-    except Exception:  # the restore itself does it again and reports the error
-        log.debug("restoring ahead failed", exc_info=True)
+    except Exception:  # the load or restore itself does it again and reports the error
+        log.debug("%s ahead failed", "loading" if block is None else "restoring", exc_info=True)
         made.backend = None
         if made.shm is not None:
             with contextlib.suppress(BufferError):
                 made.shm.close()
             made.shm = None
+        return
+    warm_up = getattr(made.backend, "warm_up", None)
+    if callable(warm_up):
+        try:
+            warm_up()
+            made.warmed_up = True
+        except Exception:  # a request that fails the same way reports it
+            log.debug("warm-up failed", exc_info=True)
 
 
 def _wait_as_standby(
@@ -192,9 +211,9 @@ def _wait_as_standby(
 ) -> _Standby | None:
     """Prepare, then wait to become the worker: `adopt` with the shared block (a restore) or None (a first
     load). None: told to exit, or the engine went away."""
-    made = _Standby(_prepare(spec, device))
-    if made.backend is not None and block is not None and not device.startswith("cuda"):
-        _restore_ahead(made, block)
+    made = _Standby(_prepare(spec, device), block)
+    if made.backend is not None and not device.startswith("cuda"):
+        _ready_ahead(made)
     while True:
         try:
             rid, op, args = conn.recv()
@@ -202,10 +221,10 @@ def _wait_as_standby(
             return None
         if op == "adopt":
             out.send(rid, "ok", None)
-            made.block = args[0]
-            if made.restored and made.block != block:  # not the block it restored from: start over
+            if made.restored and args[0] != made.block:  # not what it got ready for: start over
                 made.restored = False
                 made.backend = None
+            made.block = args[0]
             return made
         if op == "exit":
             out.send(rid, "ok", None)
@@ -276,7 +295,9 @@ def worker_main(
                 if op == "exit":
                     pass
                 elif op == "load":
-                    backend.load()
+                    if not restored:
+                        backend.load()
+                    restored = False
                     result = backend.stats()
                 elif op == "restore":
                     if adopt is not None:
