@@ -13,6 +13,8 @@ import pytest
 
 from tts_contract import ModelSpec, State
 from tts_runtime.engine import Engine
+from tts_runtime.engine import worker as worker_module
+from tts_runtime.engine.cancel import Cancel
 from tts_runtime.engine.errors import (
     InsufficientGpuMemoryError,
     InvalidRequestError,
@@ -316,3 +318,32 @@ def test_hibari_prespawned_on_a_cpu_loads_and_warms_up_before_the_first_request(
     cold = make_engine([ModelSpec(name="hibari", standby_worker=False, policy=KEEP)])
     with cold.lease("hibari") as lease:  # loaded the usual way, on request: the same audio
         assert lease.synthesize("Hello there.").samples.tobytes() == first.tobytes()
+
+
+def test_a_cancel_wakes_the_stream_waiting_on_its_worker(make_engine, tiny_spec, monkeypatch) -> None:
+    # A plain Event is looked at every POLL_SECONDS; a Cancel wakes the wait itself, so none is needed.
+    monkeypatch.setattr(worker_module, "POLL_SECONDS", 3600.0)
+    e = make_engine([tiny_spec(execution="worker", options={"delay_seconds": 0.3}, policy=KEEP)])
+    text = " ".join(f"This is sentence number {n} of a long story." for n in range(30))
+    cancel = Cancel()
+    with e.lease("tiny") as lease:
+        pieces = lease.stream(text, cancel=cancel)
+        assert next(pieces).samples.size > 0  # the thread then waits on the worker for the next one
+        threading.Timer(0.05, cancel.set).start()
+        rest = list(pieces)  # ends once the worker says it stopped (after the piece in progress)
+    assert len(rest) < 29, "the stream ran to its end: the cancel did not reach the worker"
+    with e.lease("tiny") as lease:  # the worker is free and its pipe in order
+        assert lease.synthesize("again").samples.size == 5 * 160
+
+
+def test_cancel_calls_its_wakers_once_set_and_not_after_they_are_forgotten() -> None:
+    cancel = Cancel()
+    calls: list[str] = []
+    forget = cancel.on_set(lambda: calls.append("a"))
+    cancel.on_set(lambda: calls.append("b"))
+    assert calls == [] and not cancel.is_set()
+    forget()
+    cancel.set()
+    assert cancel.is_set() and calls == ["b"]
+    cancel.on_set(lambda: calls.append("late"))  # set already: called at once
+    assert calls == ["b", "late"]

@@ -33,6 +33,7 @@ import numpy as np
 
 from tts_contract import ModelSpec
 from tts_runtime.engine.backends import Blob, Chunks, GpuOutOfMemory, Stats, make_backend
+from tts_runtime.engine.cancel import Cancel
 from tts_runtime.engine.dispatch import Dispatcher, Job, Reply
 from tts_runtime.engine.errors import InvalidRequestError, WorkerCrashedError
 from tts_runtime.engine.executor import ExecutionTimeout
@@ -335,6 +336,8 @@ def worker_main(
 
 # -- in the engine ---------------------------------------------------------------------------------
 Inbox = queue.SimpleQueue[tuple[str, Any] | None]  # one request's replies; None: the worker is gone
+_WAKE = ("wake", None)  # put in a stream's inbox by its Cancel: look at the flag now
+POLL_SECONDS = 0.05  # how often a stream looks at a plain threading.Event (a Cancel wakes it instead)
 
 
 class _Gone(Exception):
@@ -746,6 +749,7 @@ class WorkerExecutor:
             rid, replies = chan.request("stream", self._tag((text, voice, speed)))
         except _Gone:
             raise self._crashed(chan, "stream") from None
+        unwake = cancel.on_set(lambda: replies.put(_WAKE)) if isinstance(cancel, Cancel) else None
         stopped = False
 
         def stop() -> None:
@@ -774,6 +778,8 @@ class WorkerExecutor:
                 with contextlib.suppress(Exception):
                     while self._next_reply(chan, rid, replies, timeout, None, stop)[0] == "chunk":
                         pass
+            if unwake is not None:
+                unwake()
 
     def _next_reply(
         self,
@@ -786,12 +792,16 @@ class WorkerExecutor:
     ) -> tuple[str, Any]:
         """The next reply of a stream, within `timeout`; `stop()` as soon as `cancel` is set."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        # A Cancel wakes this wait itself; a plain Event can only be looked at now and then.
+        poll = cancel is not None and not isinstance(cancel, Cancel)
         while True:
             if cancel is not None and cancel.is_set():
                 stop()
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            if poll:
+                left = POLL_SECONDS if left is None else min(left, POLL_SECONDS)
             try:
-                msg = replies.get(timeout=0.05 if left is None else min(left, 0.05))
+                msg = replies.get(timeout=left)
             except queue.Empty:
                 if deadline is not None and time.monotonic() >= deadline:
                     chan.forget(rid)
@@ -802,6 +812,8 @@ class WorkerExecutor:
                         "its worker was stopped"
                     ) from None
                 continue
+            if msg is _WAKE:
+                continue  # its cancel was set: the top of the loop stops the stream
             if msg is None:
                 raise self._crashed(chan, "stream")
             return msg

@@ -7,7 +7,6 @@ import base64
 import contextlib
 import json
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from tts_runtime.engine import Engine
+from tts_runtime.engine.cancel import Cancel
 from tts_runtime.engine.errors import ResidencyError
 from tts_runtime.server.audio import StreamEncoder
 from tts_runtime.server.errors import ApiError, error_response, from_residency
@@ -68,7 +68,7 @@ class SpeechStream:
         self.audio_seconds = 0.0
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._cancel = threading.Event()
+        self._cancel = Cancel()  # wakes the thread waiting on the model when set
         self._started = time.perf_counter()
         self._producer: asyncio.Future[None] | None = None
         self._after: contextlib.AsyncExitStack | None = None
@@ -139,13 +139,19 @@ class SpeechStream:
                 await after.aclose()
 
     # -- in the worker thread -------------------------------------------------------------------------
-    def _put(self, item: Any) -> None:
+    def _put(self, *items: Any) -> None:
+        # One wake-up of the loop for several items (each call_soon_threadsafe is a write to its pipe).
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening any more
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+            self._loop.call_soon_threadsafe(self._put_now, items)
+
+    def _put_now(self, items: tuple[Any, ...]) -> None:
+        for item in items:
+            self._queue.put_nowait(item)
 
     def _produce(self) -> None:
         outcome = "error"
         pieces = 0
+        last: tuple[Any, ...] = ()  # sent with the end: the encoder's tail, or the error
         try:
             encoder: StreamEncoder | None = None
             with self.engine.lease(self.model) as lease:
@@ -156,27 +162,28 @@ class SpeechStream:
                     pieces += 1
                     if piece.samples.size == 0:
                         continue  # a segment with nothing to say (an emoji between sentences)
+                    self.audio_seconds += piece.samples.size / piece.sample_rate
                     if encoder is None:
                         encoder = StreamEncoder(self.fmt, piece.sample_rate)
-                        self._put(_Started(piece.sample_rate))
-                    self.audio_seconds += piece.samples.size / piece.sample_rate
-                    self._put(encoder.add(piece.samples))
+                        self._put(_Started(piece.sample_rate), encoder.add(piece.samples))
+                    else:
+                        self._put(encoder.add(piece.samples))
             # The lease is closed here: an offload after use overlaps sending the last bytes.
             if self._cancel.is_set():
                 outcome = "cancelled"
                 return
             if encoder is None:
                 raise no_audio(self.model)
-            self._put(encoder.finish())
+            last = (encoder.finish(),)
             outcome = "completed"
         except BaseException as err:
             if not isinstance(err, ApiError | ResidencyError):
                 log.exception("streamed synthesis of %s failed", self.model)
-            self._put(err)
+            last = (err,)
         finally:
             self.metrics.speech_segments.labels(self.model).inc(pieces)
             self.metrics.speech_streams.labels(self.model, self.fmt, outcome).inc()
-            self._put(_END)
+            self._put(*last, _END)
 
 
 class _Closing:
