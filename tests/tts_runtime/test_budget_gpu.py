@@ -38,6 +38,21 @@ def test_what_a_verb_needs_depends_on_whether_it_starts_a_process() -> None:
     assert b.needed(inline, Verb.LOAD) == 130 * MB  # in-process: no worker context to make
 
 
+def test_a_load_into_a_shared_worker_a_peer_holds_needs_no_new_context() -> None:
+    a, b = slot("a", worker_group="g"), slot("b", worker_group="g")
+    own = slot("own")
+    bud = budget(a, b, own)
+    for s in (a, b, own):
+        s.known_bytes = 100 * MB
+        bud.remember(s, Stats(device="cuda:0", workspace_bytes=30 * MB, context_bytes=500 * MB))
+    assert bud.needed(b, Verb.LOAD) == 630 * MB  # nobody in the process yet: it starts, with a context
+    own.executor = object()  # type: ignore[assignment]  # a model outside the group changes nothing
+    assert bud.needed(b, Verb.LOAD) == 630 * MB
+    a.executor = object()  # type: ignore[assignment]  # a is loaded: the process and its context exist
+    assert bud.needed(b, Verb.LOAD) == 130 * MB
+    assert bud.needed(own, Verb.LOAD) == 630 * MB
+
+
 def test_remembered_figures_keep_the_peak_and_a_first_load_borrows_a_known_context() -> None:
     a, new = slot("a"), slot("new", estimated_bytes=200 * MB)
     b = budget(a, new)

@@ -49,8 +49,18 @@ class GpuBudget:
         new_process = slot.spec.execution == "worker" and (
             verb == Verb.LOAD or slot.cpu_mode in ("exit-worker", "suspend")
         )
+        if new_process and self._group_has_context(slot):
+            new_process = False  # a load into a shared worker that a peer keeps: its context exists
         context = (slot.context_bytes or self.context_bytes) if new_process else 0
         return weights + slot.workspace_bytes + context
+
+    def _group_has_context(self, slot: Slot) -> bool:
+        """Whether another model of `slot`'s `workerGroup` holds the shared process (and so its context)."""
+        group = slot.spec.worker_group
+        return group is not None and any(
+            s is not slot and s.spec.worker_group == group and s.executor is not None
+            for s in self._slots.values()
+        )
 
     def remember(self, slot: Slot, stats: Stats | None) -> None:
         """Keep what a worker measured (workspace peak, context) for the next load or restore."""
