@@ -25,6 +25,7 @@ the median and the spread (min–max) over the rounds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -93,16 +94,15 @@ class Server:
             raise RuntimeError(f"{self.label}: speech failed: {r.status_code} {r.text[:300]}")
 
     def pids(self) -> list[int]:
-        """The server and every process below it (Residency's workers)."""
+        """The server and every process below it (Residency's workers). A child is listed under the
+        thread that started it (the runtime starts its workers from a spawner thread): read every thread's."""
         out, todo = [], [self.proc.pid]
         while todo:
             pid = todo.pop()
             out.append(pid)
-            try:
-                with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
-                    todo += [int(c) for c in f.read().split()]
-            except OSError:
-                pass
+            for children in Path(f"/proc/{pid}/task").glob("*/children"):
+                with contextlib.suppress(OSError):  # the thread or process ended meanwhile
+                    todo += [int(c) for c in children.read_text(encoding="ascii").split()]
         return out
 
     def stop(self) -> None:
