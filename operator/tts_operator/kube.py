@@ -128,17 +128,19 @@ class Kube:
     def close(self) -> None:
         self._client.close()
 
-    def _send(
+    def request(
         self,
         method: str,
         url: str,
-        *,
         body: Any = None,
         content_type: str | None = None,
         query: list[tuple[str, str]] | None = None,
+        *,
         timeout: Any = None,
+        stream: bool = False,
     ) -> Any:
-        """The response (a RESTResponse), its body not read yet; an error status raises KubeApiError."""
+        """One call; answers the parsed JSON body (None when empty), or with `stream` the response itself,
+        its body not read (a watch). An error status raises KubeApiError."""
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
@@ -147,6 +149,9 @@ class Kube:
         )
         try:
             response = self._client.call_api(*params, _request_timeout=timeout or self.timeout)
+            if response.status < 400 and stream:
+                return response.response  # what the client library's Watch reads
+            data = response.read()
         except kubernetes.client.ApiException as exc:
             raise KubeApiError(
                 int(exc.status or 0), str(exc.body or exc.reason), _retry_after(exc.headers)
@@ -154,24 +159,8 @@ class Kube:
         except Exception as exc:  # urllib3 and socket errors alike: the server did not answer
             raise KubeApiError(0, f"{method} {url}: {exc!r}") from exc
         if response.status >= 400:
-            text = bytes(response.read() or b"").decode(errors="replace")[:500]
+            text = bytes(data or b"").decode(errors="replace")[:500]
             raise KubeApiError(response.status, text, _retry_after(response.headers))
-        return response
-
-    def request(
-        self,
-        method: str,
-        url: str,
-        body: Any = None,
-        content_type: str | None = None,
-        query: list[tuple[str, str]] | None = None,
-    ) -> Any:
-        """One call; answers the parsed JSON body (None when empty)."""
-        response = self._send(method, url, body=body, content_type=content_type, query=query)
-        try:
-            data = response.read()
-        except Exception as exc:
-            raise KubeApiError(0, f"{method} {url}: {exc!r}") from exc
         return json.loads(data) if data else None
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -234,7 +223,7 @@ class Kube:
                 query.append(("fieldSelector", field_selector))
             if resource_version:
                 query.append(("resourceVersion", resource_version))
-            return self._send("GET", url, query=query, timeout=_request_timeout).response
+            return self.request("GET", url, query=query, timeout=_request_timeout, stream=True)
 
         watcher = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
         try:

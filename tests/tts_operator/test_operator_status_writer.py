@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
@@ -20,15 +19,6 @@ KEY: ServiceKey = ("default", "voice")
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait for something to have happened (never for time to pass and then check); up to 10 s."""
-    for _ in range(2000):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("timed out")
 
 
 class FakeApi:
