@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from tts_operator.agent.retry import FIRST, FLOOR, Retry
+from tts_operator.kube import KubeApiError
 
 
 class FakeClock:
@@ -63,3 +64,9 @@ def test_an_outage_is_logged_once_and_its_end_once(caplog: pytest.LogCaptureFixt
         (logging.ERROR, "reading the runtime failed: HTTP 503 (retrying with backoff)"),
         (logging.INFO, "reading the runtime works again"),
     ]
+
+
+def test_the_servers_retry_after_is_a_floor() -> None:
+    retry = Retry("x", FakeClock())
+    assert retry.failed(KubeApiError(429, "slow down", retry_after=7.0)) == 7.0
+    assert retry.failed(KubeApiError(503, "down")) <= 1.0  # no hint: the backoff's own window

@@ -40,8 +40,9 @@ class Retry:
         return self._clock() >= self.at
 
     def failed(self, error: Exception, level: int = logging.WARNING) -> float:
-        """Count one more failure; answers the delay before the next try (also kept in `at`)."""
-        delay = float(self._wait(self._attempts))
+        """Count one more failure; answers the delay before the next try (also kept in `at`): the backoff's,
+        or longer when the error carries the server's own `retry_after` (a 429's Retry-After)."""
+        delay = max(float(self._wait(self._attempts)), getattr(error, "retry_after", None) or 0.0)
         self._attempts.prepare_for_next_attempt()
         self.at = self._clock() + delay
         if str(error) != self.error:
