@@ -14,7 +14,8 @@ ServiceAccount:
   4. residency changes, one at a time (a pod's agent reports gpu → cpu): time from the annotation patch to
      `TTSService.status` showing it (a watch sees it), and the operator's API requests per change (writes
      exactly; all requests net of the idle rate);
-  5. the operator's memory (VmRSS / VmHWM from /proc) after each phase.
+  5. the operator's memory (VmRSS / VmHWM from /proc) after each phase;
+  6. the operator's child creates over the whole run: one per child, or duplicates (refused 409).
 Requests are the API server's own record (its audit log, by the operator's user); times are when the bench's
 watches see an object change. The operator runs with its production defaults (status 0.5 s after a change,
 level check every 30 s) unless --status-seconds / --recheck-seconds say otherwise.
@@ -209,6 +210,18 @@ def kinds(reqs: list[tuple[float, str, str]]) -> dict[str, int]:
         key = f"{verb} {resource}"
         out[key] = out.get(key, 0) + 1
     return dict(sorted(out.items()))
+
+
+def child_creates(reqs: list[tuple[float, str, str]], n: int) -> dict[str, int]:
+    """The operator's POSTs of children over the whole run: answered 201, refused 409 (AlreadyExists: a
+    duplicate create), refused otherwise; `expected` is one per child."""
+    out = {"expected": n * len(CHILDREN), "created": 0, "conflicts": 0, "other_refusals": 0}
+    for _, verb, what in reqs:
+        resource, _, code = what.partition(" ")
+        if verb != "create" or resource not in CHILDREN:
+            continue
+        out["created" if not code else "conflicts" if code == "409" else "other_refusals"] += 1
+    return out
 
 
 def wait(what: str, done: Any, timeout: float, interval: float = 0.05) -> float:
@@ -489,6 +502,7 @@ def measure(
         "requests_by_kind": {key: v / k for key, v in kinds(all_reqs).items()},
     }
     out["memory"]["end"] = benchlib.proc_memory(pid)
+    out["creates"] = child_creates(requests.between(t_start), n)
     if missed:
         print(f"[{n}] {len(missed)}/{k} changes not in status within {args.change_timeout:.0f}s", flush=True)
     p50 = fmt_ms(out["change"]["to_status_s"].get("p50"))
@@ -565,6 +579,20 @@ def report(rows: list[dict[str, Any]]) -> None:
                 f"{r['change']['requests_per_change_net'].get('mean', float('nan')):.1f}",
                 f"{r['idle']['requests_per_s']:.1f}",
                 fmt_ms(r["pods"]["status_s"]["p50"]),
+            ]
+            for r in done
+        ],
+    )
+    print_table(
+        "Child creates by the operator over the whole run (one per child expected)",
+        ["services", "children", "created (201)", "refused 409 (duplicates)", "refused otherwise"],
+        [
+            [
+                r["services"],
+                r["creates"]["expected"],
+                r["creates"]["created"],
+                r["creates"]["conflicts"],
+                r["creates"]["other_refusals"],
             ]
             for r in done
         ],
