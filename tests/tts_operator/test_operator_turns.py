@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -54,48 +55,47 @@ def operator_identity(
         kubernetes.client.Configuration.set_default(saved)
 
 
-class FirstPostHeld:
-    """Holds the first POST the operator's client sends until `release`: the reconcile that sent it is then
-    in the middle of making a service's children, for as long as the test needs."""
+class HeldPost:
+    """Once armed, holds the next POST the operator's client sends until `release`: the reconcile that sent
+    it is then in the middle of making a child, for as long as the test needs."""
 
     def __init__(self, create: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> None:
         self._create = create
+        self._armed = False
         self.held = asyncio.Event()
         self.released = asyncio.Event()
 
+    def arm(self) -> None:
+        self._armed, self.held, self.released = True, asyncio.Event(), asyncio.Event()
+
     async def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        if not self.held.is_set():
+        if self._armed:
+            self._armed = False
             self.held.set()
             await self.released.wait()
         return await self._create(manifest)
 
 
-async def _until(condition: Callable[[], bool], what: str) -> None:
-    """Poll `condition` while the event loop runs the tasks it looks at."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + UNTIL_S
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {UNTIL_S}s waiting for {what}")
-        await asyncio.sleep(0.01)
+@dataclass
+class InProcess:
+    """The operator's handlers on one TTSService `voice`, with kopf's indexes as the test sets them."""
+
+    handlers: ModuleType
+    memo: kopf.Memo
+    indexes: dict[str, Any]
+    args: dict[str, Any]  # what kopf passes the service's handlers
+    post: HeldPost
+
+    def waiting(self) -> int:
+        """Reconciles of the service waiting for their turn."""
+        serial = self.memo["reconciles"]
+        return int(serial.waiting((self.args["namespace"], "voice")))
 
 
-def _child_creates(audit: list[dict[str, Any]]) -> Counter[tuple[str, str, int]]:
-    """(plural, name, answer code) of every create in the audit log, events aside."""
-    return Counter(
-        (e["objectRef"]["resource"], e["objectRef"].get("name", ""), e["responseStatus"]["code"])
-        for e in audit
-        if e["verb"] == "create" and e["objectRef"]["resource"] != "events"
-    )
-
-
-async def test_the_level_check_waits_for_the_create_handler_and_posts_no_child_twice(
+@pytest.fixture
+async def operator(
     handlers: ModuleType, kube_cluster: Cluster, namespace: str, operator_identity: str
-) -> None:
-    """The level check fires while the create handler is still making the children (at 500 services it
-    did, every time the applies took longer than its first delay): it must wait for its turn, and then not
-    POST again what the create handler made although the watches do not show those children yet (409
-    AlreadyExists and a GET each, before). Each child is created once; no create is refused."""
+) -> AsyncIterator[InProcess]:
     if not kube_cluster.audited:
         pytest.skip("this cluster keeps no audit log that the tests can read (see support/cluster.py)")
     status, created = kube_cluster.request(
@@ -112,8 +112,8 @@ async def test_the_level_check_waits_for_the_create_handler_and_posts_no_child_t
     uid = created["metadata"]["uid"]
     memo = kopf.Memo()
     await handlers.configure(settings=kopf.OperatorSettings(), memo=memo)
-    # kopf's indexes as they are at that moment: the service, and none of its children yet (each watch shows
-    # them a moment after its POST is answered; here, for the whole test).
+    # kopf's indexes: the service, and none of its children (each watch shows a child a moment after its POST
+    # is answered, or its deletion a moment after it; here the watches stay that moment behind).
     services = {
         (namespace, "voice"): [
             {"uid": uid, "spec": SPEC, "status": {}, "generation": 1, "version": "1", "deleting": False}
@@ -125,25 +125,84 @@ async def test_the_level_check_waits_for_the_create_handler_and_posts_no_child_t
         **{f"children_{plural}": {} for plural in handlers.CHILD_BUILDERS},
     }
     await handlers.start_status(memo=memo, **indexes)
-    held = FirstPostHeld(memo["api"].create)
-    memo["api"].create = held.create
+    post = HeldPost(memo["api"].create)
+    memo["api"].create = post.create
     args = {"name": "voice", "namespace": namespace, "uid": uid, "spec": SPEC, "memo": memo, **indexes}
-    mark = kube_cluster.audit_mark()
     try:
-        create = asyncio.create_task(handlers.reconcile_service(**args))
-        await held.held.wait()  # the create handler is making the children
-        check = asyncio.create_task(handlers.recheck_service(**args))
-        # The level check either ran (and made what its index did not show) or waits for its turn.
-        await _until(
-            lambda: check.done() or memo["reconciles"].waiting((namespace, "voice")) > 0,
-            "the level check to finish or wait for its turn",
-        )
-        held.released.set()
-        await asyncio.gather(create, check)
-        # A level check later, while the watches still show no child: the operator knows what it made.
-        await handlers.recheck_service(**args)
+        yield InProcess(handlers, memo, indexes, args, post)
     finally:
-        held.released.set()
+        post.released.set()
         await handlers.close(memo=memo)
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    """Poll `condition` while the event loop runs the tasks it looks at."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + UNTIL_S
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {UNTIL_S}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def _level_check_meanwhile(op: InProcess) -> None:
+    """While a reconcile's POST is held: a level check of the service, which either runs (and makes what its
+    index does not show) or waits for its turn; then the POST goes on, and both finish."""
+    await op.post.held.wait()
+    check = asyncio.create_task(op.handlers.recheck_service(**op.args))
+    await _until(lambda: check.done() or op.waiting() > 0, "the level check to finish or wait for its turn")
+    op.post.released.set()
+    await check
+
+
+def _child_creates(audit: list[dict[str, Any]]) -> Counter[tuple[str, str, int]]:
+    """(plural, name, answer code) of every create in the audit log, events aside."""
+    return Counter(
+        (e["objectRef"]["resource"], e["objectRef"].get("name", ""), e["responseStatus"]["code"])
+        for e in audit
+        if e["verb"] == "create" and e["objectRef"]["resource"] != "events"
+    )
+
+
+async def test_the_level_check_waits_for_the_create_handler_and_posts_no_child_twice(
+    operator: InProcess, kube_cluster: Cluster, operator_identity: str
+) -> None:
+    """The level check fires while the create handler is still making the children (at 500 services it
+    did, every time the applies took longer than its first delay): it must wait for its turn, and then not
+    POST again what the create handler made although the watches do not show those children yet (409
+    AlreadyExists and a GET each, before). Each child is created once; no create is refused."""
+    mark = kube_cluster.audit_mark()
+    operator.post.arm()
+    create = asyncio.create_task(operator.handlers.reconcile_service(**operator.args))
+    await _level_check_meanwhile(operator)
+    await create
+    # A level check later, while the watches still show no child: the operator knows what it made.
+    await operator.handlers.recheck_service(**operator.args)
     creates = _child_creates(kube_cluster.audit(user=operator_identity, since=mark))
     assert creates == Counter({(plural, name, 201): 1 for plural, name in CHILDREN})
+
+
+async def test_a_deleted_child_put_back_while_the_level_check_runs_is_created_once(
+    operator: InProcess, kube_cluster: Cluster, namespace: str, operator_identity: str
+) -> None:
+    """A child deleted by hand: its DELETED event puts it back, and the level check, whose index no longer
+    shows it, would too. They take turns: the Service is created once, and no create is refused."""
+    await operator.handlers.reconcile_service(**operator.args)
+    url = f"/api/v1/namespaces/{namespace}/services/voice"
+    status, deleted = kube_cluster.request("DELETE", url)
+    assert status == 200, deleted
+    mark = kube_cluster.audit_mark()
+    operator.post.arm()
+    # The watch's DELETED event, as kopf hands it to the child handler (the index has dropped the child).
+    labels = deleted["metadata"]["labels"]
+    put_back = asyncio.create_task(
+        operator.handlers._child_outcome(
+            "services", "DELETED", deleted, namespace, labels, operator.memo, operator.indexes
+        )
+    )
+    await _level_check_meanwhile(operator)
+    assert await put_back == "put back"
+    creates = _child_creates(kube_cluster.audit(user=operator_identity, since=mark))
+    assert creates == Counter({("services", "voice", 201): 1})
+    status, service = kube_cluster.request("GET", url)
+    assert status == 200 and service["metadata"]["uid"] != deleted["metadata"]["uid"], service
