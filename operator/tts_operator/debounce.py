@@ -67,11 +67,14 @@ class Debouncer:
         at = self.due_at()
         return at is not None and self._clock() >= at
 
-    def ran(self) -> None:
-        """A run starts (or has just happened): what was marked so far is covered by it."""
+    def take(self) -> None:
+        """A run starts: what was marked so far is covered by it (marks from now on are for the next)."""
         self._marked_at = None
-        self._last_run = self._clock()
         self._not_before = float("-inf")
+
+    def ran(self) -> None:
+        """A run ended: the next may start an interval from now."""
+        self._last_run = self._clock()
 
     def postpone(self, seconds: float) -> None:
         """The run failed: it stays pending and may start again after `seconds`."""
@@ -80,9 +83,9 @@ class Debouncer:
 
 class DebouncedRuns(Generic[K]):
     """Per key: `action(key)` through a trailing Debouncer of `delay`: marks until the run starts fold into
-    it, marks during it cause one more run, `delay` after the first of them at the earliest. Runs of one key
-    never overlap, and every mark is followed by a run that starts after it (so the run sees what it was
-    about). `what` names the action in the log line of a failed run."""
+    it, marks during it cause one more run `delay` after it ends. Runs of one key never overlap, and every
+    mark is followed by a run that starts after it (so the run sees what it was about). `what` names the
+    action in the log line of a failed run."""
 
     def __init__(self, action: Callable[[K], Awaitable[object]], delay: float, what: str = "action") -> None:
         self.delay = delay
@@ -106,11 +109,12 @@ class DebouncedRuns(Generic[K]):
         try:
             while (wait := debouncer.wait_time()) is not None:
                 await asyncio.sleep(wait)
-                debouncer.ran()
+                debouncer.take()
                 try:
                     await self._action(key)
                 except Exception:  # the level check marks every service again later: it is retried then
                     log.exception("%s of %s failed", self.what, key)
+                debouncer.ran()
         finally:
             del self._keys[key]
 

@@ -43,8 +43,12 @@ def test_trailing_runs_an_interval_after_the_first_mark_and_folds_the_rest() -> 
     assert not debounce.due() and debounce.wait_time() == pytest.approx(0.1)
     clock.now += 0.1
     assert debounce.due()
-    debounce.ran()
+    debounce.take()
     assert not debounce.pending and debounce.wait_time() is None
+    debounce.mark()  # during the run: one more run, an interval after the run ends
+    clock.now += 2.0
+    debounce.ran()
+    assert debounce.wait_time() == pytest.approx(0.5)
 
 
 def test_leading_runs_at_once_after_quiet_then_once_per_interval() -> None:
@@ -52,6 +56,7 @@ def test_leading_runs_at_once_after_quiet_then_once_per_interval() -> None:
     debounce = Debouncer(1.0, leading=True, clock=clock)
     debounce.mark()
     assert debounce.due()
+    debounce.take()
     debounce.ran()
     clock.now += 0.2
     debounce.mark()

@@ -115,6 +115,7 @@ class Coalescer:
         """Record that `report` is now on the pod."""
         self._published = significant(report)
         self._published_report = report
+        self._timing.take()
         self._timing.ran()
         if self._pending is report or (
             self._pending is not None and significant(self._pending) == self._published
