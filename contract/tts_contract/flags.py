@@ -3,8 +3,9 @@
 Each field of a pydantic-settings model is a flag `--field-name` whose help is the field's description;
 `Annotated[..., Flag(...)]` gives it other spellings, a metavar, a help section, or keeps it environment-only.
 Flags win over the environment; a flag left out keeps the environment's value or the default. Argparse, not
-pydantic-settings' own CLI source: that one names flags after validation aliases, and the agent's aliases are
-the downward-API variables (`POD_NAME`), not flags.
+pydantic-settings' own CLI source (2.16): that one names a flag after the field's validation alias, which
+for the agent is its downward-API variable (`--POD-NAME` instead of `--pod`); other spellings
+(`--gpu-idle-timeout`, `--drain-timeout`) would have to be aliases too, renaming the environment variables.
 """
 
 from __future__ import annotations
