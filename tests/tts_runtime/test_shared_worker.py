@@ -25,6 +25,7 @@ FAULTS = "support.faults"
 KEEP = {"offloadAfterUse": False}
 BIG = 96 << 20  # a model whose host copy shows clearly in the process's RSS
 REQUESTS = 60  # per client thread
+LONG = " ".join(["A sentence of some words."] * 12)  # longer than a first piece (160 characters)
 
 
 def member(name: str, tiny_spec: Callable[..., ModelSpec], **kw: Any) -> ModelSpec:
@@ -64,6 +65,11 @@ def test_a_group_shares_one_process_and_release_frees_one_model_only(make_engine
     assert pa == pb and pa != pown and len(worker_pids(e)) == 2  # a and b in one process, `own` apart
     assert said["a"].tobytes() == said["own"].tobytes()  # same model, same seed: same audio either way
     assert said["a"].tobytes() != said["b"].tobytes()
+    streamed = {}
+    for name in ("a", "own"):  # streams too: pieces routed by request id to the right model's caller
+        with e.lease(name) as lease:
+            streamed[name] = [p.samples.tobytes() for p in lease.stream(LONG, "bass")]
+    assert len(streamed["a"]) > 1 and streamed["a"] == streamed["own"]
     [pid] = pa
     before = rss_bytes(pid)
     r = e.release("b")
