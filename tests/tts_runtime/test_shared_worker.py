@@ -15,7 +15,7 @@ import pytest
 
 from tts_contract import ModelSpec, PolicyPatch, State, Verb
 from tts_runtime.engine import Engine
-from tts_runtime.engine.errors import BusyError, WorkerCrashedError
+from tts_runtime.engine.errors import BusyError, ModelLoadError, WorkerCrashedError
 from tts_runtime.engine.lease import Transition
 from tts_runtime.engine.models_file import ModelsFileError, parse_model_specs
 from tts_runtime.engine.shared_worker import SharedExecutor
@@ -133,6 +133,19 @@ def test_a_crash_unloads_every_model_of_the_process_and_each_recovers(
         assert e.model_report(name).error is None
     [pid2] = worker_pids(e)
     assert pid2 != pid
+
+
+def test_a_failed_load_in_a_shared_worker_leaves_its_peers_serving(make_engine, tiny_spec) -> None:
+    ok = member("ok", tiny_spec)
+    bad = member("bad", tiny_spec, factory=f"{FAULTS}:failing_factory")
+    e = make_engine([ok, bad])
+    before = say(e, "ok", "still here")
+    [pid] = worker_pids(e)
+    with pytest.raises(ModelLoadError, match="injected load failure"):
+        e.load("bad")
+    assert e.model_report("bad").state == State.FAILED
+    assert worker_pids(e) == [pid] and e.model_report("ok").state == State.GPU
+    assert say(e, "ok", "still here").tobytes() == before.tobytes()
 
 
 def test_requests_to_two_models_with_verbs_and_policy_changes_interleaved(
