@@ -231,7 +231,8 @@ async def _reconcile(
 ) -> None:
     """Children and pods' policy of one TTSService, in the service's turn: whatever path (create, update,
     resume, level check) reconciles it after another sees what the other did, from the indexes as they are
-    then (`spec` is kopf's live view of the object) and from `ChildWrites` (what the indexes lag behind)."""
+    then and from `ChildWrites` (what the indexes lag behind). `spec` is read once the turn comes: for the
+    level check it is kopf's live view of the object, so a check that waited applies the latest spec."""
     _status(memo).mark((namespace, name))  # a spec change is a status change too (generation, replicas)
     async with _reconciles(memo).turn((namespace, name)):
         try:
