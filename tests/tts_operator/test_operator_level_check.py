@@ -1,95 +1,150 @@
-"""The level check compares children with what the watches show: no GET when the index knows the child."""
+"""The level check compares children with what the watches show: no GET when the index knows the child
+(the operator's client against the real API server, every call it makes recorded)."""
 
 from __future__ import annotations
 
-import asyncio
-import copy
-from typing import Any, cast
+from collections.abc import AsyncIterator
+from typing import Any
 
+import pytest
+
+from support.cluster import Cluster
 from tts_operator.api import Api
 from tts_operator.builders import Images, Owner, build_children
-from tts_operator.kube import KubeApiError
 from tts_operator.reconcile import apply_children, observed_part
 from tts_operator.spec import parse_spec
 
 IMAGES = Images(runtime="rt:1", agent="agent:1")
+KINDS = {
+    "ServiceAccount": "serviceaccounts",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
+    "Service": "services",
+    "Deployment": "deployments",
+}
+PATHS = {
+    "ServiceAccount": "/api/v1",
+    "Role": "/apis/rbac.authorization.k8s.io/v1",
+    "RoleBinding": "/apis/rbac.authorization.k8s.io/v1",
+    "Service": "/api/v1",
+    "Deployment": "/apis/apps/v1",
+}
 
 
-class RecordingApi:
-    """An API server holding `objects` (by kind and name); records every call."""
+class RecordingApi(Api):
+    """The operator's client, each call recorded as (METHOD, kind) before it goes to the API server."""
 
-    def __init__(self, objects: dict[tuple[str, str], dict[str, Any]]) -> None:
-        self.objects = objects
+    def __init__(self, threads: int) -> None:
+        super().__init__(threads)
         self.calls: list[tuple[str, str]] = []
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         self.calls.append(("GET", kind))
-        return copy.deepcopy(self.objects.get((kind, name)))
+        return await super().get(kind, namespace, name)
 
     async def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
         self.calls.append(("POST", manifest["kind"]))
-        key = (manifest["kind"], manifest["metadata"]["name"])
-        if key in self.objects:
-            raise KubeApiError(409, "already exists")
-        self.objects[key] = copy.deepcopy(manifest)
-        return manifest
+        return await super().create(manifest)
 
     async def patch(
         self, kind: str, namespace: str, name: str, patch: dict[str, Any], sub: str | None = None
     ) -> dict[str, Any]:
         self.calls.append(("PATCH", kind))
-        return {}
+        return await super().patch(kind, namespace, name, patch, sub)
 
 
-def owner(replicas: int = 1) -> Owner:
+@pytest.fixture
+async def api(operator_identity: str) -> AsyncIterator[RecordingApi]:
+    client = RecordingApi(4)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def uid(kube_cluster: Cluster, namespace: str) -> str:
+    """A real TTSService `voice` to own the children (the garbage collector removes children of none)."""
+    status, created = kube_cluster.request(
+        "POST",
+        f"/apis/tts.residency.dev/v1alpha1/namespaces/{namespace}/ttsservices",
+        {
+            "apiVersion": "tts.residency.dev/v1alpha1",
+            "kind": "TTSService",
+            "metadata": {"name": "voice"},
+            "spec": {"model": {"name": "hibari"}, "replicas": 1},
+        },
+    )
+    assert status == 201, created
+    return str(created["metadata"]["uid"])
+
+
+def owner(namespace: str, uid: str, replicas: int = 1) -> Owner:
     spec = parse_spec({"model": {"name": "hibari"}, "replicas": replicas}, "voice")
-    return Owner(name="voice", namespace="default", uid="uid-1", spec=spec)
+    return Owner(name="voice", namespace=namespace, uid=uid, spec=spec)
 
 
-def known(children: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def watched(
+    cluster: Cluster, namespace: str, uid: str, leave_out: str = ""
+) -> dict[str, list[dict[str, Any]]]:
+    """The children as the operator's index holds them (read from the API server, kept as the index keeps
+    them), by kind; `leave_out`: a kind the index does not show."""
     out: dict[str, list[dict[str, Any]]] = {}
-    for child in children:
-        watched = {
-            **child,
-            "status": {"big": "x" * 100},
-            "metadata": {**child["metadata"], "resourceVersion": "7", "managedFields": [{}]},
-        }
-        out.setdefault(child["kind"], []).append(observed_part(watched))
+    for child in build_children(owner(namespace, uid), IMAGES):
+        kind, name = child["kind"], child["metadata"]["name"]
+        if kind == leave_out:
+            continue
+        status, body = cluster.request("GET", f"{PATHS[kind]}/namespaces/{namespace}/{KINDS[kind]}/{name}")
+        assert status == 200, body
+        out.setdefault(kind, []).append(observed_part(body))
     return out
 
 
-def test_children_the_index_shows_as_they_should_be_cost_no_request() -> None:
-    children = build_children(owner(), IMAGES)
-    api = RecordingApi({(c["kind"], c["metadata"]["name"]): c for c in children})
-    done = asyncio.run(apply_children(cast(Api, api), owner(), IMAGES, known(children)))
+async def test_children_the_index_shows_as_they_should_be_cost_no_request(
+    api: RecordingApi, kube_cluster: Cluster, namespace: str, uid: str
+) -> None:
+    await apply_children(api, owner(namespace, uid), IMAGES)
+    seen, api.calls = watched(kube_cluster, namespace, uid), []
+    done = await apply_children(api, owner(namespace, uid), IMAGES, seen)
     assert set(done.values()) == {"unchanged"} and len(done) == 5
     assert api.calls == []
 
 
-def test_a_drifted_child_is_patched_and_a_missing_one_posted_without_reads() -> None:
-    children = build_children(owner(replicas=1), IMAGES)
-    seen = known([c for c in children if c["kind"] != "Role"])
-    api = RecordingApi({})
-    done = asyncio.run(apply_children(cast(Api, api), owner(replicas=3), IMAGES, seen))
-    assert done["Deployment/voice"] == "patched"
-    role = next(f"Role/{c['metadata']['name']}" for c in children if c["kind"] == "Role")
-    assert done[role] == "created"
-    assert ("GET", "Deployment") not in api.calls and ("POST", "Role") in api.calls
-    assert not any(method == "GET" for method, _ in api.calls)
+async def test_a_drifted_child_is_patched_and_a_missing_one_posted_without_reads(
+    api: RecordingApi, kube_cluster: Cluster, namespace: str, uid: str
+) -> None:
+    await apply_children(api, owner(namespace, uid, replicas=1), IMAGES)
+    role = next(
+        c["metadata"]["name"] for c in build_children(owner(namespace, uid), IMAGES) if c["kind"] == "Role"
+    )
+    status, body = kube_cluster.request("DELETE", f"{PATHS['Role']}/namespaces/{namespace}/roles/{role}")
+    assert status == 200, body
+    seen, api.calls = watched(kube_cluster, namespace, uid, leave_out="Role"), []
+    done = await apply_children(api, owner(namespace, uid, replicas=3), IMAGES, seen)
+    assert done["Deployment/voice"] == "patched" and done[f"Role/{role}"] == "created"
+    assert sorted(api.calls) == [("PATCH", "Deployment"), ("POST", "Role")]
+    status, deployment = kube_cluster.request(
+        "GET", f"/apis/apps/v1/namespaces/{namespace}/deployments/voice"
+    )
+    assert status == 200 and deployment["spec"]["replicas"] == 3, deployment
 
 
-def test_a_child_the_index_does_not_show_yet_is_compared_after_a_conflict() -> None:
-    """The index lags behind our own POSTs: a 409 means it exists; it is read once and compared."""
-    children = build_children(owner(replicas=1), IMAGES)
-    api = RecordingApi({(c["kind"], c["metadata"]["name"]): c for c in children})
-    done = asyncio.run(apply_children(cast(Api, api), owner(replicas=2), IMAGES, {}))
+async def test_a_child_the_index_does_not_show_yet_is_compared_after_a_conflict(
+    api: RecordingApi, namespace: str, uid: str
+) -> None:
+    """A child the index does not show, made by someone the operator did not hear of: a 409 means it
+    exists; it is read once and compared (and patched, here)."""
+    await apply_children(api, owner(namespace, uid, replicas=1), IMAGES)
+    api.calls = []
+    done = await apply_children(api, owner(namespace, uid, replicas=2), IMAGES, {})
     assert done["Deployment/voice"] == "patched"
     assert api.calls.count(("GET", "Deployment")) == 1 and ("PATCH", "Deployment") in api.calls
+    assert api.calls.count(("POST", "Deployment")) == 1
 
 
-def test_without_an_index_every_child_is_read() -> None:
-    api = RecordingApi({})
-    asyncio.run(apply_children(cast(Api, api), owner(), IMAGES))
+async def test_without_an_index_every_child_is_read(api: RecordingApi, namespace: str, uid: str) -> None:
+    done = await apply_children(api, owner(namespace, uid), IMAGES)
+    assert set(done.values()) == {"created"}
     assert sum(method == "GET" for method, _ in api.calls) == 5
 
 

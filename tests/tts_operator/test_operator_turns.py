@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 import importlib
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import kopf
-import kubernetes
 import pytest
 
 from support.cluster import Cluster
@@ -37,22 +35,6 @@ def handlers() -> ModuleType:
     if settings_module.loaded() is None:
         settings_module.use(settings_module.OperatorSettings(dra="off", api_threads=8))
     return importlib.import_module("tts_operator.handlers")
-
-
-@pytest.fixture
-def operator_identity(
-    kube_cluster: Cluster, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[str]:
-    """The handlers' API client as its own ServiceAccount (told apart in the audit log); the kubernetes
-    client's process-wide default configuration, which the operator's client sets, is restored after."""
-    kubeconfig = kube_cluster.identity(namespace, "operator", tmp_path)
-    # Where the client looks when there is no in-cluster config: $KUBECONFIG, read when it was imported.
-    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
-    saved = kubernetes.client.Configuration.get_default_copy()
-    try:
-        yield Cluster.username(namespace, "operator")
-    finally:
-        kubernetes.client.Configuration.set_default(saved)
 
 
 class HeldPost:

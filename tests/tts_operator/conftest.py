@@ -1,0 +1,29 @@
+"""Fixtures of the operator tests that run the operator's own code in this process against the real API
+server: its client authenticated as its own ServiceAccount."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import kubernetes
+import pytest
+
+from support.cluster import Cluster
+
+
+@pytest.fixture
+def operator_identity(
+    kube_cluster: Cluster, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """The operator's API client (`tts_operator.api.Api`, made after this) as its own ServiceAccount, told
+    apart in the audit log (its user name is yielded); the kubernetes client's process-wide default
+    configuration, which that client sets, is restored after."""
+    kubeconfig = kube_cluster.identity(namespace, "operator", tmp_path)
+    # Where the client looks when there is no in-cluster config: $KUBECONFIG, read when it was imported.
+    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+    saved = kubernetes.client.Configuration.get_default_copy()
+    try:
+        yield Cluster.username(namespace, "operator")
+    finally:
+        kubernetes.client.Configuration.set_default(saved)
