@@ -59,7 +59,7 @@ def _configure_logging(level: str) -> None:
 
 
 def serve(parser: argparse.ArgumentParser, settings: Settings) -> int:
-    from tts_runtime.engine import Engine
+    from tts_runtime.engine import Engine, blank
     from tts_runtime.settings import ConfigError
 
     _configure_logging(settings.log_level)
@@ -73,6 +73,7 @@ def serve(parser: argparse.ArgumentParser, settings: Settings) -> int:
         parser.error(str(err))
     # The workers start now, before the web server's imports, so both start-ups overlap (cold start).
     engine.prespawn()
+    blank.end_unused()  # the first worker took it, if any model runs in a worker
     try:
         import uvicorn
 
@@ -163,6 +164,12 @@ def _check_extras() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["serve"]:
+        from tts_runtime.engine import blank
+
+        # A worker process starts now, before the settings and the web server are imported (they take
+        # about half a second): its imports overlap them; the first model's worker adopts it.
+        blank.start()
     _check_extras()
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tts_contract import ModelSpec, State
-from tts_runtime.engine import Engine
+from tts_runtime.engine import Engine, blank
 from tts_runtime.engine import worker as worker_module
 from tts_runtime.engine.cancel import Cancel
 from tts_runtime.engine.errors import (
@@ -347,3 +347,24 @@ def test_cancel_calls_its_wakers_once_set_and_not_after_they_are_forgotten() -> 
     assert cancel.is_set() and calls == ["b"]
     cancel.on_set(lambda: calls.append("late"))  # set already: called at once
     assert calls == ["b", "late"]
+
+
+def test_a_blank_process_started_before_the_engine_becomes_its_first_worker(make_engine, tiny_spec) -> None:
+    blank.start()  # what `tts-runtime serve` does before importing its settings and the web server
+    [(early, _)] = blank._blanks
+    e = make_engine([tiny_spec(execution="worker", policy=KEEP)])
+    e.prespawn()
+    warm = e._verbs._prespawned["tiny"]
+    assert blank._blanks == [] and warm.standby_pid() == early.pid
+    status = warm.standby_status(timeout=120)  # the blank, told its model, prepared as a standby
+    assert status["pid"] == early.pid and "support.tiny" in status["modules"]
+    with e.lease("tiny") as lease:
+        assert lease.synthesize("first").samples.size == 5 * 160
+    assert worker_pids(e) == [early.pid]
+
+
+def test_a_blank_process_no_model_took_is_ended() -> None:
+    blank.start()
+    [(proc, _)] = blank._blanks
+    blank.end_unused()
+    assert blank._blanks == [] and gone(proc.pid) and proc.exitcode == 0

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from tts_contract import ModelSpec
+from tts_runtime.engine import blank
 from tts_runtime.engine.backends import Blob, Chunks, GpuOutOfMemory, Stats, make_backend
 from tts_runtime.engine.cancel import Cancel
 from tts_runtime.engine.dispatch import Dispatcher, Job, Reply
@@ -494,6 +495,20 @@ class WorkerExecutor:
         return self._ask(s, "status", (), timeout, kill_on_timeout=False)  # type: ignore[no-any-return]
 
     def _start(self, adopt: tuple[str, Layout] | None, standby: bool, role: str) -> Channel:
+        started = blank.take() if standby else None
+        if started is not None:  # a process the CLI started before the models were known: its imports done
+            proc, conn = started
+            try:
+                conn.send((0, "become", (self.spec.model_dump_json(), self.device, adopt)))
+            except (OSError, ValueError):
+                conn.close()
+                proc.kill()
+                proc.join(5.0)
+            else:
+                proc.name = f"tts-{role}-{self.spec.name}"
+                chan = Channel(proc, conn, f"{role}-{self.spec.name}")
+                chan.on_idle_end = self._idle_end
+                return chan
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(
             target=worker_main,
