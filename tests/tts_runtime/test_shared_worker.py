@@ -175,10 +175,19 @@ def test_requests_to_two_models_with_verbs_and_policy_changes_interleaved(
     served = [0]
     count = threading.Lock()
 
+    cycled = threading.Event()  # the admin went through every verb on both models twice
+    asked = [0]
+
+    give_up = time.monotonic() + 240
+
     def client(seed: int) -> None:
         rng = random.Random(seed)
-        for _ in range(REQUESTS):
+        for k in itertools.count():  # at least REQUESTS, and on until the verbs have all run meanwhile
+            if k >= REQUESTS and (cycled.is_set() or time.monotonic() > give_up):
+                break
             name, text = rng.choice(("a", "b")), rng.choice(texts)
+            with count:
+                asked[0] += 1
             try:
                 got = say(e, name, text).tobytes()
             except Exception as err:
@@ -194,6 +203,8 @@ def test_requests_to_two_models_with_verbs_and_policy_changes_interleaved(
         for i in itertools.count():  # every verb on both models, in turn, until the clients are done
             if done.is_set():
                 break
+            if i == 20:
+                cycled.set()
             name, verb = "ab"[i % 2], ("release", "load", "offload", "policy", "load")[i // 2 % 5]
             try:
                 if verb == "policy":
@@ -224,7 +235,8 @@ def test_requests_to_two_models_with_verbs_and_policy_changes_interleaved(
     done.set()
     chaos.join(60)
     assert not failures, failures[:5]
-    assert served[0] == 4 * REQUESTS
+    assert cycled.is_set(), "the admin verbs did not all run while requests were made"
+    assert served[0] == asked[0] >= 4 * REQUESTS
     for name in ("a", "b"):
         r = e.model_report(name)
         assert r.leases == 0 and e._slot(name).leases == 0 and not e._slot(name).busy
