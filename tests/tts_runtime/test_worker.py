@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from support.procs import wait_for
 from tts_contract import ModelSpec, State
 from tts_runtime.engine import Engine, blank
 from tts_runtime.engine import worker as worker_module
@@ -130,7 +131,10 @@ def test_worker_killed_from_outside_while_a_request_runs(make_engine, tiny_spec)
 
     t = threading.Thread(target=request)
     t.start()
-    time.sleep(0.3)
+    # The request holds its lease (its synthesis is sent or on its way) before the worker dies.
+    wait_for(
+        lambda: e.model_report("tiny").leases == 1, timeout=30, interval=0.02, what="the request's lease"
+    )
     os.kill(pid, signal.SIGKILL)
     t.join(10)
     assert len(errors) == 1 and isinstance(errors[0], WorkerCrashedError)
