@@ -45,6 +45,7 @@ RESERVED_ENV = (
     ADMIN_TOKEN_ENV,
     ADMIN_TOKEN_FILE_ENV,
     GPU_MEMORY_BUDGET_ENV,
+    DRAIN_TIMEOUT_ENV,  # the pod's grace period is computed from it
     POD_NAME_ENV,
     POD_NAMESPACE_ENV,
 )

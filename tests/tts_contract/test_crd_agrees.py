@@ -14,7 +14,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from support.cluster import Cluster
-from tts_contract import GROUP, PLURAL, VERSION, Policy
+from tts_contract import GROUP, PLURAL, RESERVED_ENV, VERSION, Policy
 from tts_operator.spec import InvalidSpecError, parse_spec
 from tts_runtime.engine.models_file import ModelsFileError, parse_model_specs
 
@@ -96,7 +96,11 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ),
     *(
         ("env", {"model": M, "env": v})
-        for v in [[{"name": "A", "value": "1"}], [{"name": "POD_NAME", "value": "x"}], [{"name": ""}]]
+        for v in [
+            [{"name": "A", "value": "1"}],
+            [{"name": ""}],
+            *([{"name": name, "value": "1"}] for name in RESERVED_ENV),
+        ]
     ),
     ("imagePullPolicy", {"model": M, "imagePullPolicy": "Sometimes"}),
     ("unknown field", {"model": M, "bogus": 1}),
