@@ -180,8 +180,7 @@ class _Standby:
 
 def _ready_ahead(made: _Standby) -> None:
     """On a CPU device neither a restore nor a first load touches a device: do all of it before it is
-    asked for, then one synthesis, so the first request does not pay a fresh session's first run (ONNX
-    Runtime grows its arena and the G2P fills its caches there: ~2x a warm request)."""
+    asked for (then `_warm_up`)."""
     block = made.block
     try:
         if block is None:
@@ -198,7 +197,11 @@ def _ready_ahead(made: _Standby) -> None:
             with contextlib.suppress(BufferError):
                 made.shm.close()
             made.shm = None
-        return
+
+
+def _warm_up(made: _Standby) -> None:
+    """One synthesis, so the first request does not pay a fresh session's first run (ONNX Runtime grows
+    its arena and the G2P fills its caches there: ~2x a warm request)."""
     warm_up = getattr(made.backend, "warm_up", None)
     if callable(warm_up):
         try:
@@ -214,11 +217,19 @@ def _wait_as_standby(
     """Prepare, then wait to become the worker: `adopt` with the shared block (a restore) or None (a first
     load). None: told to exit, or the engine went away."""
     made = _Standby(_prepare(spec, device), block)
+    first: Any = None  # a message that came while this got ready
     if made.backend is not None and not device.startswith("cuda"):
         _ready_ahead(made)
+        with contextlib.suppress(EOFError, OSError):
+            first = conn.recv() if conn.poll(0) else None
+        # Not when the engine asks for this process already (a cold start's first request waits): that
+        # request is the first run, and a warm-up before it would only add its own time to the wait.
+        if made.restored and (first is None or first[1] != "adopt"):
+            _warm_up(made)
     while True:
         try:
-            rid, op, args = conn.recv()
+            rid, op, args = first if first is not None else conn.recv()
+            first = None
         except (EOFError, OSError):
             return None
         if op == "adopt":
