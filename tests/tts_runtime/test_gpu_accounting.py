@@ -67,7 +67,9 @@ def test_without_nvml_nothing_is_identified() -> None:
 
 
 class _Executor:
-    """The engine's view of a worker: only its PID inside the pod matters here."""
+    """The engine's view of a worker of its own: only its PID inside the pod matters here."""
+
+    shares_process = False
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
