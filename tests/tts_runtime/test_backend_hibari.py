@@ -164,3 +164,15 @@ def test_a_cuda_provider_that_does_not_load_is_reported_and_its_graph_cached_per
         assert b.synthesize(TEXT, "heart", 1.0)[0].tobytes() == before.tobytes()
     finally:
         b.close()
+
+
+def test_a_standby_prepares_the_optimised_graphs_of_a_first_load_ahead(loaded: HibariBackend) -> None:
+    b = HibariBackend(ModelSpec(name="hibari", voices=["heart"]), "cpu")
+    b.prepare(first_load=True)  # G2P and, in a thread meanwhile, the voices read and optimised
+    graphs = b.optimised
+    assert graphs and b.optimised_for == CPU_ONLY and b.g2p and not b.engines
+    b.load()
+    assert b.optimised is graphs  # the load used them: nothing read or optimised again
+    text = "Prepared ahead, it says the same."
+    assert b.synthesize(text, "heart", 1.0)[0].tobytes() == loaded.synthesize(text, "heart", 1.0)[0].tobytes()
+    b.close()

@@ -83,7 +83,7 @@ def _blobs(shm: SharedMemory, layout: Layout) -> list[Blob]:
     return [Blob(key, meta, buf[off : off + n]) for key, meta, off, n in layout]
 
 
-def _prepare(spec: ModelSpec, device: str) -> Any:
+def _prepare(spec: ModelSpec, device: str, first_load: bool = False) -> Any:
     """A standby's whole job: import what the backend needs and do its host-only work, touching no device.
     Returns the backend when it could be built ahead (hibari: G2P and vocab ready), else None."""
     _preimport(spec)
@@ -91,7 +91,7 @@ def _prepare(spec: ModelSpec, device: str) -> Any:
         return None  # a torch backend asks torch.cuda about the device when built: not in a standby
     try:
         backend: Any = make_backend(spec, device)
-        backend.prepare()
+        backend.prepare(first_load)
         return backend
     except Exception:  # the load or restore that uses this standby builds it again and reports the error
         log.debug("standby preparation of %s failed", spec.name, exc_info=True)
@@ -216,7 +216,7 @@ def _wait_as_standby(
 ) -> _Standby | None:
     """Prepare, then wait to become the worker: `adopt` with the shared block (a restore) or None (a first
     load). None: told to exit, or the engine went away."""
-    made = _Standby(_prepare(spec, device), block)
+    made = _Standby(_prepare(spec, device, block is None), block)
     first: Any = None  # a message that came while this got ready
     if made.backend is not None and not device.startswith("cuda"):
         _ready_ahead(made)
