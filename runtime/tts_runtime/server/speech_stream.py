@@ -209,6 +209,9 @@ class AudioStreamResponse(_Closing, StreamingResponse):
             yield first
             async for data in stream.rest():
                 yield data
+            # Lease and admission slot end before the last (empty) chunk: a client that has the whole
+            # file finds the server's queue without it.
+            await stream.aclose()
 
         super().__init__(body(), media_type=media_type, headers=headers)
 
@@ -241,6 +244,7 @@ class SseSpeechResponse(_Closing, EventSourceResponse):
                 "output_tokens": round(stream.audio_seconds * 1000),
             }
             usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+            await stream.aclose()  # as for audio: done, the request no longer counts as queued
             yield _event({"type": "speech.audio.done", "usage": usage})
 
         super().__init__(events(), headers=headers)
