@@ -27,3 +27,21 @@ def operator_identity(
         yield Cluster.username(namespace, "operator")
     finally:
         kubernetes.client.Configuration.set_default(saved)
+
+
+@pytest.fixture
+def uid(kube_cluster: Cluster, namespace: str) -> str:
+    """The uid of a real TTSService `voice` to own the children: the garbage collector removes
+    children whose owner does not exist."""
+    status, created = kube_cluster.request(
+        "POST",
+        f"/apis/tts.residency.dev/v1alpha1/namespaces/{namespace}/ttsservices",
+        {
+            "apiVersion": "tts.residency.dev/v1alpha1",
+            "kind": "TTSService",
+            "metadata": {"name": "voice"},
+            "spec": {"model": {"name": "hibari"}, "replicas": 1},
+        },
+    )
+    assert status == 201, created
+    return str(created["metadata"]["uid"])

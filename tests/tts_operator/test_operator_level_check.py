@@ -62,23 +62,6 @@ async def api(operator_identity: str) -> AsyncIterator[RecordingApi]:
         client.close()
 
 
-@pytest.fixture
-def uid(kube_cluster: Cluster, namespace: str) -> str:
-    """A real TTSService `voice` to own the children (the garbage collector removes children of none)."""
-    status, created = kube_cluster.request(
-        "POST",
-        f"/apis/tts.residency.dev/v1alpha1/namespaces/{namespace}/ttsservices",
-        {
-            "apiVersion": "tts.residency.dev/v1alpha1",
-            "kind": "TTSService",
-            "metadata": {"name": "voice"},
-            "spec": {"model": {"name": "hibari"}, "replicas": 1},
-        },
-    )
-    assert status == 201, created
-    return str(created["metadata"]["uid"])
-
-
 def owner(namespace: str, uid: str, replicas: int = 1) -> Owner:
     spec = parse_spec({"model": {"name": "hibari"}, "replicas": replicas}, "voice")
     return Owner(name="voice", namespace=namespace, uid=uid, spec=spec)

@@ -17,7 +17,7 @@ import pytest
 from support.cluster import Cluster
 from tts_operator import settings as settings_module
 
-SPEC = {"model": {"name": "hibari"}, "replicas": 1}
+SPEC = {"model": {"name": "hibari"}, "replicas": 1}  # the spec of conftest's `uid` TTSService
 UNTIL_S = 30.0
 CHILDREN = {
     ("serviceaccounts", "voice-agent"),
@@ -76,22 +76,10 @@ class InProcess:
 
 @pytest.fixture
 async def operator(
-    handlers: ModuleType, kube_cluster: Cluster, namespace: str, operator_identity: str
+    handlers: ModuleType, kube_cluster: Cluster, namespace: str, operator_identity: str, uid: str
 ) -> AsyncIterator[InProcess]:
     if not kube_cluster.audited:
         pytest.skip("this cluster keeps no audit log that the tests can read (see support/cluster.py)")
-    status, created = kube_cluster.request(
-        "POST",
-        f"/apis/tts.residency.dev/v1alpha1/namespaces/{namespace}/ttsservices",
-        {
-            "apiVersion": "tts.residency.dev/v1alpha1",
-            "kind": "TTSService",
-            "metadata": {"name": "voice"},
-            "spec": SPEC,
-        },
-    )
-    assert status == 201, created
-    uid = created["metadata"]["uid"]
     memo = kopf.Memo()
     await handlers.configure(settings=kopf.OperatorSettings(), memo=memo)
     # kopf's indexes: the service, and none of its children (each watch shows a child a moment after its POST
