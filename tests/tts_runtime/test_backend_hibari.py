@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 
 from tts_contract import ModelSpec
@@ -40,6 +41,29 @@ def test_offload_drops_the_session_and_restore_rebuilds_it(loaded: HibariBackend
     assert faster.size < first.size
     with pytest.raises(InvalidRequestError, match="unknown voice"):
         b.synthesize("x", "zz", 1.0)
+
+
+def test_a_stream_phonemizes_sentence_by_sentence_and_joins_to_the_whole_clip(
+    loaded: HibariBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = " ".join(f"Sentence number {n} ends here." for n in range(1, 31))
+    engine = loaded.engines["heart"]
+    sentences: list[str] = []
+    g2p = engine._g2p
+
+    def counted(sentence: str) -> object:
+        sentences.append(sentence)
+        return g2p(sentence)
+
+    monkeypatch.setattr(engine, "_g2p", counted)
+    pieces = loaded.synthesize_stream(text, "heart", 1.0)
+    first, _ = next(pieces)
+    # The first audio waited for its own sentence's G2P, not all thirty (as hibari's `stream` would).
+    assert len(sentences) == 1, sentences
+    rest = [p for p, _ in pieces]
+    assert len(sentences) == 30
+    whole, _ = loaded.synthesize(text, "heart", 1.0)
+    assert np.concatenate([first, *rest]).tobytes() == whole.tobytes()
 
 
 def test_host_bytes_count_the_optimised_graph_and_the_g2p(loaded: HibariBackend) -> None:
