@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -42,6 +43,18 @@ def wait_for(fn: Callable[[], T], timeout: float = 20.0, interval: float = 0.1, 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or fn}: last {value!r}")
         time.sleep(interval)
+
+
+async def until(
+    condition: Callable[[], object], within: float = 10.0, interval: float = 0.005, what: str = ""
+) -> None:
+    """`wait_for` inside an event loop: polls while the loop runs the tasks `condition` looks at."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what or condition}")
+        await asyncio.sleep(interval)
 
 
 def executable(name: str) -> str:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from support.procs import until
 from tts_operator.debounce import DebouncedRuns, Debouncer
 from tts_operator.kube import KubeApiError
 
@@ -22,15 +22,6 @@ class FakeClock:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait for something to have happened (never for time to pass and then check); up to 10 s."""
-    for _ in range(2000):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("timed out")
 
 
 def test_trailing_runs_an_interval_after_the_first_mark_and_folds_the_rest() -> None:

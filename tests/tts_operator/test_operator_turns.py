@@ -15,6 +15,7 @@ import kopf
 import pytest
 
 from support.cluster import Cluster
+from support.procs import until
 from tts_operator import settings as settings_module
 
 SPEC = {"model": {"name": "hibari"}, "replicas": 1}  # the spec of conftest's `uid` TTSService
@@ -105,22 +106,17 @@ async def operator(
         await handlers.close(memo=memo)
 
 
-async def _until(condition: Callable[[], bool], what: str) -> None:
-    """Poll `condition` while the event loop runs the tasks it looks at."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + UNTIL_S
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {UNTIL_S}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 async def _level_check_meanwhile(op: InProcess) -> None:
     """While a reconcile's POST is held: a level check of the service, which either runs (and makes what its
     index does not show) or waits for its turn; then the POST goes on, and both finish."""
     await op.post.held.wait()
     check = asyncio.create_task(op.handlers.recheck_service(**op.args))
-    await _until(lambda: check.done() or op.waiting() > 0, "the level check to finish or wait for its turn")
+    await until(
+        lambda: check.done() or op.waiting() > 0,
+        within=UNTIL_S,
+        interval=0.01,
+        what="the level check to finish or wait for its turn",
+    )
     op.post.released.set()
     await check
 
