@@ -164,6 +164,9 @@ def _check_extras() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tts_runtime.engine.tuning import tune_allocator
+
+    tune_allocator()  # before any buffer is allocated; workers do the same (`become_worker`)
     if (sys.argv[1:] if argv is None else argv)[:1] == ["serve"]:
         from tts_runtime.engine import blank
 

@@ -16,6 +16,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from tts_runtime.engine.lifecycle import become_worker, start_process
+from tts_runtime.engine.tuning import roomy_pipe
 
 _blanks: list[tuple[Any, Connection]] = []  # (process, the engine's end of its pipe), not adopted yet
 _lock = threading.Lock()
@@ -39,7 +40,7 @@ def blank_main(conn: Connection, parent_pid: int) -> None:
 def start() -> None:
     """Start one blank process (from the spawner thread, like every worker); ended at exit if unused."""
     ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
+    parent, child = roomy_pipe(ctx)
     proc = ctx.Process(target=blank_main, args=(child, os.getpid()), name="tts-blank", daemon=False)
     start_process(proc)
     child.close()

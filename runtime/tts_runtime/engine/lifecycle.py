@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from tts_runtime.engine.tuning import tune_allocator
+
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -35,15 +37,17 @@ def start_process(proc: Any) -> None:
 
 
 def become_worker(parent_pid: int) -> None:
-    """First thing a worker does: leave SIGINT/SIGTERM to the engine and die with the engine.
+    """First thing a worker does: leave signals to the engine, die with it, tune its allocator.
 
     A container runtime or systemd signals the whole process group; the engine decides when its workers
     end (after the drain), so the signals are ignored here. SIGKILL of the engine must not leave a worker
     behind (re-parented to pid 1, holding GPU memory): the parent-death signal ends it. The engine may
-    have died before the signal was armed, so the parent is checked once more afterwards."""
+    have died before the signal was armed, so the parent is checked once more afterwards. Its replies
+    are the per-request buffers a worker allocates: they stay in its heap (`tune_allocator`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     set_parent_death_signal(signal.SIGKILL)
+    tune_allocator()
     if os.getppid() != parent_pid:
         os._exit(0)
 

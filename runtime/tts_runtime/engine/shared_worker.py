@@ -36,6 +36,7 @@ from tts_contract import ModelSpec
 from tts_runtime.engine.backends import Stats, make_backend
 from tts_runtime.engine.dispatch import Dispatcher, Job
 from tts_runtime.engine.lifecycle import become_worker, forget_block, start_process
+from tts_runtime.engine.tuning import roomy_pipe
 from tts_runtime.engine.worker import (
     REQUEST_OPS,
     Channel,
@@ -217,7 +218,7 @@ class SharedWorker:
             return chan
         if chan is not None:
             chan.reap()  # it died: its members were told (`_ended`), a fresh one takes its place
-        parent, child = self._ctx.Pipe()
+        parent, child = roomy_pipe(self._ctx)
         proc = self._ctx.Process(
             target=shared_worker_main,
             args=(child, self._specs_json, self.device, os.getpid()),

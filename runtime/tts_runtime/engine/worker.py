@@ -47,6 +47,7 @@ from tts_runtime.engine.lifecycle import (
     shm_free_bytes,
     start_process,
 )
+from tts_runtime.engine.tuning import roomy_pipe
 
 log = logging.getLogger(__name__)
 _ALIGN = 64
@@ -520,7 +521,7 @@ class WorkerExecutor:
                 chan = Channel(proc, conn, f"{role}-{self.spec.name}")
                 chan.on_idle_end = self._idle_end
                 return chan
-        parent, child = self._ctx.Pipe()
+        parent, child = roomy_pipe(self._ctx)
         proc = self._ctx.Process(
             target=worker_main,
             args=(child, self.spec.model_dump_json(), self.device, adopt, standby, os.getpid()),
