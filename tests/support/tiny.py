@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -121,6 +122,26 @@ class TinyTTS(nn.Module):
 def factory(**options: Any) -> TinyTTS:
     """`support.tiny:factory`; options: size_bytes, delay_seconds, hidden, seed, concurrency."""
     return TinyTTS(**options)
+
+
+class PiecesTTS(TinyTTS):
+    """TinyTTS with a stream of its own: a piece per word, `delay_seconds` each. Its whole clip is those
+    pieces made one after the other, so joined they are exactly it, and it says so (`stream_joins_whole`)."""
+
+    stream_joins_whole = True
+
+    def synthesize_stream(self, text: str, voice: str, speed: float) -> Iterator[tuple[torch.Tensor, int]]:
+        for word in text.split() or [text]:
+            yield super().synthesize(word, voice, speed)
+
+    def synthesize(self, text: str, voice: str, speed: float) -> tuple[torch.Tensor, int]:
+        pieces = [samples for samples, _ in self.synthesize_stream(text, voice, speed)]
+        return torch.cat(pieces), SAMPLE_RATE
+
+
+def pieces_factory(**options: Any) -> PiecesTTS:
+    """`support.tiny:pieces_factory`; TinyTTS options (`delay_seconds` is per piece)."""
+    return PiecesTTS(**options)
 
 
 class BatchTTS(TinyTTS):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,13 +25,14 @@ pytestmark = pytest.mark.slow
 PIECE_SECONDS = 0.5  # what the "slow" model takes per piece: long enough to watch a stream go by
 SENTENCES = [f"This is sentence number {n} of a story about trains, rivers and towns." for n in range(40)]
 TEXT = " ".join(SENTENCES)
+WORD_SECONDS = 0.2  # what the "pieces" model takes per word, its piece
 
 
-def _tiny(name: str, delay: float) -> dict[str, object]:
+def _tiny(name: str, delay: float, factory: str = "support.tiny:factory") -> dict[str, object]:
     return {
         "name": name,
         "backend": "torch",
-        "factory": "support.tiny:factory",
+        "factory": factory,
         "voices": ["alto", "bass"],
         "options": {"delay_seconds": delay},
     }
@@ -38,7 +40,8 @@ def _tiny(name: str, delay: float) -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]:
-    models = {"models": [_tiny("tiny", 0.0), _tiny("slow", PIECE_SECONDS)]}
+    pieces = _tiny("pieces", WORD_SECONDS, "support.tiny:pieces_factory")  # its stream joins to its clip
+    models = {"models": [_tiny("tiny", 0.0), _tiny("slow", PIECE_SECONDS), pieces]}
     log: Path = tmp_path_factory.mktemp("stream") / "runtime.log"
     proc = start_runtime(log, "--device", "cpu", env={"TTS_RUNTIME_MODELS_JSON": json.dumps(models)})
     try:
@@ -161,3 +164,32 @@ def test_a_client_that_leaves_stops_the_model_and_frees_the_lease(runtime: Runti
     # The model is free and well: the next request is served at once.
     again = httpx.post(f"{url}/v1/audio/speech", json=_body("Hello."), timeout=30)
     assert again.status_code == 200 and np.frombuffer(again.content, "<i2").size == 160 * len("Hello.")
+
+
+def test_a_client_that_leaves_a_whole_file_request_stops_the_model_too(runtime: RuntimeProcess) -> None:
+    url = runtime.url
+    words = " ".join(f"word{n}" for n in range(40))  # 40 pieces: 8 s for the whole clip
+    labels = {"format": "pcm", "model": "pieces", "status": "disconnected"}
+    gone = _metric(url, "residency_request_duration_seconds_count", **labels)
+    body = json.dumps({**_body(words, "pieces"), "stream": False}).encode()
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        head = f"POST /v1/audio/speech HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        # Loaded (on first use) and synthesizing: the request holds its model.
+        wait_for(lambda: _model(url, "pieces")["leases"] == 1, timeout=60, interval=0.02, what="its lease")
+    left = time.perf_counter()  # the connection is closed: nobody is left to answer
+    wait_for(
+        lambda: _model(url, "pieces")["leases"] == 0, timeout=30, interval=0.02, what="the model to stop"
+    )
+    stopped_after = time.perf_counter() - left
+    assert stopped_after < 3 * WORD_SECONDS + 0.5, stopped_after  # a piece or two, not 40
+    wait_for(
+        lambda: _metric(url, "residency_request_duration_seconds_count", **labels) == gone + 1,
+        timeout=30,
+        what="the disconnect to be counted",
+    )
+    again = httpx.post(
+        f"{url}/v1/audio/speech", json={**_body("one two", "pieces"), "stream": False}, timeout=30
+    )
+    assert again.status_code == 200 and np.frombuffer(again.content, "<i2").size == 160 * len("onetwo")

@@ -59,8 +59,10 @@ class Blob:
 class Backend(Protocol):
     """A model and where its weights are. Every verb either completes or rolls back.
 
-    Optional: `max_concurrency` (requests it takes at once, default 1) and `synthesize_batch(requests)` with
-    `max_batch_size` (dynamic batching); `engine/dispatch.py` reads them.
+    Optional: `max_concurrency` (requests it takes at once, default 1), `synthesize_batch(requests)` with
+    `max_batch_size` (dynamic batching), and `stream_joins_whole = True` where the pieces of
+    `synthesize_stream`, joined, are exactly what `synthesize` returns (a whole request then stops between
+    pieces when its client goes away); `engine/dispatch.py` reads them.
     """
 
     def load(self) -> None: ...  # build it, keep a host copy, put a working copy on the device

@@ -253,12 +253,14 @@ class Engine:
                 if slot.policy.offload_after_use and not slot.policy.pinned:
                     self._wake.set()
 
-    def _synthesize(self, slot: Slot, text: str, voice: str | None, speed: float) -> tuple[np.ndarray, int]:
+    def _synthesize(
+        self, slot: Slot, text: str, voice: str | None, speed: float, cancel: threading.Event | None
+    ) -> tuple[np.ndarray, int]:
         ex = slot.executor
         if ex is None:
             raise WorkerCrashedError(f"model {slot.spec.name!r} lost its worker; retry the request")
         with self._synthesis_errors(slot, ex):
-            return ex.synthesize(text, voice, speed, slot.spec.request_timeout_seconds)
+            return ex.synthesize(text, voice, speed, slot.spec.request_timeout_seconds, cancel)
 
     def _synthesize_stream(
         self, slot: Slot, text: str, voice: str | None, speed: float, cancel: threading.Event | None

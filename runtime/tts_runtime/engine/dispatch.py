@@ -5,7 +5,9 @@ and torch inference are safe to call from several threads, plug-ins opt in) and 
 `synthesize_batch(requests)`, which gets up to `max_batch_size` requests that were waiting together
 (dynamic batching: a batch is whatever queued while the previous call ran, so one client waits for
 nothing). Memory verbs run in `exclusive()`: after every request submitted before them has finished and
-before any submitted later starts, so offload never moves weights under a request.
+before any submitted later starts, so offload never moves weights under a request. A backend whose stream
+joined is exactly its `synthesize` (`stream_joins_whole`) runs whole requests as that stream: one whose
+client went away (`job.cancel`) stops between two pieces.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+
+from tts_runtime.engine.errors import RequestCancelled
 
 # reply(value, error, final): a request's chunks (final False) and then its one final outcome.
 Reply = Callable[[Any, BaseException | None, bool], None]
@@ -73,7 +79,7 @@ class Dispatcher:
                 threading.Thread(target=self._pull, name=name, daemon=True).start()
             self._cond.notify()
 
-    def call(self, op: str, *args: Any) -> Any:
+    def call(self, op: str, *args: Any, cancel: threading.Event | None = None) -> Any:
         """Submit one request and wait for its outcome on this thread (the in-process executor)."""
         done = threading.Event()
         out: list[Any] = [None, None]
@@ -83,7 +89,7 @@ class Dispatcher:
                 out[0], out[1] = value, error
                 done.set()
 
-        self.submit(Job(op, args, reply))
+        self.submit(Job(op, args, reply) if cancel is None else Job(op, args, reply, cancel))
         done.wait()
         if out[1] is not None:
             raise out[1]
@@ -166,10 +172,29 @@ class Dispatcher:
 def run_request(backend: Any, job: Job) -> Any:
     """One request on the backend; a streaming op sends its chunks through `job.reply` before returning."""
     if job.op == "synthesize":
+        if getattr(backend, "stream_joins_whole", False) is True:
+            return _joined(backend, job)
         return backend.synthesize(*job.args)
     if job.op == "stream":
         return _stream(backend, job)
     raise ValueError(f"unknown request op {job.op!r}")
+
+
+def _joined(backend: Any, job: Job) -> tuple[np.ndarray, int]:
+    """`synthesize` as the backend's own stream, joined (the same audio: `stream_joins_whole`), so that
+    `job.cancel` (its client went away) stops the model between two pieces instead of after the last."""
+    pieces: list[tuple[np.ndarray, int]] = []
+    chunks = backend.synthesize_stream(*job.args)
+    try:
+        for piece in chunks:
+            if job.cancel.is_set():
+                raise RequestCancelled(f"the client of a {job.op} request went away; its model stopped")
+            pieces.append(piece)
+    finally:
+        chunks.close()
+    if not pieces:  # nothing to say: the model's own answer for that (its empty clip and its rate)
+        return backend.synthesize(*job.args)  # type: ignore[no-any-return]
+    return np.concatenate([samples for samples, _ in pieces]), pieces[-1][1]
 
 
 def _stream(backend: Any, job: Job) -> str | None:

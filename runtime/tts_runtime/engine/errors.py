@@ -61,3 +61,9 @@ class InvalidRequestError(ResidencyError, ValueError):
     """The request itself is wrong (unknown voice, empty text, bad speed); the message says what to fix."""
 
     status = 400
+
+
+class RequestCancelled(ResidencyError):
+    """The request's client went away and its model stopped between two pieces: nobody to answer."""
+
+    status = 499

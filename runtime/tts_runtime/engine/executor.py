@@ -39,8 +39,15 @@ class Executor(Protocol):
 
     def restore(self, timeout: float) -> Stats: ...
 
+    # `cancel` set (from any thread) stops a backend whose stream joins to its whole clip between two
+    # pieces (`RequestCancelled`); other backends finish the clip.
     def synthesize(
-        self, text: str, voice: str | None, speed: float, timeout: float | None
+        self,
+        text: str,
+        voice: str | None,
+        speed: float,
+        timeout: float | None,
+        cancel: threading.Event | None = None,
     ) -> tuple[np.ndarray, int]: ...
 
     # Chunks as the model makes them; `timeout` bounds the wait for each. Setting `cancel` (from any
@@ -128,9 +135,14 @@ class InlineExecutor:
             return self._refresh()
 
     def synthesize(
-        self, text: str, voice: str | None, speed: float, timeout: float | None
+        self,
+        text: str,
+        voice: str | None,
+        speed: float,
+        timeout: float | None,
+        cancel: threading.Event | None = None,
     ) -> tuple[np.ndarray, int]:
-        samples, sr = self._dispatch.call("synthesize", text, voice, speed)
+        samples, sr = self._dispatch.call("synthesize", text, voice, speed, cancel=cancel)
         return samples, sr
 
     def synthesize_stream(

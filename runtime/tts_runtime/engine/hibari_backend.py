@@ -79,6 +79,10 @@ def _is_oom(e: Exception) -> bool:
 
 
 class HibariBackend:
+    # Its stream is the same sentences through the same generator: joined, byte for byte what `synthesize`
+    # returns (test_backend_hibari), so a whole request runs as the stream and stops when its client leaves.
+    stream_joins_whole = True
+
     def __init__(self, spec: ModelSpec, device: str) -> None:
         self.spec = spec
         self.want_cuda = device.startswith("cuda")

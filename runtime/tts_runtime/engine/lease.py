@@ -52,11 +52,19 @@ class Lease:
         self._close_lock = threading.Lock()
         self.model = slot.spec.name
 
-    def synthesize(self, text: str, voice: str | None = None, speed: float = 1.0) -> Synthesis:
+    def synthesize(
+        self,
+        text: str,
+        voice: str | None = None,
+        speed: float = 1.0,
+        cancel: threading.Event | None = None,
+    ) -> Synthesis:
+        """The whole clip. Setting `cancel` (from any thread) stops a model whose stream joins to its
+        whole clip (hibari) between two pieces, raising `RequestCancelled`; other models finish it."""
         if self._closed:
             raise RuntimeError("this lease has ended; take a new one with engine.lease(...)")
         t0 = time.perf_counter()
-        samples, sr = self._engine._synthesize(self._slot, text, voice, speed)
+        samples, sr = self._engine._synthesize(self._slot, text, voice, speed, cancel)
         return Synthesis(samples, sr, self.model, voice, time.perf_counter() - t0)
 
     def stream(

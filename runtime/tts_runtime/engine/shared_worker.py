@@ -152,14 +152,14 @@ def shared_worker_main(conn: Connection, specs_json: list[str], device: str, par
         _preimport(ModelSpec.model_validate_json(spec_json))
     out = _Replies(conn)
     host = _Host(out, device)
-    streams: weakref.WeakValueDictionary[int, Job] = weakref.WeakValueDictionary()  # in flight, to cancel
+    in_flight: weakref.WeakValueDictionary[int, Job] = weakref.WeakValueDictionary()  # requests, to cancel
     while True:
         try:
             rid, op, args = conn.recv()
         except (EOFError, OSError):
             break
-        if op == "cancel":  # request ids are the process's: a stream is found without its model
-            job = streams.get(args[0])
+        if op == "cancel":  # request ids are the process's: a request is found without its model
+            job = in_flight.get(args[0])
             if job is not None:
                 job.cancel.set()
             continue
@@ -173,8 +173,7 @@ def shared_worker_main(conn: Connection, specs_json: list[str], device: str, par
                 out.send(rid, "error", f"model {name!r} is not loaded in this worker")
                 continue
             job = Job(op, rest, out.reply_for(rid))
-            if op == "stream":
-                streams[rid] = job
+            in_flight[rid] = job
             try:
                 m.pool.submit(job)
             except RuntimeError as e:  # released meanwhile

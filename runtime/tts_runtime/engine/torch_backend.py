@@ -535,6 +535,13 @@ class TorchBackend:
             yield as_samples(samples), int(rate)
 
     @property
+    def stream_joins_whole(self) -> bool:
+        """The plug-in's own stream, joined, is exactly its `synthesize` (it says so: `stream_joins_whole`),
+        so a whole request can run as the stream and stop when its client leaves."""
+        native = callable(getattr(self.obj, "synthesize_stream", None))
+        return native and getattr(self.obj, "stream_joins_whole", False) is True
+
+    @property
     def max_concurrency(self) -> int:
         """What the plug-in declares (`max_concurrency`); 1 when it says nothing."""
         return int(getattr(self.obj, "max_concurrency", 1) or 1)

@@ -23,7 +23,7 @@ import time
 import traceback
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
@@ -36,7 +36,7 @@ from tts_runtime.engine import blank
 from tts_runtime.engine.backends import Blob, Chunks, GpuOutOfMemory, Stats, make_backend
 from tts_runtime.engine.cancel import Cancel
 from tts_runtime.engine.dispatch import Dispatcher, Job, Reply
-from tts_runtime.engine.errors import InvalidRequestError, WorkerCrashedError
+from tts_runtime.engine.errors import InvalidRequestError, RequestCancelled, WorkerCrashedError
 from tts_runtime.engine.executor import ExecutionTimeout
 from tts_runtime.engine.lifecycle import (
     become_worker,
@@ -141,6 +141,8 @@ def _outcome(e: BaseException) -> tuple[str, str]:
         return "oom", str(e)
     if isinstance(e, InvalidRequestError):
         return "invalid", str(e)
+    if isinstance(e, RequestCancelled):
+        return "cancelled", str(e)
     tb = "".join(traceback.format_exception(e, limit=-3))
     return "error", f"{type(e).__name__}: {e}\n{tb}"
 
@@ -260,10 +262,11 @@ def worker_main(
     """The worker process: serve memory verbs and requests until told to exit or the engine goes away.
 
     Protocol: the engine sends `(id, op, args)`; the worker answers `(id, kind, value)`, where kind is
-    `chunk` (more to come) or a final `ok` / `oom` / `invalid` / `error`. Requests (`REQUEST_OPS`) run on the
-    dispatcher's threads, so several are in flight; any other op is a memory verb (or a query) run on this
-    thread after the requests received before it have finished. `stream` answers a chunk per piece of
-    audio; `cancel` (args: the stream's id; no answer) stops that stream between pieces.
+    `chunk` (more to come) or a final `ok` / `oom` / `invalid` / `cancelled` / `error`. Requests
+    (`REQUEST_OPS`) run on the dispatcher's threads, so several are in flight; any other op is a memory verb
+    (or a query) run on this thread after the requests received before it have finished. `stream` answers
+    a chunk per piece of audio; `cancel` (args: the request's id; no answer) stops that request between
+    pieces (a `synthesize` only where the backend's stream joins to its whole clip).
     """
     become_worker(os.getppid() if parent_pid is None else parent_pid)
     # Before torch or onnxruntime starts CUDA: number GPUs as NVML does (the engine's accounting).
@@ -283,21 +286,20 @@ def worker_main(
     if backend is None:
         backend = make_backend(spec, device)
     pool = Dispatcher(backend, spec.name)
-    streams: weakref.WeakValueDictionary[int, Job] = weakref.WeakValueDictionary()  # in flight, to cancel
+    in_flight: weakref.WeakValueDictionary[int, Job] = weakref.WeakValueDictionary()  # requests, to cancel
     while True:
         try:
             rid, op, args = conn.recv()
         except (EOFError, OSError):
             break  # the engine died or closed the pipe: nothing left to serve
         if op == "cancel":
-            job = streams.get(args[0])
+            job = in_flight.get(args[0])
             if job is not None:  # else it had ended already: nothing to stop
                 job.cancel.set()
             continue
         if op in REQUEST_OPS:
             job = Job(op, tuple(args), out.reply_for(rid))
-            if op == "stream":
-                streams[rid] = job
+            in_flight[rid] = job
             pool.submit(job)
             continue
         try:
@@ -461,6 +463,20 @@ class Channel:
             p.close()
         self.conn.close()
         return self.exitcode
+
+
+class _Stop:
+    """Tells the worker to stop one request, once; a dead worker is noticed by the caller's wait."""
+
+    def __init__(self, chan: Channel, rid: int) -> None:
+        self.chan, self.rid = chan, rid
+        self.done = False
+
+    def __call__(self) -> None:
+        if not self.done:
+            self.done = True
+            with contextlib.suppress(_Gone):
+                self.chan.notify("cancel", (self.rid,))
 
 
 class WorkerExecutor:
@@ -629,13 +645,8 @@ class WorkerExecutor:
             kind, value = msg
             if kind == "chunk":
                 continue  # a streaming op's caller reads chunks itself; a plain call wants the result
-            if kind == "ok":
-                return value
-            if kind == "oom":
-                raise GpuOutOfMemory(value)
-            if kind == "invalid":
-                raise InvalidRequestError(value)
-            raise RuntimeError(self._message_of(op, value))
+            self._raise_for(op, kind, value)
+            return value
 
     def _message_of(self, op: str, value: str) -> str:
         """A worker's error for clients: the message. Its traceback (server paths) goes to the log only."""
@@ -754,10 +765,21 @@ class WorkerExecutor:
         return self.stats
 
     def synthesize(
-        self, text: str, voice: str | None, speed: float, timeout: float | None
+        self,
+        text: str,
+        voice: str | None,
+        speed: float,
+        timeout: float | None,
+        cancel: threading.Event | None = None,
     ) -> tuple[np.ndarray, int]:
         # No lock: requests wait on the worker together; the worker runs as many as its backend takes.
-        samples, sr = self._call("synthesize", (text, voice, speed), timeout)
+        if cancel is None:
+            samples, sr = self._call("synthesize", (text, voice, speed), timeout)
+            return samples, sr
+        with self._cancellable("synthesize", (text, voice, speed), cancel) as (chan, rid, replies, stop):
+            kind, value = self._next_reply(chan, rid, replies, timeout, cancel, stop)
+        self._raise_for("synthesize", kind, value)  # `cancelled` once `cancel` stopped it
+        samples, sr = value
         return samples, sr
 
     def synthesize_stream(
@@ -769,42 +791,44 @@ class WorkerExecutor:
         cancel: threading.Event | None = None,
     ) -> Chunks:
         """Chunks as the worker sends them (one reply each); runs beside other requests, like `synthesize`."""
+        with self._cancellable("stream", (text, voice, speed), cancel) as (chan, rid, replies, stop):
+            final = False
+            try:
+                while not final:
+                    try:
+                        kind, value = self._next_reply(chan, rid, replies, timeout, cancel, stop)
+                    except BaseException:
+                        final = True  # the worker is gone (crash, timeout): nothing left to stop
+                        raise
+                    final = kind != "chunk"
+                    if final:
+                        self._raise_for("stream", kind, value)
+                    elif not stop.done:
+                        yield value
+            finally:
+                if not final:  # the consumer left early: stop the model and wait until it has
+                    stop()
+                    with contextlib.suppress(Exception):
+                        while self._next_reply(chan, rid, replies, timeout, None, stop)[0] == "chunk":
+                            pass
+
+    @contextlib.contextmanager
+    def _cancellable(
+        self, op: str, args: tuple[Any, ...], cancel: threading.Event | None
+    ) -> Iterator[tuple[Channel, int, Inbox, _Stop]]:
+        """One request whose replies the caller reads, and `stop` (tell the worker to stop it; once). A
+        `Cancel` wakes the caller's wait when set; a plain Event is looked at now and then."""
         chan = self._chan
         if chan is None:
             raise WorkerCrashedError(f"model {self.spec.name!r} has no worker process (it was released)")
         try:
-            rid, replies = chan.request("stream", self._tag((text, voice, speed)))
+            rid, replies = chan.request(op, self._tag(args))
         except _Gone:
-            raise self._crashed(chan, "stream") from None
+            raise self._crashed(chan, op) from None
         unwake = cancel.on_set(lambda: replies.put(_WAKE)) if isinstance(cancel, Cancel) else None
-        stopped = False
-
-        def stop() -> None:
-            nonlocal stopped
-            if not stopped:
-                stopped = True
-                with contextlib.suppress(_Gone):  # a dead worker is noticed by the wait below
-                    chan.notify("cancel", (rid,))
-
-        final = False
         try:
-            while not final:
-                try:
-                    kind, value = self._next_reply(chan, rid, replies, timeout, cancel, stop)
-                except BaseException:
-                    final = True  # the worker is gone (crash, timeout): nothing left to stop
-                    raise
-                final = kind != "chunk"
-                if final:
-                    self._raise_for(kind, value)
-                elif not stopped:
-                    yield value
+            yield chan, rid, replies, _Stop(chan, rid)
         finally:
-            if not final:  # the consumer left early: stop the model and wait until it has
-                stop()
-                with contextlib.suppress(Exception):
-                    while self._next_reply(chan, rid, replies, timeout, None, stop)[0] == "chunk":
-                        pass
             if unwake is not None:
                 unwake()
 
@@ -835,7 +859,8 @@ class WorkerExecutor:
                     chan.kill()
                     self._drop(chan)
                     raise ExecutionTimeout(
-                        f"a piece of a stream of model {self.spec.name!r} took longer than {timeout:g}s; "
+                        f"a reply of model {self.spec.name!r} (a whole clip, or a stream's next piece) "
+                        f"took longer than {timeout:g}s; "
                         "its worker was stopped"
                     ) from None
                 continue
@@ -845,14 +870,16 @@ class WorkerExecutor:
                 raise self._crashed(chan, "stream")
             return msg
 
-    @staticmethod
-    def _raise_for(kind: str, value: Any) -> None:
+    def _raise_for(self, op: str, kind: str, value: Any) -> None:
+        """The error a final reply names, if any (its traceback goes to the log, not the message)."""
         if kind == "oom":
             raise GpuOutOfMemory(value)
         if kind == "invalid":
             raise InvalidRequestError(value)
+        if kind == "cancelled":
+            raise RequestCancelled(value)
         if kind != "ok":
-            raise RuntimeError(value)
+            raise RuntimeError(self._message_of(op, value))
 
     def host_intact(self) -> bool:
         if self._shm is not None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable
 from typing import TypeVar
 
 from fastapi import Request
 
+from tts_runtime.engine.cancel import Cancel
 from tts_runtime.server.state import Runtime
 
 T = TypeVar("T")
@@ -30,9 +30,10 @@ async def run_for_client(
 ) -> T:
     """`fn(gone, *args)` on the model's speech threads; ClientGone if the client leaves first.
 
-    `gone` (a threading.Event) is set when the client leaves: `fn` checks it before costly steps. A request
-    still queued for a thread is dropped from the queue and never runs."""
-    gone = threading.Event()
+    `gone` (a `Cancel`) is set when the client leaves: `fn` checks it before costly steps and hands it to
+    the model, which stops after the piece in progress where it can (`Lease.synthesize`). A request still
+    queued for a thread is dropped from the queue and never runs."""
+    gone = Cancel()
     work = asyncio.ensure_future(runtime.speech.run(model, fn, gone, *args))
     left = asyncio.ensure_future(disconnected(request))
     try:

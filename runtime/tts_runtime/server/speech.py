@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from typing import Any, Literal
 
@@ -11,7 +10,8 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tts_runtime.engine import Engine
-from tts_runtime.engine.errors import ResidencyError
+from tts_runtime.engine.cancel import Cancel
+from tts_runtime.engine.errors import RequestCancelled, ResidencyError
 from tts_runtime.server import audio
 from tts_runtime.server.errors import ApiError
 from tts_runtime.server.inflight import ClientGone, run_for_client
@@ -100,15 +100,19 @@ def choose_voice(requested: str | None, voices: list[str], default: str | None, 
 
 
 def _speak(
-    gone: threading.Event, engine: Engine, name: str, text: str, voice: str | None, speed: float, fmt: str
+    gone: Cancel, engine: Engine, name: str, text: str, voice: str | None, speed: float, fmt: str
 ) -> tuple[bytes, int]:
     """Lease, synthesize and encode in one worker-thread hop (each hop costs latency on small requests).
     The lease ends before encoding, so an offload after use overlaps the encoding. A client that left
-    while this waited for its model costs no synthesis."""
+    while this waited for its model costs no synthesis; one that leaves during it stops the model at its
+    next piece (where the model can stop: `Lease.synthesize`)."""
     with engine.lease(name) as lease:
         if gone.is_set():
             raise ClientGone(f"the client of a {name} request disconnected")
-        out = lease.synthesize(text, voice=voice, speed=speed)
+        try:
+            out = lease.synthesize(text, voice=voice, speed=speed, cancel=gone)
+        except RequestCancelled as err:
+            raise ClientGone(str(err)) from None
     if out.samples.size == 0:
         raise no_audio(name)
     return audio.encode(out.samples, out.sample_rate, fmt), out.sample_rate
