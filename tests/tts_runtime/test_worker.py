@@ -14,6 +14,7 @@ import pytest
 from support.procs import wait_for
 from tts_contract import ModelSpec, State
 from tts_runtime.engine import Engine, blank
+from tts_runtime.engine import executor as executor_module
 from tts_runtime.engine import worker as worker_module
 from tts_runtime.engine.cancel import Cancel
 from tts_runtime.engine.errors import (
@@ -338,6 +339,19 @@ def test_a_cancel_wakes_the_stream_waiting_on_its_worker(make_engine, tiny_spec,
     assert len(rest) < 29, "the stream ran to its end: the cancel did not reach the worker"
     with e.lease("tiny") as lease:  # the worker is free and its pipe in order
         assert lease.synthesize("again").samples.size == 5 * 160
+
+
+def test_a_cancel_wakes_an_in_process_stream_too(make_engine, tiny_spec, monkeypatch) -> None:
+    monkeypatch.setattr(executor_module, "POLL_SECONDS", 3600.0)  # no polling to fall back on
+    e = make_engine([tiny_spec(options={"delay_seconds": 0.3}, policy=KEEP)])  # execution: inline
+    text = " ".join(f"This is sentence number {n} of a long story." for n in range(30))
+    cancel = Cancel()
+    with e.lease("tiny") as lease:
+        pieces = lease.stream(text, cancel=cancel)
+        assert next(pieces).samples.size > 0
+        threading.Timer(0.05, cancel.set).start()
+        rest = list(pieces)  # ends once the model stopped (after the piece in progress)
+    assert len(rest) < 29, "the stream ran to its end: the cancel did not reach the model"
 
 
 def test_cancel_calls_its_wakers_once_set_and_not_after_they_are_forgotten() -> None:

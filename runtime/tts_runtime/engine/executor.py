@@ -10,7 +10,10 @@ import numpy as np
 
 from tts_contract import ModelSpec
 from tts_runtime.engine.backends import Backend, Chunks, Stats, make_backend
+from tts_runtime.engine.cancel import Cancel
 from tts_runtime.engine.dispatch import Dispatcher, Job
+
+POLL_SECONDS = 0.05  # how often a stream looks at a plain threading.Event (a Cancel wakes it instead)
 
 
 class ExecutionTimeout(Exception):
@@ -153,8 +156,11 @@ class InlineExecutor:
         timeout: float | None,
         cancel: threading.Event | None = None,
     ) -> Chunks:
-        replies: queue.SimpleQueue[tuple[Any, BaseException | None, bool]] = queue.SimpleQueue()
+        replies: queue.SimpleQueue[tuple[Any, BaseException | None, bool] | None] = queue.SimpleQueue()
         job = Job("stream", (text, voice, speed), lambda *reply: replies.put(reply))
+        # A Cancel wakes the wait below (None on the queue); a plain Event is looked at now and then.
+        unwake = cancel.on_set(lambda: replies.put(None)) if isinstance(cancel, Cancel) else None
+        poll = None if cancel is None or unwake is not None else POLL_SECONDS
         self._dispatch.submit(job)
         final = False
         try:
@@ -163,10 +169,12 @@ class InlineExecutor:
                     if cancel is not None and cancel.is_set():
                         job.cancel.set()
                     try:
-                        value, error, final = replies.get(timeout=0.05)
-                        break
+                        reply = replies.get(timeout=poll)
                     except queue.Empty:
                         continue
+                    if reply is not None:
+                        break
+                value, error, final = reply
                 if error is not None:
                     raise error
                 if not final and not job.cancel.is_set():
@@ -174,8 +182,10 @@ class InlineExecutor:
         finally:
             if not final:  # the consumer left early: stop the model, wait until it has
                 job.cancel.set()
-                while not replies.get()[2]:
+                while (reply := replies.get()) is None or not reply[2]:
                     pass
+            if unwake is not None:
+                unwake()
 
     def host_intact(self) -> bool:
         return self._loaded and not self._closed

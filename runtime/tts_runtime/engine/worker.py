@@ -37,7 +37,7 @@ from tts_runtime.engine.backends import Blob, Chunks, GpuOutOfMemory, Stats, mak
 from tts_runtime.engine.cancel import Cancel
 from tts_runtime.engine.dispatch import Dispatcher, Job, Reply
 from tts_runtime.engine.errors import InvalidRequestError, RequestCancelled, WorkerCrashedError
-from tts_runtime.engine.executor import ExecutionTimeout
+from tts_runtime.engine.executor import POLL_SECONDS, ExecutionTimeout
 from tts_runtime.engine.lifecycle import (
     become_worker,
     cannot_serve,
@@ -352,7 +352,6 @@ def worker_main(
 # -- in the engine ---------------------------------------------------------------------------------
 Inbox = queue.SimpleQueue[tuple[str, Any] | None]  # one request's replies; None: the worker is gone
 _WAKE = ("wake", None)  # put in a stream's inbox by its Cancel: look at the flag now
-POLL_SECONDS = 0.05  # how often a stream looks at a plain threading.Event (a Cancel wakes it instead)
 
 
 class _Gone(Exception):
