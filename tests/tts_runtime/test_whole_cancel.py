@@ -85,6 +85,15 @@ def test_a_cancelled_whole_request_stops_between_two_pieces() -> None:
     assert backend.made == 2 and backend.closed  # 2 of 10 pieces, and the stream was closed
 
 
+def test_a_whole_request_cancelled_before_it_ran_makes_no_piece() -> None:
+    backend = Pieces(joins=True)
+    cancel = Cancel()
+    cancel.set()  # its client left while it queued for the model
+    with pytest.raises(RequestCancelled):
+        Dispatcher(backend).call("synthesize", "text", None, 1.0, cancel=cancel)
+    assert backend.made == 0 and backend.whole_calls == 0
+
+
 def test_a_model_that_does_not_say_its_stream_joins_finishes_its_clip() -> None:
     backend = Pieces(joins=False)
     cancel = Cancel()

@@ -183,12 +183,15 @@ def run_request(backend: Any, job: Job) -> Any:
 def _joined(backend: Any, job: Job) -> tuple[np.ndarray, int]:
     """`synthesize` as the backend's own stream, joined (the same audio: `stream_joins_whole`), so that
     `job.cancel` (its client went away) stops the model between two pieces instead of after the last."""
+    stopped = f"the client of a {job.op} request went away; its model stopped"
+    if job.cancel.is_set():
+        raise RequestCancelled(stopped)
     pieces: list[tuple[np.ndarray, int]] = []
     chunks = backend.synthesize_stream(*job.args)
     try:
         for piece in chunks:
             if job.cancel.is_set():
-                raise RequestCancelled(f"the client of a {job.op} request went away; its model stopped")
+                raise RequestCancelled(stopped)
             pieces.append(piece)
     finally:
         chunks.close()
