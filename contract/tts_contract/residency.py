@@ -25,6 +25,11 @@ class State(StrEnum):
     FAILED = "failed"
 
 
+# How a pod's models make one state for `kubectl get tts` (ResidencyReport.pod_state).
+_POD_ORDER = (State.GPU, State.RESTORING, State.LOADING, State.OFFLOADING, State.CPU, State.FAILED)
+_COUNTS_AS = {State.RESTORING: State.GPU, State.LOADING: State.GPU, State.OFFLOADING: State.CPU}
+
+
 class Verb(StrEnum):
     LOAD = "load"  # unloaded|failed -> gpu
     OFFLOAD = "offload"  # gpu -> cpu
@@ -173,13 +178,14 @@ class ResidencyReport(_Report):
     def vram_bytes(self) -> int:
         return sum(m.vram_bytes for m in self.models)
 
-    def pod_state(self) -> str:
-        """One word for the pod, for counting: gpu beats cpu beats unloaded (failed counts apart)."""
+    def pod_state(self) -> State:
+        """One state for the pod, for counting: gpu beats cpu beats failed beats unloaded; a model on its
+        way counts where it is going (loading and restoring as gpu, offloading as cpu)."""
         states = {m.state for m in self.models}
-        for state in ("gpu", "restoring", "loading", "offloading", "cpu", "failed"):
+        for state in _POD_ORDER:
             if state in states:
-                return {"restoring": "gpu", "loading": "gpu", "offloading": "cpu"}.get(state, state)
-        return "unloaded"
+                return _COUNTS_AS.get(state, state)
+        return State.UNLOADED
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from tts_contract import State, names
 from tts_contract import annotations as ann
-from tts_contract import names
 from tts_operator.allocations import HAMI_ALLOCATED, HAMI_NODE, Device, hami_devices, pod_claims
 
 Conditions = list[dict[str, Any]]
@@ -119,7 +119,7 @@ def aggregate(
 ) -> dict[str, Any]:
     """The whole status from the pods of one service. `invalid` is the spec problem, if any."""
     live = [p for p in pods if not p.terminating]
-    counts = {"gpu": 0, "cpu": 0, "unloaded": 0, "failed": 0}
+    counts = {s.value: 0 for s in (State.GPU, State.CPU, State.UNLOADED, State.FAILED)}
     vram = 0
     last_used: datetime | None = None
     errors: list[str] = []
@@ -127,12 +127,12 @@ def aggregate(
         report = pod.residency
         if report is None:
             continue  # no report yet: counted in neither state rather than guessed
-        counts[report.pod_state()] = counts.get(report.pod_state(), 0) + 1
+        counts[report.pod_state().value] += 1
         vram += report.vram_bytes
         for model in report.models:
             if model.last_used is not None and (last_used is None or model.last_used > last_used):
                 last_used = model.last_used
-            if model.state == "failed":
+            if model.state == State.FAILED:
                 errors.append(f"{pod.name}/{model.name}: {model.error or 'failed'}")
     ready = sum(1 for p in live if p.ready)
 
