@@ -69,7 +69,9 @@ class Server:
         self.client = httpx.Client(
             base_url=self.url,
             timeout=120,
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+            # Idle connections end on this side first: uvicorn closes them after 5 s, httpx's default
+            # expiry, so a request sent on one just then failed with "Server disconnected" (seen once).
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=2.0),
         )
 
     def first_audio(self, body: dict[str, Any] = BODY, timeout: float = 180.0) -> float:
