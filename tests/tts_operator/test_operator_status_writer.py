@@ -1,41 +1,48 @@
-"""The debounced status writer: one write per change, not per event; no second write while the watch lags."""
+"""The debounced status writer on the real API server: one write per change, not per event; no second write
+while the watch lags (the index is what the operator's watch would hold: the object as read back)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Any, cast
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
+import kubernetes
 import pytest
+import yaml
 
+from support.cluster import Cluster
 from tts_contract import annotations as ann
 from tts_operator.api import Api
 from tts_operator.kube import KubeApiError
 from tts_operator.status import PodInfo
 from tts_operator.statuswriter import ServiceKey, StatusWriter
 
-KEY: ServiceKey = ("default", "voice")
+PATH = "/apis/tts.residency.dev/v1alpha1/namespaces/{ns}/ttsservices/{name}"
 
 
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
+class CountingApi(Api):
+    """The operator's client, its status patches counted before they go to the API server."""
 
-
-class FakeApi:
-    """Records status patches and answers with increasing resource versions, like the API server."""
-
-    def __init__(self, missing: bool = False) -> None:
-        self.patches: list[dict[str, Any]] = []
-        self.missing = missing
+    def __init__(self, threads: int) -> None:
+        super().__init__(threads)
+        self.patches = 0
 
     async def patch(
-        self, kind: str, namespace: str, name: str, body: dict[str, Any], sub: str | None = None
+        self, kind: str, namespace: str, name: str, patch: dict[str, Any], sub: str | None = None
     ) -> dict[str, Any]:
-        assert (kind, namespace, name, sub) == ("TTSService", "default", "voice", "status")
-        if self.missing:
-            raise KubeApiError(404, "not found")
-        self.patches.append(body)
-        return {"metadata": {"resourceVersion": str(100 + len(self.patches))}}
+        self.patches += 1
+        return await super().patch(kind, namespace, name, patch, sub)
+
+
+@pytest.fixture
+async def api(operator_identity: str) -> AsyncIterator[CountingApi]:
+    client = CountingApi(2)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def pod(state: str) -> PodInfo:
@@ -46,80 +53,130 @@ def pod(state: str) -> PodInfo:
 
 
 class World:
-    def __init__(self) -> None:
-        self.entry: dict[str, Any] = {
-            "uid": "u",
-            "spec": {"model": {"name": "hibari"}, "replicas": 1},
-            "status": {},
-            "generation": 1,
-            "version": "10",
-            "deleting": False,
-        }
-        self.pods = [pod("gpu")]
+    """A TTSService `voice` on the server, and the index entry the operator's watch would hold for it."""
 
-    def writer(self, api: FakeApi) -> StatusWriter:
+    def __init__(self, cluster: Cluster, namespace: str, uid: str) -> None:
+        self.cluster, self.namespace = cluster, namespace
+        self.key: ServiceKey = (namespace, "voice")
+        self.pods = [pod("gpu")]
+        self.entry = self.watched()
+        assert self.entry["uid"] == uid
+
+    def read(self, name: str = "voice") -> dict[str, Any]:
+        status, obj = self.cluster.request("GET", PATH.format(ns=self.namespace, name=name))
+        assert status == 200, obj
+        return dict(obj)
+
+    def watched(self) -> dict[str, Any]:
+        """The service as the watch shows it now (what `reconcile.observed` indexes)."""
+        obj = self.read()
+        meta = obj["metadata"]
+        return {
+            "uid": meta["uid"],
+            "spec": obj["spec"],
+            "status": obj.get("status") or {},
+            "generation": meta["generation"],
+            "version": meta["resourceVersion"],
+            "deleting": bool(meta.get("deletionTimestamp")),
+        }
+
+    def writer(self, api: Api) -> StatusWriter:
         return StatusWriter(
-            cast(Api, api),
-            lambda key: [self.entry] if key == KEY else [],
-            lambda key: list(self.pods) if key == KEY else [],
+            api,
+            lambda key: [self.entry] if key[1] in ("voice", "ghost") else [],
+            lambda key: list(self.pods),
         )
 
 
-def test_a_change_is_written_once_even_while_the_index_still_shows_the_old_status() -> None:
-    world, api = World(), FakeApi()
+@pytest.fixture
+def world(kube_cluster: Cluster, namespace: str, uid: str) -> World:
+    return World(kube_cluster, namespace, uid)
+
+
+async def test_a_change_is_written_once_even_while_the_index_still_shows_the_old_status(
+    world: World, api: CountingApi
+) -> None:
     writer = world.writer(api)
-    assert run(writer.write(KEY)) is True
-    assert api.patches[0]["status"]["pods"]["gpu"] == 1 and api.patches[0]["status"]["ready"] == "1/1"
-    # The watch has not shown our write yet (the index still holds version 10 and an empty status).
-    assert run(writer.write(KEY)) is False
+    assert await writer.write(world.key) is True
+    first = world.read()["status"]
+    assert first["pods"]["gpu"] == 1 and first["ready"] == "1/1"
+    # The watch has not shown our write yet (the index still holds the version before it, no status).
+    assert await writer.write(world.key) is False
     world.pods = [pod("cpu")]
-    assert run(writer.write(KEY)) is True
-    assert api.patches[1]["status"]["pods"] == {"gpu": 0, "cpu": 1, "unloaded": 0, "failed": 0}
-    assert json.dumps(api.patches[1]["status"]["conditions"]) == json.dumps(
-        api.patches[0]["status"]["conditions"]
-    )  # nothing transitioned: the times stay
+    assert await writer.write(world.key) is True
+    second = world.read()["status"]
+    assert second["pods"] == {"gpu": 0, "cpu": 1, "unloaded": 0, "failed": 0}
+    assert json.dumps(second["conditions"]) == json.dumps(first["conditions"])  # nothing transitioned
     # The watch catches up: what it shows is the truth again, and it equals what we wrote.
-    world.entry = {**world.entry, "status": api.patches[1]["status"], "version": "102"}
-    assert run(writer.write(KEY)) is False
-    assert len(api.patches) == 2
+    world.entry = world.watched()
+    assert await writer.write(world.key) is False
+    assert api.patches == 2
 
 
-def test_a_watch_newer_than_our_write_wins_over_the_memo() -> None:
-    world, api = World(), FakeApi()
+async def test_a_watch_newer_than_our_write_wins_over_the_memo(world: World, api: CountingApi) -> None:
     writer = world.writer(api)
-    run(writer.write(KEY))
+    await writer.write(world.key)
     # Someone else's write, newer than ours, emptied the status: ours must be written again.
-    world.entry = {**world.entry, "status": {}, "version": "500"}
-    assert run(writer.write(KEY)) is True
+    status, _ = world.cluster.request(
+        "PATCH",
+        PATH.format(ns=world.namespace, name="voice") + "/status",
+        {"status": None},
+        content_type="application/merge-patch+json",
+    )
+    assert status == 200
+    world.entry = world.watched()
+    assert world.entry["status"] == {}
+    assert await writer.write(world.key) is True
+    assert world.read()["status"]["pods"]["gpu"] == 1
 
 
-def test_a_spec_change_is_written_and_a_deleted_service_is_not() -> None:
-    world, api = World(), FakeApi()
+async def test_a_spec_change_is_written_and_a_deleted_service_is_not(world: World, api: CountingApi) -> None:
     writer = world.writer(api)
-    run(writer.write(KEY))
-    world.entry = {**world.entry, "generation": 2, "spec": {"model": {"name": "hibari"}, "replicas": 3}}
-    assert run(writer.write(KEY)) is True
-    written = api.patches[-1]["status"]
+    await writer.write(world.key)
+    status, _ = world.cluster.request(
+        "PATCH",
+        PATH.format(ns=world.namespace, name="voice"),
+        {"spec": {"replicas": 3}},
+        content_type="application/merge-patch+json",
+    )
+    assert status == 200
+    world.entry = world.watched()
+    assert world.entry["generation"] == 2
+    assert await writer.write(world.key) is True
+    written = world.read()["status"]
     assert written["observedGeneration"] == 2 and written["ready"] == "1/3"
+    sent = api.patches
     world.entry = {**world.entry, "deleting": True}
-    assert run(writer.write(KEY)) is False
-    assert run(World().writer(FakeApi(missing=True)).write(KEY)) is False  # 404: gone meanwhile
+    assert await writer.write(world.key) is False
+    assert api.patches == sent  # nothing sent for a service on its way out
+    # A service the index still holds but the server no longer has: its 404 is no error.
+    world.entry = {**world.watched(), "deleting": False}
+    assert await writer.write((world.namespace, "ghost")) is False
 
 
-def test_an_invalid_spec_is_reported_in_the_conditions() -> None:
-    world, api = World(), FakeApi()
-    world.entry["spec"] = {"replicas": 1}
-    assert run(world.writer(api).write(KEY)) is True
-    ready = next(c for c in api.patches[0]["status"]["conditions"] if c["type"] == "Ready")
+async def test_an_invalid_spec_is_reported_in_the_conditions(world: World, api: CountingApi) -> None:
+    # A spec the operator cannot serve (an index entry from before a CRD rule): the server takes the status.
+    world.entry = {**world.entry, "spec": {"replicas": 1}}
+    assert await world.writer(api).write(world.key) is True
+    ready = next(c for c in world.read()["status"]["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "False" and ready["reason"] == "InvalidSpec"
 
 
-def test_other_api_errors_propagate_to_the_debouncer() -> None:
-    class Broken(FakeApi):
-        async def patch(
-            self, kind: str, namespace: str, name: str, body: dict[str, Any], sub: str | None = None
-        ) -> dict[str, Any]:
-            raise KubeApiError(500, "internal")
+@pytest.fixture
+def stale_identity(operator_identity: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator's kubeconfig with a token the server does not know, for the clients made after this."""
+    config = yaml.safe_load(Path(kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION).read_text())
+    config["users"][0]["user"]["token"] = "not-a-token"
+    stale = tmp_path / "stale.kubeconfig"
+    stale.write_text(yaml.safe_dump(config))
+    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(stale))
 
-    with pytest.raises(KubeApiError):
-        run(World().writer(Broken()).write(KEY))
+
+async def test_other_api_errors_propagate_to_the_debouncer(world: World, stale_identity: None) -> None:
+    client = Api(1)  # refused by the server (401): the debouncer retries what propagates
+    try:
+        with pytest.raises(KubeApiError) as raised:
+            await world.writer(client).write(world.key)
+        assert raised.value.status == 401
+    finally:
+        client.close()
