@@ -3,13 +3,14 @@ server: its client authenticated as its own ServiceAccount."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import kubernetes
 import pytest
 
 from support.cluster import Cluster
+from support.recording_api import RecordingApi
 
 
 @pytest.fixture
@@ -27,6 +28,16 @@ def operator_identity(
         yield Cluster.username(namespace, "operator")
     finally:
         kubernetes.client.Configuration.set_default(saved)
+
+
+@pytest.fixture
+async def api(operator_identity: str) -> AsyncIterator[RecordingApi]:
+    """The operator's own client as its ServiceAccount, every call recorded (`calls`)."""
+    client = RecordingApi(4)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 @pytest.fixture

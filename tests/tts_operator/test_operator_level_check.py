@@ -3,13 +3,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-
 from support.cluster import Cluster
-from tts_operator.api import Api
+from support.recording_api import RecordingApi
 from tts_operator.builders import Images, Owner, build_children
 from tts_operator.reconcile import apply_children, observed_part
 from tts_operator.spec import parse_spec
@@ -29,37 +26,6 @@ PATHS = {
     "Service": "/api/v1",
     "Deployment": "/apis/apps/v1",
 }
-
-
-class RecordingApi(Api):
-    """The operator's client, each call recorded as (METHOD, kind) before it goes to the API server."""
-
-    def __init__(self, threads: int) -> None:
-        super().__init__(threads)
-        self.calls: list[tuple[str, str]] = []
-
-    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        self.calls.append(("GET", kind))
-        return await super().get(kind, namespace, name)
-
-    async def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append(("POST", manifest["kind"]))
-        return await super().create(manifest)
-
-    async def patch(
-        self, kind: str, namespace: str, name: str, patch: dict[str, Any], sub: str | None = None
-    ) -> dict[str, Any]:
-        self.calls.append(("PATCH", kind))
-        return await super().patch(kind, namespace, name, patch, sub)
-
-
-@pytest.fixture
-async def api(operator_identity: str) -> AsyncIterator[RecordingApi]:
-    client = RecordingApi(4)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def owner(namespace: str, uid: str, replicas: int = 1) -> Owner:
