@@ -31,7 +31,8 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 50)
 PAGES_PER_REQUEST = 4 * 512 * 1024 // os.sysconf("SC_PAGE_SIZE")
 
 
-def faults_per_request(setup: str, env: dict[str, str] | None = None) -> float:
+def run_faults(setup: str, env: dict[str, str] | None = None) -> tuple[list[str], float]:
+    """What `setup` printed, and the faults per request after it, in a fresh interpreter."""
     out = subprocess.run(
         [sys.executable, "-c", FAULTS.format(setup=setup)],
         capture_output=True,
@@ -39,7 +40,8 @@ def faults_per_request(setup: str, env: dict[str, str] | None = None) -> float:
         check=True,
         env={**os.environ, **(env or {})},
     )
-    return float(out.stdout.split()[-1])
+    *printed, faults = out.stdout.split()
+    return printed, float(faults)
 
 
 needs_glibc = pytest.mark.skipif(
@@ -51,8 +53,8 @@ needs_glibc = pytest.mark.skipif(
 def test_a_worker_reuses_its_request_buffers_instead_of_faulting_them_in_again() -> None:
     # What a worker does first (become_worker) tunes its allocator; without it glibc gives the buffers
     # back at each free and the next request faults every page in again (480 of 512 here, measured).
-    plain = faults_per_request("")
-    worker = faults_per_request(
+    _, plain = run_faults("")
+    _, worker = run_faults(
         "import os\nfrom tts_runtime.engine.lifecycle import become_worker\nbecome_worker(os.getppid())"
     )
     assert plain > PAGES_PER_REQUEST / 2, f"the default allocator faulted {plain} pages per request"
@@ -62,12 +64,9 @@ def test_a_worker_reuses_its_request_buffers_instead_of_faulting_them_in_again()
 @needs_glibc
 def test_the_users_own_allocator_settings_are_left_alone() -> None:
     setup = "from tts_runtime.engine.tuning import tune_allocator\nprint(tune_allocator())"
-    code = FAULTS.format(setup=setup)
-    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": str(128 * 1024)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    tuned, faults = out.stdout.split()
-    assert tuned == "False"
-    assert float(faults) > PAGES_PER_REQUEST / 2  # the user's small trim threshold still trims
+    printed, faults = run_faults(setup, {"MALLOC_TRIM_THRESHOLD_": str(128 * 1024)})
+    assert printed == ["False"]
+    assert faults > PAGES_PER_REQUEST / 2  # the user's small trim threshold still trims
 
 
 def test_a_worker_pipe_takes_a_whole_reply_while_nobody_reads() -> None:

@@ -89,7 +89,7 @@ class Dispatcher:
                 out[0], out[1] = value, error
                 done.set()
 
-        self.submit(Job(op, args, reply) if cancel is None else Job(op, args, reply, cancel))
+        self.submit(Job(op, args, reply, cancel or threading.Event()))
         done.wait()
         if out[1] is not None:
             raise out[1]
